@@ -1,0 +1,32 @@
+// Package resolver is cargohold's only HTTP client: it turns image references
+// into manifests, configs and layer descriptors, reads layer blobs by byte
+// range, and saves and pushes images.
+//
+// Model. An image reference is one of
+//
+//   - oci:/path/to/layout[:REF] (or oci:/path@sha256:...): an explicit OCI
+//     image layout; REF is matched against the annotation
+//     org.opencontainers.image.ref.name as written (skopeo's convention).
+//   - a registry reference (localhost:5000/repo:tag, repo@sha256:...): looked
+//     up first in the local store, an OCI image layout (Options.Store, default
+//     DefaultStore()) where images are named by that annotation holding the
+//     normalised reference (StoreName), and only then in the registry.
+//
+// Manifests, configs, tags and pushes go through go-containerregistry.
+// Layer bytes are read through Blob, an io.ReaderAt: RegistryBlob issues its
+// own GET /v2/<repo>/blobs/<digest> with a closed Range header (ggcr has no
+// ranged reads), FileBlob reads a blob file of a local layout.
+//
+// Invariants.
+//   - One authenticated transport per repository and Resolver, shared by the
+//     manifest fetches and every blob of that repository (token refresh on
+//     401 happens inside it).
+//   - Every ranged GET attempt carries a deadline (Options.Timeout); failures
+//     that may pass (network errors, 5xx, 429, short bodies) are retried a
+//     bounded number of times; protocol violations and other 4xx are not.
+//   - A ReadAt either fills exactly the bytes asked for (up to the blob end,
+//     then io.EOF) or returns an error; it never returns bytes of a response
+//     that does not match the range asked for.
+//   - The local store's index.json names each reference at most once; it is
+//     replaced atomically under a file lock.
+package resolver

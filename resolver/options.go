@@ -1,0 +1,115 @@
+package resolver
+
+import (
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultTimeout        = 30 * time.Second
+	DefaultRetries        = 2
+	DefaultBackoff        = 200 * time.Millisecond
+	DefaultWholeBlobLimit = 64 << 20
+	maxBackoff            = 5 * time.Second
+)
+
+// Options configure registry and store access. The zero value is usable;
+// every field documents its default.
+type Options struct {
+	// Store is the local OCI image layout searched before the registry and
+	// written by Save. Default DefaultStore().
+	Store string
+	// PlainHTTP allows plain HTTP to the registry (name.Insecure). Default
+	// false; ggcr speaks plain HTTP to loopback and localhost registries
+	// anyway.
+	PlainHTTP bool
+	// Keychain resolves registry credentials. Default authn.DefaultKeychain
+	// (docker/podman config files).
+	Keychain authn.Keychain
+	// Timeout bounds each registry request: the whole of one ranged blob GET
+	// attempt, the auth handshake, and the wait for response headers of any
+	// other request (a layer stream's body is bounded only by its ctx).
+	// Default DefaultTimeout.
+	Timeout time.Duration
+	// Retries is how often a failed ranged GET is retried. Default
+	// DefaultRetries; negative disables retries.
+	Retries int
+	// Backoff is the wait before the first retry, doubled each retry up to
+	// 5s. Default DefaultBackoff.
+	Backoff time.Duration
+	// WholeBlobLimit: when a registry ignores Range and answers 200 with the
+	// whole blob, a blob up to this size is kept in memory (digest-checked)
+	// so later reads need no request. Default DefaultWholeBlobLimit;
+	// negative disables.
+	WholeBlobLimit int64
+	// Progress, when set, receives byte progress of LayerReader streams and
+	// of Push. It is called on the reading goroutine and must be quick.
+	// Default none.
+	Progress func(v1.Update)
+	// Logger receives retries and registry quirks. Default discards.
+	Logger *slog.Logger
+	// Transport is the base HTTP transport under authentication. Default a
+	// clone of remote.DefaultTransport with ResponseHeaderTimeout = Timeout.
+	Transport http.RoundTripper
+	// Counters, when set, also receive the counts of every blob opened with
+	// these options (a Resolver sets its own). Default none.
+	Counters *Counters
+}
+
+// DefaultStore is the local image store:
+// ${CARGOHOLD_STORE:-${XDG_DATA_HOME:-$HOME/.local/share}/cargohold/oci}.
+func DefaultStore() string {
+	if s := os.Getenv("CARGOHOLD_STORE"); s != "" {
+		return s
+	}
+	data := os.Getenv("XDG_DATA_HOME")
+	if data == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			home = "."
+		}
+		data = filepath.Join(home, ".local", "share")
+	}
+	return filepath.Join(data, "cargohold", "oci")
+}
+
+// withDefaults fills zero fields. It does not build the transport.
+func (o Options) withDefaults() Options {
+	if o.Store == "" {
+		o.Store = DefaultStore()
+	}
+	if o.Keychain == nil {
+		o.Keychain = authn.DefaultKeychain
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Retries == 0 {
+		o.Retries = DefaultRetries
+	} else if o.Retries < 0 {
+		o.Retries = 0
+	}
+	if o.Backoff <= 0 {
+		o.Backoff = DefaultBackoff
+	}
+	if o.WholeBlobLimit == 0 {
+		o.WholeBlobLimit = DefaultWholeBlobLimit
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Transport == nil {
+		t := remote.DefaultTransport.(*http.Transport).Clone()
+		t.ResponseHeaderTimeout = o.Timeout
+		o.Transport = t
+	}
+	return o
+}
