@@ -1,0 +1,146 @@
+package replay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+
+	"github.com/spf13/pflag"
+
+	"cargohold/triton"
+)
+
+const usage = `usage:
+  replay hit  --root ROOT [--expect SRC] [--name NAME] [-p N [--split]] [--trace] (KEY... | --all)
+  replay miss --root ROOT --from SRC [-p N [--split]] [--trace] (KEY... | --all)
+  replay auto --root ROOT --from SRC [--name NAME] [-p N [--split]] [--trace] (KEY... | --all)
+
+Prints "HIT KEY", "MISS KEY" or "ERROR KEY: why" per replay, then a JSON
+summary. Exit status 1 if any replay failed, 2 for bad usage.
+`
+
+// Main is the replay command: args without the program name. In a
+// process started by Run (ChildEnv set) it waits for its stdin to close
+// and prints results as JSON lines for the parent.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, all, err := parseArgs(args, stderr)
+	if errors.Is(err, pflag.ErrHelp) {
+		return 0
+	}
+	if err == nil && all {
+		src := o.From
+		if src == "" {
+			src = o.Expect
+		}
+		o.Keys, err = keysIn(src)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "replay: %v\n%s", err, usage)
+		return 2
+	}
+	child, _ := strconv.Atoi(os.Getenv(ChildEnv))
+	var report func(Result)
+	if child > 0 {
+		io.Copy(io.Discard, os.Stdin) // the parent closes it when all processes have started
+		enc := json.NewEncoder(stdout)
+		report = func(r Result) {
+			r.Proc = child
+			enc.Encode(r)
+		}
+	} else {
+		report = func(r Result) {
+			switch r.Outcome {
+			case OutcomeHit:
+				fmt.Fprintf(stdout, "HIT %s\n", r.Key)
+			case OutcomeMiss:
+				fmt.Fprintf(stdout, "MISS %s\n", r.Key)
+			default:
+				fmt.Fprintf(stdout, "ERROR %s: %s\n", r.Key, r.Error)
+			}
+			for _, t := range r.Trace {
+				fmt.Fprintf(stdout, "  %s\n", t)
+			}
+		}
+	}
+	sum, err := Run(ctx, o, report)
+	if err != nil {
+		fmt.Fprintf(stderr, "%v\n", err)
+		return 2
+	}
+	if child > 0 {
+		return 0 // the parent counts the errors
+	}
+	b, _ := json.Marshal(sum)
+	fmt.Fprintf(stdout, "%s\n", b)
+	if !sum.OK() {
+		return 1
+	}
+	return 0
+}
+
+// ChildMain makes a program usable as Options.Exe: call it first in main
+// (or TestMain). In a process Run started it runs the replay and exits;
+// elsewhere it returns at once.
+func ChildMain() {
+	if os.Getenv(ChildEnv) != "" {
+		os.Exit(Main(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+	}
+}
+
+func parseArgs(args []string, stderr io.Writer) (o Options, all bool, err error) {
+	if len(args) == 0 {
+		return o, false, fmt.Errorf("no mode")
+	}
+	if args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stderr, usage)
+		return o, false, pflag.ErrHelp
+	}
+	o.Mode = Mode(args[0])
+	fl := pflag.NewFlagSet("replay "+args[0], pflag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.StringVar(&o.Root, "root", "", "the cache dir Triton uses (TRITON_CACHE_DIR)")
+	fl.StringVar(&o.Expect, "expect", "", "source cache dir to compare every file read with")
+	fl.StringVar(&o.From, "from", "", "source cache dir to write misses from")
+	fl.StringVar(&o.Name, "name", "", "kernel name (or launcher .so); default: list each KEY dir")
+	fl.IntVarP(&o.Procs, "procs", "p", 1, "processes replaying at once")
+	fl.BoolVar(&o.Split, "split", false, "share the keys among the processes instead of each replaying all")
+	fl.BoolVar(&o.Trace, "trace", false, "print the syscalls of each replay")
+	fl.BoolVar(&all, "all", false, "replay every KEY of the --from (or --expect) dir")
+	if err := fl.Parse(args[1:]); err != nil {
+		return o, false, err
+	}
+	o.Keys = fl.Args()
+	switch {
+	case all && len(o.Keys) > 0:
+		return o, false, fmt.Errorf("--all and KEY arguments")
+	case all && o.From == "" && o.Expect == "":
+		return o, false, fmt.Errorf("--all needs --from or --expect")
+	case !all:
+		if err := o.check(); err != nil {
+			return o, false, err
+		}
+	}
+	return o, all, nil
+}
+
+// keysIn lists the KEY dirs of a cache dir.
+func keysIn(dir string) ([]string, error) {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for _, de := range des {
+		if de.IsDir() && triton.IsKey(de.Name()) {
+			keys = append(keys, de.Name())
+		}
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%s: %w", dir, triton.ErrNoEntries)
+	}
+	return keys, nil
+}

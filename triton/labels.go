@@ -1,0 +1,174 @@
+package triton
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+
+	"cargohold/gpu"
+)
+
+// Image config labels, the original tool's and its successor's.
+const (
+	LabelMetadata   = "cache.triton.image/metadata"
+	LabelEntryCount = "cache.triton.image/entry-count"
+	LabelVariant    = "cache.triton.image/variant"
+	LabelSummary    = "cache.triton.image/summary"
+	LabelCacheSize  = "cache.triton.image/cache-size-bytes"
+	LabelTitle      = "org.opencontainers.image.title"
+)
+
+// Summary is what an image's labels say about its cache.
+type Summary struct {
+	Kernels    []Kernel     // from LabelMetadata
+	Targets    []gpu.Target // from LabelSummary, or derived from Kernels
+	EntryCount int
+	CacheSize  int64
+	Title      string
+}
+
+type labelKernel struct {
+	Hash          string `json:"hash"`
+	Backend       string `json:"backend"`
+	Arch          any    `json:"arch"`
+	WarpSize      int    `json:"warp_size"`
+	PTXVersion    *int   `json:"ptx_version,omitempty"`
+	NumWarps      int    `json:"num_warps,omitempty"`
+	NumStages     int    `json:"num_stages,omitempty"`
+	Debug         bool   `json:"debug"`
+	Name          string `json:"name,omitempty"`
+	TritonVersion string `json:"triton_version,omitempty"`
+}
+
+type labelSummary struct {
+	Targets []labelTarget `json:"targets"`
+}
+
+type labelTarget struct {
+	Backend  string `json:"backend"`
+	Arch     any    `json:"arch"`
+	WarpSize int    `json:"warp_size"`
+}
+
+// Labels gives the image config labels for a cache's entries.
+func Labels(entries []Entry, title string) (map[string]string, error) {
+	kernels := []labelKernel{}
+	var targets []gpu.Target
+	var size int64
+	for _, e := range entries {
+		for _, f := range e.Files {
+			size += f.Size
+		}
+		for _, k := range e.Kernels {
+			kernels = append(kernels, labelKernel{Hash: k.Hash, Backend: k.Target.Backend, Arch: k.Target.Arch,
+				WarpSize: k.Target.WarpSize, PTXVersion: k.PTXVersion, NumWarps: k.NumWarps, NumStages: k.NumStages,
+				Debug: k.Debug, Name: k.Name, TritonVersion: k.TritonVersion})
+			targets = append(targets, k.Target)
+		}
+	}
+	sort.Slice(kernels, func(i, j int) bool { return kernels[i].Hash < kernels[j].Hash })
+	sum := labelSummary{Targets: []labelTarget{}}
+	for _, t := range gpu.Dedup(targets) {
+		sum.Targets = append(sum.Targets, labelTarget{t.Backend, t.Arch, t.WarpSize})
+	}
+	meta, err := json.Marshal(kernels)
+	if err != nil {
+		return nil, fmt.Errorf("triton: labels: %w", err)
+	}
+	sj, err := json.Marshal(sum)
+	if err != nil {
+		return nil, fmt.Errorf("triton: labels: %w", err)
+	}
+	return map[string]string{
+		LabelMetadata:   string(meta),
+		LabelEntryCount: strconv.Itoa(len(entries)),
+		LabelVariant:    "multi",
+		LabelSummary:    string(sj),
+		LabelCacheSize:  strconv.FormatInt(size, 10),
+		LabelTitle:      title,
+	}, nil
+}
+
+// ErrNoLabels says an image carries none of cargohold's labels: its targets
+// must be learnt from the kernel JSONs in its layers.
+var ErrNoLabels = fmt.Errorf("image has no %s or %s label", LabelSummary, LabelMetadata)
+
+// ParseLabels reads the labels of an image config. Either the summary or the
+// metadata label is enough for the targets; a label that is present but
+// malformed is an error (the caller then falls back to the kernel JSONs).
+func ParseLabels(labels map[string]string) (Summary, error) {
+	var s Summary
+	s.Title = labels[LabelTitle]
+	sj, hasSum := labels[LabelSummary]
+	mj, hasMeta := labels[LabelMetadata]
+	if !hasSum && !hasMeta {
+		return s, ErrNoLabels
+	}
+	if hasMeta {
+		var ks []labelKernel
+		if err := json.Unmarshal([]byte(mj), &ks); err != nil {
+			return s, fmt.Errorf("triton: label %s: %w", LabelMetadata, err)
+		}
+		for _, k := range ks {
+			t, err := labelTargetOf(k.Backend, k.Arch, k.WarpSize)
+			if err != nil {
+				return s, fmt.Errorf("triton: label %s: kernel %s: %w", LabelMetadata, k.Hash, err)
+			}
+			s.Kernels = append(s.Kernels, Kernel{Hash: k.Hash, Name: k.Name, Target: t, PTXVersion: k.PTXVersion,
+				NumWarps: k.NumWarps, NumStages: k.NumStages, Debug: k.Debug, TritonVersion: k.TritonVersion})
+			s.Targets = append(s.Targets, t)
+		}
+	}
+	if hasSum {
+		var ls labelSummary
+		if err := json.Unmarshal([]byte(sj), &ls); err != nil {
+			return s, fmt.Errorf("triton: label %s: %w", LabelSummary, err)
+		}
+		s.Targets = nil
+		for _, lt := range ls.Targets {
+			t, err := labelTargetOf(lt.Backend, lt.Arch, lt.WarpSize)
+			if err != nil {
+				return s, fmt.Errorf("triton: label %s: %w", LabelSummary, err)
+			}
+			s.Targets = append(s.Targets, t)
+		}
+	}
+	s.Targets = gpu.Dedup(s.Targets)
+	if v, ok := labels[LabelEntryCount]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return s, fmt.Errorf("triton: label %s: %w", LabelEntryCount, err)
+		}
+		s.EntryCount = n
+	}
+	if v, ok := labels[LabelCacheSize]; ok {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return s, fmt.Errorf("triton: label %s: %w", LabelCacheSize, err)
+		}
+		s.CacheSize = n
+	}
+	return s, nil
+}
+
+// labelTargetOf accepts arch as a JSON number (CUDA, as Triton writes it) or
+// a string (HIP, and CUDA as the original tool writes it).
+func labelTargetOf(backend string, arch any, warp int) (gpu.Target, error) {
+	var a string
+	switch v := arch.(type) {
+	case string:
+		a = v
+	case float64:
+		a = strconv.FormatFloat(v, 'f', -1, 64)
+	default:
+		return gpu.Target{}, fmt.Errorf("arch %v is neither a number nor a string", arch)
+	}
+	if backend == "" || a == "" {
+		return gpu.Target{}, fmt.Errorf("target needs backend and arch")
+	}
+	if warp == 0 {
+		warp = gpu.DefaultWarpSize(backend, a)
+	}
+	return gpu.Target{Backend: backend, Arch: a, WarpSize: warp}, nil
+}
