@@ -1,0 +1,49 @@
+// Package fs is the FUSE view that cargohold-fs mounts as Triton's cache
+// directory: go-fuse nodes over two layers.
+//
+// Model. The view is an upper directory (a plain local dir: every write lands
+// there and survives remounts) merged over a read-only lower layer that the
+// images supply through the Lower interface, one KEY dir at a time:
+//
+//	/                 upper root  ∪  Lower.Keys()         (minus whiteouts)
+//	/KEY/             upper/KEY   ∪  Lower.Entry(KEY)     (minus whiteouts)
+//	/KEY/tmp.../, /x  upper only
+//
+// Lookups go upper first. A KEY that is not in the upper dir is asked of the
+// Lower with a deadline (Options.LookupTimeout) bound to the FUSE request, so
+// an interrupted syscall cancels its fetch; any failure, including the
+// deadline, answers ENOENT so that Triton compiles as if there were no image.
+//
+// Invariants.
+//   - A KEY dir from an image becomes visible only after Lower.Entry returned
+//     all its files and every group file was read and rewritten: sizes are
+//     exact at the first lookup and Triton never sees half a dir.
+//   - Image content is immutable: lower nodes carry long kernel timeouts
+//     (lowerTTL), opens get FOPEN_KEEP_CACHE, reads come from the content's
+//     file descriptor; group files are served from their rewritten bytes in
+//     memory. Upper nodes carry zero timeouts (correctness first).
+//   - Nothing is written below a lower entry: writes, renames onto lower names
+//     and deletions change the upper dir only. A deleted lower name is hidden
+//     by a whiteout file ".wh.<name>" in the upper parent; a dir made where a
+//     lower KEY was deleted is marked opaque by ".wh..wh..opq" (the aufs
+//     format: plain empty files, no privilege needed, persistent). Names with
+//     the ".wh." prefix are reserved: never listed, never found, not creatable.
+//   - Lower entries are KEY dirs at the root and regular files inside them;
+//     they are not renamed (EXDEV: mv copies) and not written in place
+//     (EROFS). KEY dirs are not renamed either way.
+//   - No lock is held across a call into the Lower: a slow KEY blocks only
+//     the lookups of that KEY.
+//   - errno (errno.go) is the one place where Go errors become errnos; it
+//     records the cause (log and Stats) before the errno is returned.
+//
+// Known limits (debt):
+//   - A lower file's dentry is cached for lowerTTL, so a file put into the
+//     upper dir behind the mount's back (not through it) may stay shadowed
+//     that long.
+//   - Lower files are not copied up for in-place writes (Triton never writes
+//     in place; it renames over).
+//   - A KEY dir that has an upper half shows that half alone while the
+//     images fail to answer for it (retried after lowerRetry); a KEY made by
+//     mkdir (after a lookup found no image) merges with an image only after a
+//     remount.
+package fs

@@ -1,0 +1,310 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	iofs "io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Node-level tests: the view's nodes attached to a go-fuse bridge, no mount.
+
+func newTestRoot(t *testing.T, opts Options) (*dirNode, *view) {
+	t.Helper()
+	if opts.Upper == "" {
+		opts.Upper = t.TempDir()
+	}
+	if opts.PathPrefix == "" {
+		opts.PathPrefix = "/cache"
+	}
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	root, err := NewRoot(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := time.Duration(0)
+	gofs.NewNodeFS(root, &gofs.Options{EntryTimeout: &zero, AttrTimeout: &zero, NegativeTimeout: &zero})
+	d := root.(*dirNode)
+	return d, d.v
+}
+
+// funcLower is a Lower made of a function.
+type funcLower func(ctx context.Context, key string) ([]LowerFile, error)
+
+func (f funcLower) Entry(ctx context.Context, key string) ([]LowerFile, error) { return f(ctx, key) }
+func (f funcLower) Keys() []string                                             { return nil }
+
+// memContent is content without a file descriptor.
+type memContent struct{ *bytes.Reader }
+
+func (memContent) Fd() uintptr  { return ^uintptr(0) }
+func (memContent) Close() error { return nil }
+
+func memFile(name string, data []byte, group bool) LowerFile {
+	return LowerFile{Name: name, Size: int64(len(data)), Mode: 0o644, Group: group,
+		Open: func() (Content, error) { return memContent{bytes.NewReader(data)}, nil }}
+}
+
+func TestNewRootValidates(t *testing.T) {
+	if _, err := NewRoot(Options{PathPrefix: "/x"}); err == nil {
+		t.Error("no upper dir: want an error")
+	}
+	if _, err := NewRoot(Options{Upper: t.TempDir()}); err == nil {
+		t.Error("no path prefix: want an error")
+	}
+	if _, err := NewRoot(Options{Upper: filepath.Join(t.TempDir(), "missing"), PathPrefix: "/x"}); err == nil {
+		t.Error("missing upper dir: want an error")
+	}
+}
+
+func TestErrnoMapping(t *testing.T) {
+	_, v := newTestRoot(t, Options{})
+	cases := []struct {
+		err     error
+		keyPath bool
+		want    syscall.Errno
+	}{
+		{fmt.Errorf("x: %w", iofs.ErrNotExist), true, syscall.ENOENT},
+		{&os.PathError{Op: "open", Path: "p", Err: syscall.ENOENT}, false, syscall.ENOENT},
+		{errors.New("registry said 500"), true, syscall.ENOENT},
+		{fmt.Errorf("x: %w", context.DeadlineExceeded), true, syscall.ENOENT},
+		{fmt.Errorf("x: %w", context.Canceled), true, syscall.ENOENT},
+		{fmt.Errorf("x: %w", ErrReadOnly), false, syscall.EROFS},
+		{syscall.EROFS, false, syscall.EROFS},
+		{fmt.Errorf("x: %w", context.Canceled), false, syscall.EINTR},
+		{&os.PathError{Op: "mkdir", Path: "p", Err: syscall.EEXIST}, false, syscall.EEXIST},
+		{syscall.ENOTEMPTY, false, syscall.ENOTEMPTY},
+		{syscall.EIO, false, syscall.EIO},
+		{errors.New("digest mismatch"), false, syscall.EIO},
+		{fmt.Errorf("x: %w", context.DeadlineExceeded), false, syscall.EIO},
+	}
+	for _, c := range cases {
+		if got := v.errno("test", c.err, c.keyPath); got != c.want {
+			t.Errorf("errno(%v, keyPath=%v) = %v, want %v", c.err, c.keyPath, got, c.want)
+		}
+	}
+	if got := v.errno("test", nil, true); got != 0 {
+		t.Errorf("errno(nil) = %v", got)
+	}
+	st := v.stats.Snapshot()
+	if st.LookupErrors != 3 || st.IOErrors != 3 || st.LastError == "" {
+		t.Errorf("recorded %+v, want 3 lookup errors, 3 I/O errors and a last error", st)
+	}
+}
+
+func TestStatsSnapshotJSON(t *testing.T) {
+	var s Stats
+	s.hit()
+	s.miss()
+	s.lookupError(errors.New("boom"))
+	data, err := json.Marshal(s.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]any{"hits": 1.0, "misses": 1.0, "lookup_errors": 1.0, "io_errors": 0.0, "last_error": "boom"} {
+		if m[k] != want {
+			t.Errorf("%s = %v, want %v (%s)", k, m[k], want, data)
+		}
+	}
+	if _, ok := m["last_error_time"]; !ok {
+		t.Errorf("no last_error_time in %s", data)
+	}
+	if (*Stats)(nil).Snapshot() != (StatsSnapshot{}) {
+		t.Error("nil Stats: want zeros")
+	}
+}
+
+func TestLookupInterruptedCancelsEntry(t *testing.T) {
+	left := make(chan error, 1)
+	entered := make(chan struct{})
+	l := funcLower(func(ctx context.Context, key string) ([]LowerFile, error) {
+		close(entered)
+		<-ctx.Done()
+		left <- ctx.Err()
+		return nil, ctx.Err()
+	})
+	root, v := newTestRoot(t, Options{Lower: l, LookupTimeout: time.Minute})
+	cancel := make(chan struct{})
+	go func() {
+		<-entered
+		close(cancel) // the kernel's INTERRUPT
+	}()
+	var out fuse.EntryOut
+	_, errno := root.Lookup(&fuse.Context{Cancel: cancel}, cudaKey, &out)
+	if errno != syscall.ENOENT {
+		t.Fatalf("interrupted lookup: %v, want ENOENT", errno)
+	}
+	select {
+	case err := <-left:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Entry's ctx: %v, want canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Entry's ctx was not canceled")
+	}
+	if st := v.stats.Snapshot(); !strings.Contains(st.LastError, "interrupted") {
+		t.Errorf("last error %q, want the interruption", st.LastError)
+	}
+}
+
+func TestBadImageEntriesAreNotShown(t *testing.T) {
+	good := memFile("add_kernel.json", []byte("{}"), false)
+	grp := []byte(`{"child_paths": {"add_kernel.json": ".triton/cache/` + cudaKey + `/add_kernel.json"}}`)
+	short := memFile(grpName, grp, true)
+	short.Size++ // the image claims a byte more than it has
+	long := memFile(grpName, grp, true)
+	long.Size--
+	dir := memFile("d", nil, false)
+	dir.Mode = os.ModeDir | 0o755
+	noOpen := memFile("x", nil, false)
+	noOpen.Open = nil
+	neg := memFile("x", nil, false)
+	neg.Size = -1
+	failOpen := memFile(grpName, grp, true)
+	failOpen.Open = func() (Content, error) { return nil, errors.New("store: gone") }
+	cases := map[string][]LowerFile{
+		"no files":          nil,
+		"slash in name":     {good, memFile("a/b", nil, false)},
+		"dot-dot":           {good, memFile("..", nil, false)},
+		"whiteout name":     {good, memFile(".wh.add_kernel.json", nil, false)},
+		"listed twice":      {good, good},
+		"a dir":             {good, dir},
+		"no content":        {good, noOpen},
+		"negative size":     {good, neg},
+		"bad group JSON":    {good, memFile(grpName, []byte("{not json"), true)},
+		"group path no KEY": {good, memFile(grpName, []byte(`{"child_paths": {"a": "/x/a"}}`), true)},
+		"group too short":   {good, short},
+		"group too long":    {good, long},
+		"group open fails":  {good, failOpen},
+	}
+	for name, files := range cases {
+		t.Run(name, func(t *testing.T) {
+			l := funcLower(func(ctx context.Context, key string) ([]LowerFile, error) { return files, nil })
+			root, v := newTestRoot(t, Options{Lower: l})
+			var out fuse.EntryOut
+			if _, errno := root.Lookup(context.Background(), cudaKey, &out); errno != syscall.ENOENT {
+				t.Fatalf("lookup: %v, want ENOENT", errno)
+			}
+			if st := v.stats.Snapshot(); st.LookupErrors != 1 || st.Hits != 0 {
+				t.Errorf("stats %+v, want one lookup error", st)
+			}
+		})
+	}
+}
+
+func TestNoLowerIsAMiss(t *testing.T) {
+	root, v := newTestRoot(t, Options{})
+	var out fuse.EntryOut
+	if _, errno := root.Lookup(context.Background(), cudaKey, &out); errno != syscall.ENOENT {
+		t.Fatalf("lookup without images: %v", errno)
+	}
+	if st := v.stats.Snapshot(); st.Misses != 1 || st.LookupErrors != 0 {
+		t.Errorf("stats %+v, want one miss", st)
+	}
+}
+
+// lookupFile walks root/key/name at node level.
+func lookupFile(t *testing.T, root *dirNode, key, name string) *lowerFile {
+	t.Helper()
+	var out fuse.EntryOut
+	kin, errno := root.Lookup(context.Background(), key, &out)
+	if errno != 0 {
+		t.Fatalf("lookup %s: %v", key, errno)
+	}
+	fin, errno := kin.Operations().(*dirNode).Lookup(context.Background(), name, &out)
+	if errno != 0 {
+		t.Fatalf("lookup %s/%s: %v", key, name, errno)
+	}
+	return fin.Operations().(*lowerFile)
+}
+
+func TestReadWithoutFd(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789"), 1000)
+	l := funcLower(func(ctx context.Context, key string) ([]LowerFile, error) {
+		return []LowerFile{memFile("add_kernel.cubin", data, false)}, nil
+	})
+	root, _ := newTestRoot(t, Options{Lower: l})
+	n := lookupFile(t, root, cudaKey, "add_kernel.cubin")
+	fh, flags, errno := n.Open(context.Background(), syscall.O_RDONLY)
+	if errno != 0 || flags&fuse.FOPEN_KEEP_CACHE == 0 {
+		t.Fatalf("open: %v, flags %#x (want KEEP_CACHE)", errno, flags)
+	}
+	h := fh.(*lowerHandle)
+	defer h.Release(context.Background())
+	for _, c := range []struct{ off, n int }{{0, 4096}, {4096, 4096}, {9000, 4096}, {10000, 10}, {20000, 10}} {
+		dest := make([]byte, c.n)
+		res, errno := h.Read(context.Background(), dest, int64(c.off))
+		if errno != 0 {
+			t.Fatalf("read at %d: %v", c.off, errno)
+		}
+		got, _ := res.Bytes(make([]byte, c.n))
+		want := data[min(c.off, len(data)):min(c.off+c.n, len(data))]
+		if !bytes.Equal(got, want) {
+			t.Errorf("read %d at %d: %d bytes, want %d", c.n, c.off, len(got), len(want))
+		}
+	}
+	for _, fl := range []uint32{syscall.O_WRONLY, syscall.O_RDWR, syscall.O_RDONLY | syscall.O_TRUNC} {
+		if _, _, errno := n.Open(context.Background(), fl); errno != syscall.EROFS {
+			t.Errorf("open %#x: %v, want EROFS", fl, errno)
+		}
+	}
+	if errno := n.Setattr(context.Background(), nil, &fuse.SetAttrIn{}, &fuse.AttrOut{}); errno != syscall.EROFS {
+		t.Errorf("setattr: %v, want EROFS", errno)
+	}
+}
+
+func TestRmdirKeyWhenImagesFail(t *testing.T) {
+	upper := t.TempDir()
+	if err := os.Mkdir(filepath.Join(upper, cudaKey), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	l := funcLower(func(ctx context.Context, key string) ([]LowerFile, error) {
+		calls++
+		return nil, errors.New("registry down")
+	})
+	root, v := newTestRoot(t, Options{Lower: l, Upper: upper})
+	// An empty upper half says nothing about the image's half: no success.
+	if errno := root.Rmdir(context.Background(), cudaKey); errno != syscall.EIO {
+		t.Fatalf("rmdir: %v, want EIO", errno)
+	}
+	if _, err := os.Stat(filepath.Join(upper, cudaKey)); err != nil {
+		t.Fatalf("upper KEY dir after a refused rmdir: %v", err)
+	}
+	if st := v.stats.Snapshot(); !strings.Contains(st.LastError, "registry down") {
+		t.Errorf("last error %q, want the cause", st.LastError)
+	}
+	// The KEY dir node shows its upper half; it does not ask again at once.
+	var out fuse.EntryOut
+	kin, errno := root.Lookup(context.Background(), cudaKey, &out)
+	if errno != 0 {
+		t.Fatalf("lookup of the upper KEY: %v", errno)
+	}
+	kd := kin.Operations().(*dirNode)
+	before := calls
+	for range 3 {
+		if _, errno := kd.Lookup(context.Background(), "add_kernel.json", &out); errno != syscall.ENOENT {
+			t.Fatalf("lookup in KEY: %v, want ENOENT", errno)
+		}
+	}
+	if calls-before != 1 {
+		t.Errorf("asked the images %d times for 3 lookups, want 1 (then wait %v)", calls-before, lowerRetry)
+	}
+}

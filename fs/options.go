@@ -1,0 +1,71 @@
+package fs
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+)
+
+// Lower is the read-only, image-backed side of the view.
+type Lower interface {
+	// Entry makes KEY's dir available locally (fetched and verified) and
+	// lists its files. It returns an error wrapping fs.ErrNotExist (io/fs)
+	// when no fitting image has KEY. It may block on the network; ctx
+	// carries the lookup's deadline and interruption.
+	Entry(ctx context.Context, key string) ([]LowerFile, error)
+	// Keys lists the KEYs the images hold, without network (for readdir of
+	// the root).
+	Keys() []string
+}
+
+// LowerFile is one file of a KEY dir from an image.
+type LowerFile struct {
+	Name  string      // a plain file name
+	Size  int64       // exact size of the content
+	Mode  os.FileMode // permission bits (exec bits matter for launcher .so files); no type bits
+	Group bool        // a group file: served with its child paths rewritten to Options.PathPrefix
+	// Open opens verified content; Close releases it.
+	Open func() (Content, error)
+}
+
+// Content is opened image content. Fd is a descriptor whose bytes from offset
+// 0 are the content (reads are served from it with pread/splice); an Fd of
+// ^uintptr(0) makes reads go through ReadAt instead. *os.File satisfies it.
+type Content interface {
+	io.ReaderAt
+	Fd() uintptr
+	Close() error
+}
+
+// DefaultLookupTimeout is the default of Options.LookupTimeout.
+const DefaultLookupTimeout = 5 * time.Second
+
+// Options configures the view. The zero value of each field means its
+// documented default.
+type Options struct {
+	// Upper is the dir that takes every write and keeps the whiteouts; it
+	// survives remounts. Required. Mount creates it when missing.
+	Upper string
+	// PathPrefix is the path Triton sees the cache at; group files' child
+	// paths are rewritten to PathPrefix/KEY/file. Default (Mount): the
+	// absolute mountpoint. NewRoot requires it.
+	PathPrefix string
+	// Lower supplies the images' KEY dirs. Default nil: no images, the view
+	// is the upper dir alone.
+	Lower Lower
+	// LookupTimeout bounds one KEY lookup in the Lower, group rewrite
+	// included. Default DefaultLookupTimeout (5s).
+	LookupTimeout time.Duration
+	// Logger receives failures with their cause. Default slog.Default().
+	Logger *slog.Logger
+	// Stats receives the counters. Default: a fresh Stats (Server.Stats).
+	Stats *Stats
+	// AllowOther lets users other than the mounting one use the mount
+	// (FUSE allow_other; needs user_allow_other or root). Permission bits
+	// are checked by the kernel (default_permissions). Default false.
+	AllowOther bool
+	// Debug logs every FUSE request (go-fuse debug output). Default false.
+	Debug bool
+}

@@ -1,0 +1,110 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+)
+
+// view is the state shared by every node of one mount. All fields are
+// immutable after newView.
+type view struct {
+	upper    string // absolute upper dir
+	upperDev uint64 // its device, mixed out of upper inode numbers
+	uid, gid uint32 // owner of the upper dir, reported for lower nodes
+	prefix   string // Options.PathPrefix
+	lower    Lower  // nil: no images
+	timeout  time.Duration
+	log      *slog.Logger
+	stats    *Stats
+	life     context.Context // done when the mount goes away: cancels lookups
+	start    time.Time       // times reported for lower nodes
+	root     *dirNode
+}
+
+// NewRoot returns the root node of a view, for use with go-fuse's
+// fs.NewNodeFS or fs.Mount; Mount is the usual way in. The caller passes
+// explicit timeouts to go-fuse: zero entry, attr and negative timeouts, as
+// Mount does (lower nodes set their own long ones).
+func NewRoot(opts Options) (gofs.InodeEmbedder, error) {
+	v, err := newView(context.Background(), opts)
+	if err != nil {
+		return nil, err
+	}
+	return v.root, nil
+}
+
+func newView(life context.Context, opts Options) (*view, error) {
+	if opts.Upper == "" {
+		return nil, errors.New("fs: no upper dir")
+	}
+	if opts.PathPrefix == "" {
+		return nil, errors.New("fs: no path prefix")
+	}
+	upper, err := filepath.Abs(opts.Upper)
+	if err != nil {
+		return nil, fmt.Errorf("fs: upper dir: %w", err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(upper, &st); err != nil {
+		return nil, fmt.Errorf("fs: upper dir %s: %w", upper, err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+		return nil, fmt.Errorf("fs: upper dir %s: %w", upper, syscall.ENOTDIR)
+	}
+	v := &view{
+		upper:    upper,
+		upperDev: uint64(st.Dev),
+		uid:      st.Uid,
+		gid:      st.Gid,
+		prefix:   opts.PathPrefix,
+		lower:    opts.Lower,
+		timeout:  opts.LookupTimeout,
+		log:      opts.Logger,
+		stats:    opts.Stats,
+		life:     life,
+		start:    time.Now(),
+	}
+	if v.timeout <= 0 {
+		v.timeout = DefaultLookupTimeout
+	}
+	if v.log == nil {
+		v.log = slog.Default()
+	}
+	if v.stats == nil {
+		v.stats = &Stats{}
+	}
+	v.root = &dirNode{v: v, kind: rootDir}
+	return v, nil
+}
+
+// treePath is the upper path of a node, found by walking the inode tree up to
+// the root. ok is false for a node that is no longer in the tree (unlinked,
+// or renamed over while open).
+func (v *view) treePath(in *gofs.Inode) (string, bool) {
+	var names []string
+	root := v.root.EmbeddedInode()
+	for in != root {
+		name, parent := in.Parent()
+		if parent == nil {
+			return "", false
+		}
+		names = append(names, name)
+		in = parent
+	}
+	p := v.upper
+	for i := len(names) - 1; i >= 0; i-- {
+		p = filepath.Join(p, names[i])
+	}
+	return p, true
+}
+
+// isRoot reports whether the daemon may give files away (chown).
+var isRoot = os.Geteuid() == 0
