@@ -1,0 +1,24 @@
+# cargohold — see README.md.
+GO      ?= go
+BIN     ?= bin
+PKGS    := ./...
+
+.PHONY: build test lint run clean
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet $(PKGS)
+
+# The test command CI runs (README): lint, then every test with the race detector.
+test: lint
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+# The main job on the bundled example: no registry, no GPU needed.
+run: build
+	./scripts/example.sh
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,116 @@
+// Command cargohold packs a Triton kernel cache dir into an OCI image (-c),
+// unpacks the entries of an image that fit the local GPU (-e), and inspects
+// images, the local GPU and single kernels.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"cargohold/internal/cli"
+)
+
+const usage = `Usage:
+  cargohold -c -i IMAGE -d DIR [--push]      pack a Triton cache dir into an image
+  cargohold -e -i IMAGE [-d DIR]             unpack the entries that fit this host's GPU
+  cargohold inspect -i IMAGE                 labels, targets, entries, size, fit
+  cargohold gpu                              the GPU targets of this host
+  cargohold fetch -i IMAGE [-d DIR] KEY...   fetch single KEY dirs lazily (ranged reads)
+
+Images live in the local OCI layout store unless --push is given (create) or
+the store does not hold them (extract, inspect); "oci:DIR[:REF]" names an
+explicit layout dir.
+
+Flags:
+`
+
+// options is everything a run needs, from flags and environment.
+type options struct {
+	mode      string // "create", "extract", "inspect", "gpu", "fetch"
+	image     string
+	dir       string
+	keys      []string
+	push      bool
+	plainHTTP bool
+	store     string
+	gpu       string
+	logLevel  string
+	timeout   time.Duration
+}
+
+func main() {
+	opts, err := parseFlags(os.Args[1:])
+	if errors.Is(err, pflag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cargohold:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err = run(ctx, opts)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cargohold:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := pflag.NewFlagSet("cargohold", pflag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
+	create := fs.BoolP("create", "c", false, "pack the cache dir -d into image -i")
+	extract := fs.BoolP("extract", "e", false, "unpack image -i into the cache dir -d")
+	fs.StringVarP(&o.image, "image", "i", "", "image reference, or oci:DIR[:REF]")
+	fs.StringVarP(&o.dir, "dir", "d", "", "cache dir (extract default: $TRITON_CACHE_DIR or ~/.triton/cache)")
+	fs.StringVarP(&o.logLevel, "log-level", "l", "info", "log level: debug, info, warning, error")
+	fs.BoolVar(&o.push, "push", false, "create: push to the registry named by -i instead of the local store")
+	fs.BoolVar(&o.plainHTTP, "plain-http", false, "talk plain HTTP to the registry (for one on loopback)")
+	fs.StringVar(&o.store, "store", "", "local OCI layout store (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
+	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:80:32,hip:gfx90a:64" or "none" (env CARGOHOLD_GPU)`)
+	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "deadline for each registry request")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	rest := fs.Args()
+	switch {
+	case *create && *extract:
+		return o, fmt.Errorf("-c and -e exclude each other")
+	case *create:
+		o.mode = "create"
+	case *extract:
+		o.mode = "extract"
+	case len(rest) > 0 && (rest[0] == "inspect" || rest[0] == "gpu" || rest[0] == "fetch"):
+		o.mode, rest = rest[0], rest[1:]
+	default:
+		fs.Usage()
+		return o, fmt.Errorf("say -c, -e, inspect, gpu or fetch")
+	}
+	if o.mode == "fetch" {
+		o.keys, rest = rest, nil
+		if len(o.keys) == 0 {
+			return o, fmt.Errorf("fetch: name at least one KEY")
+		}
+	}
+	if len(rest) > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", rest)
+	}
+	if o.image == "" && o.mode != "gpu" {
+		return o, fmt.Errorf("%s: -i IMAGE is required", o.mode)
+	}
+	if o.mode == "create" && o.dir == "" {
+		return o, fmt.Errorf("create: -d DIR is required")
+	}
+	if _, err := cli.ParseLevel(o.logLevel); err != nil {
+		return o, err
+	}
+	return o, nil
+}

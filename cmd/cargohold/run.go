@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"cargohold/gpu"
+	"cargohold/image"
+	"cargohold/internal/cli"
+	"cargohold/resolver"
+	"cargohold/triton"
+)
+
+func run(ctx context.Context, o options) error {
+	level, _ := cli.ParseLevel(o.logLevel)
+	log := cli.NewLogger(cli.Stderr, level)
+	ropts := resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP, Timeout: o.timeout, Logger: log}
+	switch o.mode {
+	case "create":
+		return create(ctx, o, ropts, log)
+	case "extract":
+		return extract(ctx, o, ropts, log)
+	case "inspect":
+		return inspect(ctx, o, ropts)
+	case "gpu":
+		return showGPU(o)
+	case "fetch":
+		return fetch(ctx, o, ropts, log)
+	}
+	return fmt.Errorf("unknown mode %q", o.mode)
+}
+
+func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Logger) error {
+	start := time.Now()
+	ref, err := name.ParseReference(o.image)
+	if err != nil && !strings.HasPrefix(o.image, "oci:") {
+		return fmt.Errorf("create: image %q: %w", o.image, err)
+	}
+	title := o.image
+	if ref != nil {
+		title = ref.Context().RepositoryStr()
+	}
+	p, err := image.Pack(ctx, o.dir, filepath.Base(title), "")
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	for _, s := range p.Skipped {
+		log.Warn("skipped", "path", s.Path, "why", s.Reason)
+	}
+	log.Info("packed", "entries", len(p.Entries), "layer", cli.Bytes(p.Layer.Size), "uncompressed", cli.Bytes(p.Layer.UncompressedSize))
+	var d fmt.Stringer
+	if o.push {
+		bar := cli.NewProgress(cli.Stderr, "push")
+		ropts.Progress = func(u v1.Update) { bar.Update(u.Complete, u.Total) }
+		h, err := resolver.Push(ctx, o.image, p.Image, ropts)
+		bar.Done()
+		if err != nil {
+			return fmt.Errorf("create: %w", err)
+		}
+		d = h
+	} else {
+		h, err := resolver.Save(ctx, o.image, p.Image, ropts)
+		if err != nil {
+			return fmt.Errorf("create: %w", err)
+		}
+		d = h
+	}
+	where := "registry"
+	if !o.push {
+		where = storeDir(ropts)
+	}
+	log.Info("created", "image", o.image, "digest", d.String(), "in", where, "took", time.Since(start).Round(time.Millisecond))
+	fmt.Printf("%s@%s\n", o.image, d)
+	return nil
+}
+
+func localTargets(o options) ([]gpu.Target, gpu.Report, error) {
+	rep, err := gpu.Detect(gpu.Options{Override: o.gpu})
+	if err != nil {
+		return nil, rep, err
+	}
+	return rep.Targets, rep, nil
+}
+
+func cacheDir(o options) (string, error) {
+	if o.dir != "" {
+		return o.dir, nil
+	}
+	if d := os.Getenv("TRITON_CACHE_DIR"); d != "" {
+		return d, nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no -d and no home dir: %w", err)
+	}
+	return filepath.Join(home, ".triton", "cache"), nil
+}
+
+func extract(ctx context.Context, o options, ropts resolver.Options, log *slog.Logger) error {
+	start := time.Now()
+	dir, err := cacheDir(o)
+	if err != nil {
+		return fmt.Errorf("extract: %w", err)
+	}
+	local, _, err := localTargets(o)
+	if err != nil {
+		return fmt.Errorf("extract: %w", err)
+	}
+	bar := cli.NewProgress(cli.Stderr, "pull")
+	ropts.Progress = func(u v1.Update) { bar.Update(u.Complete, u.Total) }
+	im, err := resolver.Fetch(ctx, o.image, ropts)
+	if err != nil {
+		return fmt.Errorf("extract: %w", err)
+	}
+	res, err := image.Unpack(ctx, im, dir, local, log)
+	bar.Done()
+	if err != nil {
+		return fmt.Errorf("extract: %w", err)
+	}
+	if res.Reason != "" {
+		log.Warn("extracted nothing", "why", res.Reason)
+	}
+	log.Info("extracted", "image", o.image, "dir", dir, "installed", len(res.Installed), "kept_local", len(res.Kept),
+		"unfit", len(res.Unfit), "took", time.Since(start).Round(time.Millisecond))
+	fmt.Printf("installed %d, kept %d local, %d not for this GPU (%s)\n", len(res.Installed), len(res.Kept), len(res.Unfit), gpu.FormatList(local))
+	return nil
+}
+
+func inspect(ctx context.Context, o options, ropts resolver.Options) error {
+	im, err := resolver.Fetch(ctx, o.image, ropts)
+	if err != nil {
+		return fmt.Errorf("inspect: %w", err)
+	}
+	local, rep, err := localTargets(o)
+	if err != nil {
+		return fmt.Errorf("inspect: %w", err)
+	}
+	fmt.Printf("image:   %s\ndigest:  %s\n", im.Ref, im.Digest)
+	var size int64
+	for _, l := range im.Layers {
+		size += l.Desc.Size
+	}
+	fmt.Printf("layers:  %d (%s compressed)\n", len(im.Layers), cli.Bytes(size))
+	fmt.Println("labels:")
+	for _, k := range sortedKeys(im.Labels) {
+		v := im.Labels[k]
+		if len(v) > 200 {
+			v = v[:200] + "..."
+		}
+		fmt.Printf("  %s = %s\n", k, v)
+	}
+	sum, err := triton.ParseLabels(im.Labels)
+	if err != nil {
+		fmt.Printf("targets: unknown (%v); extract reads them from the kernel JSONs\n", err)
+		return nil
+	}
+	fmt.Printf("entries: %d (%d kernels), %s uncompressed\n", sum.EntryCount, len(sum.Kernels), cli.Bytes(sum.CacheSize))
+	fmt.Printf("local GPU: %s (%s)\n", gpu.FormatList(local), rep.Source)
+	fmt.Println("targets:")
+	for _, t := range sum.Targets {
+		fit := "does not fit"
+		if gpu.Fits(t, local) {
+			fit = "fits"
+		}
+		fmt.Printf("  %-16s %s\n", t, fit)
+	}
+	return nil
+}
+
+func showGPU(o options) error {
+	_, rep, err := localTargets(o)
+	if err != nil {
+		return fmt.Errorf("gpu: %w", err)
+	}
+	fmt.Printf("source:  %s\n", rep.Source)
+	for _, d := range rep.Devices {
+		fmt.Printf("device %d: %s %s\n", d.Index, d.Name, d.Target)
+	}
+	if rep.NVIDIA != "" {
+		fmt.Printf("nvidia:  %s\n", rep.NVIDIA)
+	}
+	if rep.AMD != "" {
+		fmt.Printf("amd:     %s\n", rep.AMD)
+	}
+	fmt.Printf("targets: %s\n", gpu.FormatList(rep.Targets))
+	return nil
+}
+
+func storeDir(o resolver.Options) string {
+	if o.Store != "" {
+		return o.Store
+	}
+	return resolver.DefaultStore()
+}

@@ -1,0 +1,359 @@
+package image
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"cargohold/gpu"
+	"cargohold/layer"
+	"cargohold/resolver"
+	"cargohold/triton"
+)
+
+const cudaKey = "5W7KJQDTJCL4UGPMKKCS7TEEPZKSWOY4774SZQ6674FWSXG5MNXQ"
+
+func testdata(t *testing.T, name string) string {
+	t.Helper()
+	d := filepath.Join("..", "..", "shared", "testdata", "triton-cache", name)
+	if _, err := os.Stat(d); err != nil {
+		t.Skipf("shared test data missing: %v", err)
+	}
+	return d
+}
+
+func targets(t *testing.T, s string) []gpu.Target {
+	t.Helper()
+	ts, err := gpu.ParseList(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
+
+// save stores img in a fresh local store and fetches it back as the
+// extract path sees it.
+func save(t *testing.T, img v1.Image) *resolver.Image {
+	t.Helper()
+	ctx := context.Background()
+	opts := resolver.Options{Store: t.TempDir()}
+	if _, err := resolver.WriteLocal(ctx, opts.Store, "test/cache:latest", img); err != nil {
+		t.Fatal(err)
+	}
+	im, err := resolver.Fetch(ctx, "test/cache:latest", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im
+}
+
+// compareCache checks that every file of src is in got with the same bytes,
+// group files after rewriting them to got.
+func compareCache(t *testing.T, src, got string) {
+	t.Helper()
+	abs, _ := filepath.Abs(got)
+	n := 0
+	err := filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		want, _ := os.ReadFile(p)
+		if triton.IsGroupFile(info.Name()) {
+			if want, err = triton.RewriteGroup(want, abs); err != nil {
+				return err
+			}
+		}
+		have, err := os.ReadFile(filepath.Join(got, rel))
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(have, want) {
+			t.Errorf("%s differs", rel)
+		}
+		n++
+		return nil
+	})
+	if err != nil || n == 0 {
+		t.Fatalf("compare %s with %s: %d files, %v", src, got, n, err)
+	}
+}
+
+func TestPackReproducible(t *testing.T) {
+	ctx := context.Background()
+	src := testdata(t, "vector-add-cache")
+	// A copy with other mtimes must give the same digest.
+	cp := t.TempDir()
+	copyTree(t, src, cp)
+	var digests []v1.Hash
+	for _, dir := range []string{src, cp, src} {
+		p, err := Pack(ctx, dir, "vector-add", t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := p.Image.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		digests = append(digests, d)
+		p.Close()
+	}
+	if digests[0] != digests[1] || digests[0] != digests[2] {
+		t.Fatalf("digests differ: %v", digests)
+	}
+}
+
+func TestPackRefusesEmpty(t *testing.T) {
+	_, err := Pack(context.Background(), t.TempDir(), "x", t.TempDir())
+	if !errors.Is(err, triton.ErrNoEntries) {
+		t.Fatalf("empty dir: %v", err)
+	}
+	d := t.TempDir()
+	os.WriteFile(filepath.Join(d, "README"), []byte("not a cache"), 0o644)
+	if _, err := Pack(context.Background(), d, "x", t.TempDir()); !errors.Is(err, triton.ErrNoEntries) {
+		t.Fatalf("dir without entries: %v", err)
+	}
+}
+
+func TestPackUnpackRoundTrip(t *testing.T) {
+	for _, c := range []struct{ cache, gpu string }{
+		{"vector-add-cache", "cuda:75:32"},
+		{"vector-add-cache-rocm", "hip:gfx90a:64"},
+	} {
+		t.Run(c.cache, func(t *testing.T) {
+			ctx := context.Background()
+			src := testdata(t, c.cache)
+			p, err := Pack(ctx, src, c.cache, t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			im := save(t, p.Image)
+			out := filepath.Join(t.TempDir(), "cache")
+			res, err := Unpack(ctx, im, out, targets(t, c.gpu), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Installed) != 1 || res.Reason != "" {
+				t.Fatalf("result %+v", res)
+			}
+			compareCache(t, src, out)
+			// Nothing left behind but the KEY dir.
+			if des, _ := os.ReadDir(out); len(des) != 1 {
+				t.Fatalf("left in dir: %v", des)
+			}
+			// A second extract keeps the local dir and installs nothing.
+			res, err = Unpack(ctx, im, out, targets(t, c.gpu), nil)
+			if err != nil || len(res.Kept) != 1 || len(res.Installed) != 0 {
+				t.Fatalf("second unpack: %+v %v", res, err)
+			}
+			// A GPU that does not fit extracts nothing and says why.
+			none := filepath.Join(t.TempDir(), "none")
+			res, err = Unpack(ctx, im, none, targets(t, "cuda:90:32"), nil)
+			if err != nil || len(res.Installed) != 0 || !strings.Contains(res.Reason, "fits") {
+				t.Fatalf("unfit: %+v %v", res, err)
+			}
+			if _, err := os.Stat(none); !os.IsNotExist(err) {
+				t.Fatalf("unfit extract created %s", none)
+			}
+		})
+	}
+}
+
+// tarEntry is one entry of a test layer.
+type tarEntry struct {
+	name, link string
+	typ        byte
+	body       string
+	mode       int64
+}
+
+func makeTar(t *testing.T, entries []tarEntry) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Size: int64(len(e.body))}
+		if h.Typeflag == 0 {
+			h.Typeflag = tar.TypeReg
+		}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		if h.Typeflag != tar.TypeReg {
+			h.Size = 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Size > 0 {
+			tw.Write([]byte(e.body))
+		}
+	}
+	tw.Close()
+	return b.Bytes()
+}
+
+func gz(b []byte) []byte {
+	var out bytes.Buffer
+	zw := gzip.NewWriter(&out)
+	zw.Write(b)
+	zw.Close()
+	return out.Bytes()
+}
+
+// cacheTar is the vector-add cache as a generic tool would tar it: the
+// original absolute group paths, default owners and times.
+func cacheTar(t *testing.T, src string) []tarEntry {
+	t.Helper()
+	es := []tarEntry{{name: "io.triton.cache/", typ: tar.TypeDir, mode: 0o755}}
+	des, _ := os.ReadDir(src)
+	for _, kd := range des {
+		es = append(es, tarEntry{name: "io.triton.cache/" + kd.Name() + "/", typ: tar.TypeDir, mode: 0o755})
+		files, _ := os.ReadDir(filepath.Join(src, kd.Name()))
+		for _, f := range files {
+			b, _ := os.ReadFile(filepath.Join(src, kd.Name(), f.Name()))
+			es = append(es, tarEntry{name: "io.triton.cache/" + kd.Name() + "/" + f.Name(), body: string(b)})
+		}
+	}
+	return es
+}
+
+func imageOf(t *testing.T, manifest types.MediaType, labels map[string]string, layers ...v1.Layer) v1.Image {
+	t.Helper()
+	img := mutate.MediaType(empty.Image, manifest)
+	img, err := mutate.ConfigFile(img, &v1.ConfigFile{OS: "linux", Architecture: "amd64", Config: v1.Config{Labels: labels}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range layers {
+		if img, err = mutate.AppendLayers(img, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return img
+}
+
+// Images built by other tools: the plain way (tar + gzip, no labels),
+// Docker media types, an uncompressed OCI tar (buildah), several layers.
+func TestUnpackForeignImages(t *testing.T) {
+	src := testdata(t, "vector-add-cache")
+	plain := makeTar(t, cacheTar(t, src))
+	junk := makeTar(t, []tarEntry{{name: "etc/passwd", body: "root:x:0:0"}})
+	// An earlier layer with a wrong version of a file that the later layer fixes.
+	stale := makeTar(t, []tarEntry{{name: "io.triton.cache/" + cudaKey + "/add_kernel.ptx", body: "stale"}})
+	cases := map[string]v1.Image{
+		"plain gzip, no labels": imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(gz(plain), types.OCILayer)),
+		"docker gzip":           imageOf(t, types.DockerManifestSchema2, nil, static.NewLayer(gz(plain), types.DockerLayer)),
+		"uncompressed OCI tar":  imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(plain, types.OCIUncompressedLayer)),
+		"several layers": imageOf(t, types.OCIManifestSchema1, nil,
+			static.NewLayer(gz(junk), types.OCILayer), static.NewLayer(gz(stale), types.OCILayer), static.NewLayer(gz(plain), types.OCILayer)),
+	}
+	for name, img := range cases {
+		t.Run(name, func(t *testing.T) {
+			im := save(t, img)
+			out := t.TempDir()
+			res, err := Unpack(context.Background(), im, out, targets(t, "cuda:75:32"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Installed) != 1 || gpu.FormatList(res.Targets) != "cuda:75:32" {
+				t.Fatalf("result %+v", res)
+			}
+			compareCache(t, src, out)
+			if _, err := os.Stat(filepath.Join(out, "etc")); err == nil {
+				t.Fatal("entry outside io.triton.cache/ was extracted")
+			}
+		})
+	}
+}
+
+// Hostile layers fail with a clear error and write nothing, inside or
+// outside the dir.
+func TestUnpackHostile(t *testing.T) {
+	key := "io.triton.cache/" + cudaKey + "/"
+	cases := map[string][]tarEntry{
+		"dotdot":          {{name: key + "../../../escape", body: "x"}},
+		"absolute":        {{name: "/io.triton.cache/" + cudaKey + "/x", body: "x"}},
+		"symlink out":     {{name: key + "link", typ: tar.TypeSymlink, link: "/etc/passwd"}},
+		"hardlink out":    {{name: key + "hard", typ: tar.TypeLink, link: "etc/passwd"}},
+		"device":          {{name: key + "dev", typ: tar.TypeChar}},
+		"fifo":            {{name: key + "fifo", typ: tar.TypeFifo}},
+		"symlinked key":   {{name: "io.triton.cache/" + cudaKey, typ: tar.TypeSymlink, link: "/tmp"}},
+		"dotdot in later": {{name: key + "ok", body: "fine"}, {name: "io.triton.cache/../x", body: "x"}},
+	}
+	for name, es := range cases {
+		t.Run(name, func(t *testing.T) {
+			root := t.TempDir()
+			out := filepath.Join(root, "cache")
+			im := save(t, imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(gz(makeTar(t, es)), types.OCILayer)))
+			_, err := Unpack(context.Background(), im, out, targets(t, "cuda:75:32"), nil)
+			var ue *layer.UnsafeEntryError
+			if !errors.As(err, &ue) {
+				t.Fatalf("want UnsafeEntryError, got %v", err)
+			}
+			var left []string
+			filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
+				if p != root && p != out {
+					left = append(left, p)
+				}
+				return nil
+			})
+			if len(left) != 0 {
+				t.Fatalf("hostile layer left %v", left)
+			}
+		})
+	}
+}
+
+// The kernel JSON decides fit, not a lying label.
+func TestUnpackLabelsMalformed(t *testing.T) {
+	src := testdata(t, "vector-add-cache")
+	plain := makeTar(t, cacheTar(t, src))
+	img := imageOf(t, types.OCIManifestSchema1, map[string]string{triton.LabelSummary: "{broken"}, static.NewLayer(gz(plain), types.OCILayer))
+	res, err := Unpack(context.Background(), save(t, img), t.TempDir(), targets(t, "cuda:75:32"), nil)
+	if err != nil || len(res.Installed) != 1 {
+		t.Fatalf("%+v %v", res, err)
+	}
+}
+
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if info.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		in, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		out, err := os.Create(filepath.Join(dst, rel))
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(out, in)
+		out.Close()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

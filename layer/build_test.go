@@ -1,0 +1,244 @@
+package layer
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	digest "github.com/opencontainers/go-digest"
+
+	"cargohold/triton"
+)
+
+func TestBuildReproducible(t *testing.T) {
+	src := testCache(t, "vector-add-cache")
+	first, built := build(t, src)
+	again, _ := build(t, src)
+	if !bytes.Equal(first, again) {
+		t.Fatal("two builds of the same dir differ")
+	}
+
+	prev := runtime.GOMAXPROCS(1)
+	one, _ := build(t, src)
+	runtime.GOMAXPROCS(4)
+	four, _ := build(t, src)
+	runtime.GOMAXPROCS(prev)
+	if !bytes.Equal(one, first) || !bytes.Equal(four, first) {
+		t.Fatal("build depends on GOMAXPROCS")
+	}
+
+	// The same content with other mtimes, owners and non-executable modes.
+	dir := t.TempDir()
+	copyTree(t, src, dir)
+	stamp := time.Date(2001, 2, 3, 4, 5, 6, 7, time.UTC)
+	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		if !info.IsDir() {
+			if err := os.Chmod(p, 0o600); err != nil {
+				return err
+			}
+		}
+		if err := os.Chown(p, 4321, 4321); err != nil && !errors.Is(err, os.ErrPermission) {
+			return err
+		}
+		return os.Chtimes(p, stamp, stamp)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved, built2 := build(t, dir)
+	if !bytes.Equal(moved, first) || built2 != built {
+		t.Fatal("build depends on mtimes, owners or non-executable modes")
+	}
+
+	// The executable bit is content: it must show.
+	if err := os.Chmod(filepath.Join(dir, cudaKey, "add_kernel.cubin"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if exec, _ := build(t, dir); bytes.Equal(exec, first) {
+		t.Fatal("executable bit not recorded")
+	}
+}
+
+// TestBuildIndependentOfGOMAXPROCS uses a cache on which estargz.Build,
+// which splits the tar into GOMAXPROCS parts, gives different bytes for 1
+// and 4 (42317 vs 42352 with estargz v0.19.1).
+func TestBuildIndependentOfGOMAXPROCS(t *testing.T) {
+	dir := t.TempDir()
+	keys := genCache(t, dir, 40)
+	for i, k := range keys[:8] {
+		body := bytes.Repeat([]byte{byte(i), 1, 2, 3, 4, 5, 6, 7, 8}, 50000+i*1000)
+		if err := os.WriteFile(filepath.Join(dir, k, "big.so"), body, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prev := runtime.GOMAXPROCS(1)
+	defer runtime.GOMAXPROCS(prev)
+	one, _ := build(t, dir)
+	runtime.GOMAXPROCS(4)
+	four, _ := build(t, dir)
+	if !bytes.Equal(one, four) {
+		t.Fatal("build depends on GOMAXPROCS")
+	}
+}
+
+func TestBuildLayout(t *testing.T) {
+	src := testCache(t, "vector-add-cache")
+	blob, built := build(t, src)
+	if built.Size != int64(len(blob)) || built.Digest != digest.FromBytes(blob) {
+		t.Fatalf("Size/Digest %d %s do not describe the blob", built.Size, built.Digest)
+	}
+	raw := gunzip(t, blob)
+	if built.UncompressedSize != int64(len(raw)) || built.DiffID != digest.FromBytes(raw) {
+		t.Fatalf("UncompressedSize/DiffID %d %s, want %d %s", built.UncompressedSize, built.DiffID, len(raw), digest.FromBytes(raw))
+	}
+
+	entries, _, err := triton.Scan(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{estargz.NoPrefetchLandmark, Prefix, Prefix + cudaKey + "/"}
+	for _, f := range entries[0].Files {
+		want = append(want, Prefix+cudaKey+"/"+f.Name)
+	}
+	want = append(want, estargz.TOCTarName)
+	var got []string
+	tr := tar.NewReader(bytes.NewReader(raw))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, h.Name)
+		if h.Name == estargz.TOCTarName {
+			continue
+		}
+		if h.Uid != 0 || h.Gid != 0 || h.Uname != "" || h.Gname != "" || h.ModTime.Unix() != 0 {
+			t.Errorf("%s: owner %d:%d %q:%q mtime %v", h.Name, h.Uid, h.Gid, h.Uname, h.Gname, h.ModTime)
+		}
+		wantMode := int64(0o644)
+		if h.Typeflag == tar.TypeDir {
+			wantMode = 0o755
+		}
+		if h.Mode != wantMode {
+			t.Errorf("%s: mode %o, want %o", h.Name, h.Mode, wantMode)
+		}
+		if strings.HasSuffix(h.Name, "__grp__add_kernel.json") {
+			stored, _ := io.ReadAll(tr)
+			orig, err := os.ReadFile(filepath.Join(src, cudaKey, "__grp__add_kernel.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantGrp, err := triton.RewriteGroup(orig, triton.ImageRoot)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(stored, wantGrp) || !bytes.Contains(stored, []byte(`".triton/cache/`+cudaKey+`/add_kernel.cubin"`)) {
+				t.Errorf("group file stored as %s", stored)
+			}
+			if bytes.Contains(orig, []byte(`".triton/cache/`)) {
+				t.Error("test data already relative: the test proves nothing")
+			}
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("entries\n got %v\nwant %v", got, want)
+	}
+
+	// The estargz library itself accepts the blob and its TOC digest.
+	r, err := estargz.Open(io.NewSectionReader(bytes.NewReader(blob), 0, int64(len(blob))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.VerifyTOC(built.TOCDigest); err != nil {
+		t.Fatal(err)
+	}
+	ann := built.Annotations()
+	if ann[estargz.TOCJSONDigestAnnotation] != built.TOCDigest.String() ||
+		ann[estargz.StoreUncompressedSizeAnnotation] != fmt.Sprint(len(raw)) {
+		t.Fatalf("annotations %v", ann)
+	}
+}
+
+func TestBuildExecutableMode(t *testing.T) {
+	dir := t.TempDir()
+	key := keyN(t, 1)
+	if err := os.MkdirAll(filepath.Join(dir, key), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, key, "cuda_utils.so"), []byte("\x7fELF"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	blob, _ := build(t, dir)
+	idx, err := Open(bytes.NewReader(blob), int64(len(blob)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := idx.Dirs[key].Files[0].Mode; m != 0o755 {
+		t.Fatalf("mode %o, want 755", m)
+	}
+}
+
+func TestBuildCanceled(t *testing.T) {
+	src := testCache(t, "vector-add-cache")
+	entries, _, err := triton.Scan(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Build(ctx, io.Discard, src, entries); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v, want context.Canceled", err)
+	}
+}
+
+func TestBuildRejectsBadInput(t *testing.T) {
+	src := testCache(t, "vector-add-cache")
+	entries, _, err := triton.Scan(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := []struct {
+		name    string
+		entries []triton.Entry
+	}{
+		{"KEY twice", append(append([]triton.Entry{}, entries...), entries...)},
+		{"not a KEY", []triton.Entry{{Key: "tmp", Files: entries[0].Files}}},
+		{"missing file", []triton.Entry{{Key: cudaKey, Files: []triton.File{{Name: "gone"}}}}},
+		{"unclean name", []triton.Entry{{Key: cudaKey, Files: []triton.File{{Name: "../" + cudaKey + "/add_kernel.ptx"}}}}},
+	}
+	for _, c := range bad {
+		if _, err := Build(context.Background(), io.Discard, src, c.entries); err == nil {
+			t.Errorf("%s: no error", c.name)
+		}
+	}
+
+	// A symlink swapped in after the scan is not followed.
+	dir := t.TempDir()
+	copyTree(t, src, dir)
+	p := filepath.Join(dir, cudaKey, "add_kernel.ptx")
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/hostname", p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Build(context.Background(), io.Discard, dir, entries); err == nil {
+		t.Error("symlink followed")
+	}
+}

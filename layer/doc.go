@@ -1,0 +1,41 @@
+// Package layer is the image layer format of cargohold: it builds the
+// reproducible eStargz layer that holds a Triton cache, indexes a layer blob
+// over an io.ReaderAt (eStargz TOC, or a plain tar read in large blocks), and
+// reads and verifies one kernel dir from the bytes of its span.
+//
+// Model: a layer holds io.triton.cache/<KEY>/<file> entries. An Index maps
+// each KEY to a Dir whose files' data lie in one contiguous byte span
+// [Dir.Offset, Dir.End) of the blob, so a caller fetches a whole kernel dir
+// with one ranged read and hands the bytes to Dir.Read.
+//
+// Invariants:
+//   - No HTTP and no FUSE here: callers bring an io.ReaderAt and a size.
+//   - Every entry of every format passes one check (checkEntry): names with
+//     "..", absolute names, links, devices and unclean names under
+//     io.triton.cache/ are errors (*UnsafeEntryError); entries elsewhere are
+//     skipped and recorded, never an error.
+//   - An Index is immutable after Open and JSON-serialisable; Dir.Read does
+//     not mutate it, so any number of goroutines may read at once.
+//   - Dir.Read never returns data whose known digest or size disagrees.
+//   - Build output depends only on the cache content, the file names and the
+//     executable bits: fixed mtime, owners, entry order, tar format,
+//     compression level and chunk size, and a sequential writer (estargz.Build
+//     would split work by GOMAXPROCS). The compressed bytes also depend on
+//     the Go toolchain's compress/flate.
+package layer
+
+// Prefix is the directory that holds the cache inside a layer.
+const Prefix = "io.triton.cache/"
+
+// MediaType is the layer's media type: eStargz is an ordinary gzip layer to
+// every other client.
+const MediaType = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+// Layer descriptor annotations of an eStargz layer.
+const (
+	AnnotationTOCDigest        = "containerd.io/snapshot/stargz/toc.digest"
+	AnnotationUncompressedSize = "io.containers.estargz.uncompressed-size"
+)
+
+// prefixDir is Prefix without its slash, the name of the directory itself.
+const prefixDir = "io.triton.cache"

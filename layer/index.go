@@ -1,0 +1,155 @@
+package layer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+)
+
+// Format is how a layer blob stores its files.
+type Format string
+
+const (
+	FormatEStargz Format = "estargz" // gzip members per file, TOC, footer
+	FormatTar     Format = "tar"     // uncompressed tar
+	FormatGzip    Format = "gzip"    // a tar+gzip without index (decompressed locally, then OpenTar)
+)
+
+// File is one cache file in a layer.
+type File struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	// Mode is the permission bits only (& 0o777): files are always regular.
+	Mode uint32 `json:"mode"`
+	// Digest is "sha256:..." of the content, "" if unknown (a tar file body
+	// that was skipped rather than read while indexing).
+	Digest string `json:"digest,omitempty"`
+	// Offset and End are the byte span of the blob holding the file's data;
+	// both zero for an empty file.
+	Offset int64 `json:"offset"`
+	End    int64 `json:"end"`
+	// Chunks, set for eStargz, say where each part of the file's data is
+	// compressed. Empty means the data is stored raw at [Offset, End).
+	Chunks []Chunk `json:"chunks,omitempty"`
+}
+
+// Chunk is one part of an eStargz file: Size bytes at Offset in the file,
+// found InnerOffset uncompressed bytes into the gzip member starting at
+// BlobOffset.
+type Chunk struct {
+	Offset      int64  `json:"offset"`
+	Size        int64  `json:"size"`
+	BlobOffset  int64  `json:"blobOffset"`
+	InnerOffset int64  `json:"innerOffset,omitempty"`
+	Digest      string `json:"digest,omitempty"`
+}
+
+// Dir is one KEY dir of a layer.
+type Dir struct {
+	Key   string `json:"key"`
+	Files []File `json:"files"` // sorted by name
+	// Offset and End are one contiguous span of the blob covering the data
+	// of every file of the dir. End == Offset when every file is empty.
+	Offset int64 `json:"offset"`
+	End    int64 `json:"end"`
+}
+
+// Index is what a layer holds, by KEY. It is immutable once returned.
+type Index struct {
+	Format    Format          `json:"format"`
+	Size      int64           `json:"size"`
+	TOCDigest string          `json:"tocDigest,omitempty"` // eStargz: digest of the TOC JSON
+	Dirs      map[string]*Dir `json:"dirs"`
+	Skipped   []string        `json:"skipped,omitempty"` // entries outside the cache, as named in the layer
+}
+
+// Open indexes a layer blob of the given size. An eStargz blob costs two
+// reads (footer, then TOC); its TOC is checked against tocDigest unless that
+// is "". An uncompressed tar is indexed by OpenTar with the default block
+// size. A gzip (or zstd) blob that is not eStargz gives an error matching
+// ErrNotIndexable.
+func Open(ra io.ReaderAt, size int64, tocDigest string) (*Index, error) {
+	if size < 0 {
+		return nil, fmt.Errorf("layer: open: negative size %d", size)
+	}
+	idx, ok, err := openEStargz(ra, size, tocDigest)
+	if err != nil || ok {
+		return idx, err
+	}
+	head := make([]byte, min(size, 512))
+	if _, err := readFullAt(ra, head, 0); err != nil {
+		return nil, fmt.Errorf("layer: open: read head: %w", err)
+	}
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		return nil, fmt.Errorf("layer: open: gzip: %w", ErrNotIndexable)
+	case len(head) >= 4 && binary.LittleEndian.Uint32(head) == 0xfd2fb528:
+		return nil, fmt.Errorf("layer: open: zstd: %w", ErrNotIndexable)
+	}
+	return OpenTar(ra, size, 0)
+}
+
+// readFullAt reads len(p) bytes at off; io.EOF with a full read is success,
+// as io.ReaderAt allows it.
+func readFullAt(ra io.ReaderAt, p []byte, off int64) (int, error) {
+	n, err := ra.ReadAt(p, off)
+	if n == len(p) {
+		return n, nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// builder collects files while a format is parsed.
+type builder struct {
+	idx *Index
+	pos map[string]int // "KEY/file" -> index in its Dir's Files
+}
+
+func newBuilder(f Format, size int64) *builder {
+	return &builder{idx: &Index{Format: f, Size: size, Dirs: map[string]*Dir{}}, pos: map[string]int{}}
+}
+
+func (b *builder) skip(name string) { b.idx.Skipped = append(b.idx.Skipped, name) }
+
+// add records a file; a later entry of the same name replaces an earlier one,
+// as when a tar is extracted.
+func (b *builder) add(key string, f File) {
+	d := b.idx.Dirs[key]
+	if d == nil {
+		d = &Dir{Key: key}
+		b.idx.Dirs[key] = d
+	}
+	if i, ok := b.pos[key+"/"+f.Name]; ok {
+		d.Files[i] = f
+		return
+	}
+	b.pos[key+"/"+f.Name] = len(d.Files)
+	d.Files = append(d.Files, f)
+}
+
+// finish sorts files and computes each dir's span.
+func (b *builder) finish() *Index {
+	for _, d := range b.idx.Dirs {
+		sort.Slice(d.Files, func(i, j int) bool { return d.Files[i].Name < d.Files[j].Name })
+		first := true
+		for _, f := range d.Files {
+			if f.End == f.Offset {
+				continue
+			}
+			if first || f.Offset < d.Offset {
+				d.Offset = f.Offset
+			}
+			if first || f.End > d.End {
+				d.End = f.End
+			}
+			first = false
+		}
+	}
+	return b.idx
+}

@@ -1,0 +1,104 @@
+package layer
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// Walk reads a whole layer blob as a stream (gzip, eStargz or plain tar) and
+// calls fn for each regular file io.triton.cache/<KEY>/<file>, in layer
+// order; a file that appears twice is passed twice, and the later one wins
+// as in tar extraction. content yields exactly f.Size bytes; what fn leaves
+// unread is drained. f carries Name, Size and Mode only.
+//
+// For an eStargz blob the TOC comes last: Walk then checks the digest of
+// every file it passed against the TOC and returns a *VerifyError if one
+// disagrees, so a caller must treat what fn wrote as provisional until Walk
+// returns nil. An error from fn is returned as is.
+func Walk(r io.Reader, fn func(key string, f File, content io.Reader) error) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	head, _ := br.Peek(4)
+	var src io.Reader = br
+	gz := false
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return fmt.Errorf("layer: walk: gzip: %w", err)
+		}
+		defer zr.Close()
+		src, gz = zr, true
+	case len(head) == 4 && binary.LittleEndian.Uint32(head) == 0xfd2fb528:
+		return fmt.Errorf("layer: walk: zstd-compressed layers are not supported")
+	}
+	tr := tar.NewReader(src)
+	passed := map[string]passedFile{} // tar name -> what fn was given
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("layer: walk: %w", err)
+		}
+		if h.Typeflag == tar.TypeXGlobalHeader {
+			continue
+		}
+		if gz && h.Name == estargz.TOCTarName {
+			if err := checkWalkTOC(tr, h.Size, passed); err != nil {
+				return err
+			}
+			continue
+		}
+		key, file, p, err := checkEntry(h.Name, tarKind(h.Typeflag))
+		if err != nil {
+			return err
+		}
+		if p != placeFile {
+			continue
+		}
+		sum := sha256.New()
+		f := File{Name: file, Size: h.Size, Mode: uint32(h.Mode & 0o777)}
+		if err := fn(key, f, io.TeeReader(tr, sum)); err != nil {
+			return err
+		}
+		if _, err := io.Copy(sum, tr); err != nil {
+			return fmt.Errorf("layer: walk: %s: %w", h.Name, err)
+		}
+		passed[h.Name] = passedFile{key, file, digest.NewDigest(digest.SHA256, sum).String()}
+	}
+}
+
+type passedFile struct{ key, file, digest string }
+
+// checkWalkTOC compares the digests in an eStargz TOC with the files passed.
+func checkWalkTOC(r io.Reader, size int64, passed map[string]passedFile) error {
+	if size > maxTOCSize {
+		return fmt.Errorf("layer: walk: TOC JSON of %d bytes, more than the %d allowed", size, maxTOCSize)
+	}
+	var toc estargz.JTOC
+	if err := json.NewDecoder(r).Decode(&toc); err != nil {
+		return fmt.Errorf("layer: walk: decode TOC JSON: %w", err)
+	}
+	for _, e := range toc.Entries {
+		if e == nil || e.Type != "reg" || e.Digest == "" {
+			continue
+		}
+		if p, ok := passed[e.Name]; ok && p.digest != e.Digest {
+			return &VerifyError{Key: p.key, File: p.file,
+				Err: fmt.Errorf("%w: digest %s, TOC says %s", ErrMismatch, p.digest, e.Digest)}
+		}
+	}
+	return nil
+}
