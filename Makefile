@@ -22,3 +22,9 @@ run: build
 
 clean:
 	rm -rf $(BIN)
+
+# Real-Triton end-to-end check (test/gpu/README.md): on a GPU host with
+# torch and Triton, from prebuilt $(BIN) (make build on a Go machine).
+.PHONY: e2e-gpu
+e2e-gpu:
+	BIN=$(BIN) ./test/gpu/e2e.sh

@@ -53,9 +53,12 @@ func Mount(ctx context.Context, mountpoint string, opts Options) (*Server, error
 		NegativeTimeout: &zero,
 		Logger:          slog.NewLogLogger(v.log.Handler(), slog.LevelWarn),
 		MountOptions: fuse.MountOptions{
-			FsName:     "cargohold",
-			Name:       "cargohold",
-			AllowOther: opts.AllowOther,
+			// Root mounts with mount(2) itself (hosts may lack fusermount3);
+			// others fall back to the setuid fusermount3.
+			DirectMount: true,
+			FsName:      "cargohold",
+			Name:        "cargohold",
+			AllowOther:  opts.AllowOther,
 			// The kernel checks permission bits (the view reports real
 			// owners and modes); exec stays allowed for launcher .so files.
 			Options: []string{"default_permissions"},
