@@ -1,0 +1,75 @@
+package proxy
+
+import (
+	"net/http"
+	"strings"
+)
+
+// flip is a FlipByte rule.
+type flip struct {
+	substr string
+	offset int64
+}
+
+// offsetsFor returns the body offsets that rules corrupt in a response to
+// path.
+func offsetsFor(rules []flip, path string) []int64 {
+	var offs []int64
+	for _, f := range rules {
+		if strings.Contains(path, f.substr) {
+			offs = append(offs, f.offset)
+		}
+	}
+	return offs
+}
+
+// writer counts the status and body bytes sent to the client and corrupts
+// the bytes at flips, body offsets of a 2xx response.
+type writer struct {
+	http.ResponseWriter
+	flips   []int64
+	status  int
+	n       int64
+	flipped bool
+}
+
+func (w *writer) WriteHeader(code int) {
+	// 1xx responses are interim; the final status comes later.
+	if w.status == 0 && code >= 200 {
+		w.status = code
+		if code >= 300 {
+			w.flips = nil
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *writer) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	out := p
+	for _, off := range w.flips {
+		if off >= w.n && off < w.n+int64(len(p)) {
+			if &out[0] == &p[0] {
+				// The caller's buffer is not ours to change.
+				out = append([]byte(nil), p...)
+			}
+			out[off-w.n] ^= 0xff
+			w.flipped = true
+		}
+	}
+	n, err := w.ResponseWriter.Write(out)
+	w.n += int64(n)
+	return n, err
+}
+
+// Flush passes flushes through so streamed responses stream.
+func (w *writer) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
