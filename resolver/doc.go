@@ -12,6 +12,27 @@
 //     DefaultStore()) where images are named by that annotation holding the
 //     normalised reference (StoreName), and only then in the registry.
 //
+// The KEY index (Index) maps each Triton cache KEY to the image layers that
+// hold it, over a list of sources, highest priority first:
+//
+//   - REG/REPO:TAG or REG/REPO@sha256:...: one image (from the local store
+//     first, as Fetch does);
+//   - REG/REPO:* : every tag of the repository, listed through the
+//     registry's tags API;
+//   - oci:DIR: every image of a local layout (each manifest in index.json);
+//     oci:DIR:REF or oci:DIR@sha256:...: one image there.
+//
+// Locations of a KEY are ordered by source, then, within a source, newest
+// image config "created" first, ties broken by the image ref descending
+// ("repo:v2" before "repo:v1"); an image listed twice counts once, at its
+// best place. Labels decide which images fit the local targets and which of
+// their kernel KEYs are indexed (launchers come with a fitting image);
+// images with malformed or no labels are indexed whole, and Index.Entry
+// checks each fetched kernel JSON, which wins over any label. A source that
+// fails keeps what its last good refresh found. Lookups read an immutable
+// snapshot through an atomic pointer and do no I/O; the index is persisted
+// in its state dir and reloaded without network.
+//
 // Manifests, configs, tags and pushes go through go-containerregistry.
 // Layer bytes are read through Blob, an io.ReaderAt: RegistryBlob issues its
 // own GET /v2/<repo>/blobs/<digest> with a closed Range header (ggcr has no

@@ -2,13 +2,70 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"time"
 
+	"cargohold/internal/cli"
 	"cargohold/resolver"
+	"cargohold/store"
 )
 
-// fetch is replaced by the lazy-fetch engine's CLI face.
+// fetch fetches single KEY dirs of an image with ranged reads into the
+// content store of the state dir, installs them into -d DIR when given, and
+// prints what each cost.
 func fetch(ctx context.Context, o options, ropts resolver.Options, log *slog.Logger) error {
-	return fmt.Errorf("fetch: not built yet")
+	state := o.stateDir
+	if state == "" {
+		state = resolver.DefaultStateDir()
+	}
+	st, err := store.Open(resolver.StoreDir(state), 0)
+	if err != nil {
+		return fmt.Errorf("fetch: %w", err)
+	}
+	defer st.Close()
+	res := resolver.New(ropts)
+	im, err := res.Fetch(ctx, o.image)
+	if err != nil {
+		return fmt.Errorf("fetch: %w", err)
+	}
+	e := resolver.NewEngine(res, st, state)
+	defer e.Close()
+
+	failed := 0
+	for _, key := range o.keys {
+		var c resolver.Counters
+		start := time.Now()
+		files, _, err := e.FetchKey(resolver.WithCounters(ctx, &c), im, key)
+		if err != nil {
+			log.Error("fetch failed", "key", key, "err", err)
+			failed++
+			continue
+		}
+		var size int64
+		for _, f := range files {
+			size += f.Size
+		}
+		took := time.Since(start)
+		if o.dir != "" {
+			switch err := e.Install(o.dir, key, files); {
+			case errors.Is(err, fs.ErrExist):
+				log.Warn("kept the local KEY dir", "key", key, "dir", o.dir)
+			case err != nil:
+				log.Error("install failed", "key", key, "err", err)
+				failed++
+			}
+		}
+		fmt.Printf("%s  %d files  %s  %d requests  %s received  %s\n", key, len(files), cli.Bytes(size),
+			c.Requests.Load(), cli.Bytes(c.Bytes.Load()), took.Round(time.Millisecond))
+	}
+	s := e.Stats()
+	fmt.Printf("total: %d KEYs, %d fetched, %d already stored, %d layer indexes built, %d from cache, %d downloads, %d requests, %s received\n",
+		len(o.keys), s.Fetches, s.Hits, s.Indexes, s.IndexCacheHits, s.Downloads, s.Requests, cli.Bytes(s.Bytes))
+	if failed > 0 {
+		return fmt.Errorf("fetch: %d of %d KEYs failed", failed, len(o.keys))
+	}
+	return nil
 }

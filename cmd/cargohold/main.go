@@ -40,6 +40,7 @@ type options struct {
 	push      bool
 	plainHTTP bool
 	store     string
+	stateDir  string
 	gpu       string
 	logLevel  string
 	timeout   time.Duration
@@ -75,6 +76,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.push, "push", false, "create: push to the registry named by -i instead of the local store")
 	fs.BoolVar(&o.plainHTTP, "plain-http", false, "talk plain HTTP to the registry (for one on loopback)")
 	fs.StringVar(&o.store, "store", "", "local OCI layout store (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
+	fs.StringVar(&o.stateDir, "state-dir", "", "fetch: content store and layer indexes (default ${XDG_CACHE_HOME:-~/.cache}/cargohold)")
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:80:32,hip:gfx90a:64" or "none" (env CARGOHOLD_GPU)`)
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "deadline for each registry request")
 	if err := fs.Parse(args); err != nil {

@@ -1,0 +1,153 @@
+// Command cargohold-fs mounts a FUSE filesystem as Triton's cache dir. A
+// lookup of a kernel KEY that is not on local disk is answered from a cache
+// image that fits the local GPU: only that KEY dir is fetched, verified and
+// kept in a bounded local store. Local compiles land in the upper dir.
+//
+//	cargohold-fs -i REGISTRY/REPO:TAG [-i ...] [MOUNTPOINT]
+//	cargohold-fs status [--state-dir DIR]
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"cargohold/internal/cli"
+)
+
+const usage = `Usage:
+  cargohold-fs [flags] [MOUNTPOINT]     mount (default $TRITON_CACHE_DIR or ~/.triton/cache)
+  cargohold-fs status [--state-dir DIR] print the status of a running mount
+
+Image sources (-i, repeatable, first wins for a KEY held twice):
+  REG/REPO:TAG or REG/REPO@sha256:...   one image
+  REG/REPO:*                            every tag of a repository
+  oci:DIR[:REF]                         a local OCI layout (all images, or REF)
+  NAME:TAG                              an image in the local store (--store)
+
+Flags:
+`
+
+// options is everything a mount needs.
+type options struct {
+	status       bool
+	mountpoint   string
+	images       []string
+	stateDir     string
+	store        string
+	cacheSize    int64
+	gpu          string
+	plainHTTP    bool
+	fetchTimeout time.Duration
+	refresh      time.Duration
+	pathPrefix   string
+	logLevel     string
+	metricsAddr  string
+	foreground   bool
+	allowOther   bool
+}
+
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if errors.Is(err, pflag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cargohold-fs:", err)
+		os.Exit(2)
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "cargohold-fs:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (options, error) {
+	var o options
+	var cacheSize string
+	fs := pflag.NewFlagSet("cargohold-fs", pflag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
+	fs.StringArrayVarP(&o.images, "image", "i", nil, "image source (repeatable; see above)")
+	fs.StringVar(&o.stateDir, "state-dir", defaultStateDir(), "upper dir, content store, index and status.json")
+	fs.StringVar(&o.store, "store", "", "local OCI layout store for plain names (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
+	fs.StringVar(&cacheSize, "cache-size", "10G", "bound on the content store, bytes with K/M/G/T suffix (0: unbounded)")
+	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:90:32" or "none" (env CARGOHOLD_GPU)`)
+	fs.BoolVar(&o.plainHTTP, "plain-http", false, "talk plain HTTP to registries (for one on loopback)")
+	fs.DurationVar(&o.fetchTimeout, "fetch-timeout", 5*time.Second, "deadline for a lookup that fetches a KEY; past it Triton sees ENOENT and compiles")
+	fs.DurationVar(&o.refresh, "refresh", 5*time.Minute, "how often image sources are re-read (tags move)")
+	fs.StringVar(&o.pathPrefix, "path-prefix", "", "the path Triton sees the cache at, for bind mounts (default the mountpoint)")
+	fs.StringVarP(&o.logLevel, "log-level", "l", "info", "log level: debug, info, warning, error")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9477 (default off)")
+	fs.BoolVarP(&o.foreground, "foreground", "f", false, "stay in the foreground (default: detach once mounted)")
+	fs.BoolVar(&o.allowOther, "allow-other", false, "let other users see the mount (needs user_allow_other for non-root)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	rest := fs.Args()
+	if len(rest) > 0 && rest[0] == "status" {
+		o.status, rest = true, rest[1:]
+	}
+	if _, err := cli.ParseLevel(o.logLevel); err != nil {
+		return o, err
+	}
+	n, err := parseSize(cacheSize)
+	if err != nil {
+		return o, err
+	}
+	o.cacheSize = n
+	switch {
+	case len(rest) > 1:
+		return o, fmt.Errorf("unexpected arguments %q", rest[1:])
+	case o.status:
+		return o, nil
+	case len(rest) == 1:
+		o.mountpoint = rest[0]
+	case os.Getenv("TRITON_CACHE_DIR") != "":
+		o.mountpoint = os.Getenv("TRITON_CACHE_DIR")
+	default:
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return o, fmt.Errorf("no MOUNTPOINT and no home dir: %w", err)
+		}
+		o.mountpoint = filepath.Join(home, ".triton", "cache")
+	}
+	if len(o.images) == 0 {
+		return o, fmt.Errorf("name at least one image source with -i")
+	}
+	return o, nil
+}
+
+// parseSize reads "10G", "512M", "123456" (powers of 1024).
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(strings.ToUpper(s))
+	mult := int64(1)
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
+	if s != "" {
+		if i := strings.IndexByte("KMGT", s[len(s)-1]); i >= 0 {
+			mult = int64(1) << (10 * (i + 1))
+			s = s[:len(s)-1]
+		}
+	}
+	n, err := strconv.ParseFloat(s, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("--cache-size %q: want bytes with an optional K/M/G/T suffix", s)
+	}
+	return int64(n * float64(mult)), nil
+}
+
+// defaultStateDir is ${XDG_CACHE_HOME:-~/.cache}/cargohold/fs.
+func defaultStateDir() string {
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "cargohold", "fs")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".cache", "cargohold", "fs")
+	}
+	return filepath.Join(os.TempDir(), "cargohold-fs")
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"cargohold/fs"
+	"cargohold/gpu"
+	"cargohold/internal/cli"
+	"cargohold/resolver"
+	"cargohold/store"
+)
+
+func run(o options) error {
+	if o.status {
+		return printStatus(o.stateDir)
+	}
+	if !o.foreground && os.Getenv(daemonEnv) == "" {
+		return daemonize(o.stateDir)
+	}
+	level, _ := cli.ParseLevel(o.logLevel)
+	log := cli.NewLogger(cli.Stderr, level)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	m, err := mount(ctx, o, log)
+	notifyParent(err)
+	if err != nil {
+		return err
+	}
+	log.Info("mounted", "mountpoint", m.srv.Mountpoint(), "images", o.images, "state", o.stateDir)
+	done := make(chan struct{})
+	go func() { m.srv.Wait(); close(done) }()
+	select {
+	case <-ctx.Done():
+		log.Info("unmounting", "mountpoint", m.srv.Mountpoint())
+		if err := unmount(m.srv); err != nil {
+			m.close()
+			return err
+		}
+		<-done
+	case <-done:
+		log.Warn("unmounted from outside", "mountpoint", m.srv.Mountpoint())
+	}
+	m.close()
+	return nil
+}
+
+// mounted is the running stack, closed in reverse order of assembly.
+type mounted struct {
+	srv    *fs.Server
+	st     *store.Store
+	eng    *resolver.Engine
+	cancel context.CancelFunc
+	status *statusWriter
+}
+
+func (m *mounted) close() {
+	m.cancel()
+	m.status.stop()
+	m.eng.Close()
+	m.st.Close()
+}
+
+// mount assembles store, resolver, index and filesystem, and mounts. The
+// index loads from disk at once and refreshes from the sources in the
+// background, so the mount is up before any network answers.
+func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
+	rep, err := gpu.Detect(gpu.Options{Override: o.gpu})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("local GPU", "targets", gpu.FormatList(rep.Targets), "source", rep.Source, "nvidia", rep.NVIDIA, "amd", rep.AMD)
+	if len(rep.Targets) == 0 {
+		log.Warn("no local GPU target: no image kernel will fit; the mount serves local compiles only")
+	}
+	if err := os.MkdirAll(o.stateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	st, err := store.Open(filepath.Join(o.stateDir, "store"), o.cacheSize)
+	if err != nil {
+		return nil, err
+	}
+	r := resolver.New(resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP, Timeout: o.fetchTimeout, Logger: log})
+	eng := resolver.NewEngine(r, st, o.stateDir)
+	ix, err := resolver.NewIndex(r, eng, resolver.IndexConfig{
+		Sources: o.images, Targets: rep.Targets, StateDir: o.stateDir, Refresh: o.refresh, Logger: log,
+	})
+	if err != nil {
+		eng.Close()
+		st.Close()
+		return nil, err
+	}
+	life, cancel := context.WithCancel(ctx)
+	m := &mounted{st: st, eng: eng, cancel: cancel}
+	if err := ix.Load(); err != nil {
+		log.Info("no usable persisted index; waiting for the first refresh", "err", err)
+	}
+	go ix.Run(life)
+
+	if err := clearStaleMount(o.mountpoint, log); err != nil {
+		m.cancel()
+		eng.Close()
+		st.Close()
+		return nil, err
+	}
+	stats := &fs.Stats{}
+	srv, err := fs.Mount(life, o.mountpoint, fs.Options{
+		Upper:         filepath.Join(o.stateDir, "upper"),
+		PathPrefix:    o.pathPrefix,
+		Lower:         &lower{ix: ix, st: st, timeout: o.fetchTimeout},
+		LookupTimeout: o.fetchTimeout,
+		Logger:        log,
+		Stats:         stats,
+		AllowOther:    o.allowOther,
+	})
+	if err != nil {
+		m.cancel()
+		eng.Close()
+		st.Close()
+		return nil, err
+	}
+	m.srv = srv
+	m.status = startStatus(life, o, stats, eng, ix, st, log)
+	return m, nil
+}
+
+// unmount retries while the mount is busy (a process with its cwd inside),
+// then detaches lazily so the process can still exit.
+func unmount(srv *fs.Server) error {
+	var err error
+	for i := 0; i < 10; i++ {
+		if err = srv.Unmount(); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if derr := syscall.Unmount(srv.Mountpoint(), syscall.MNT_DETACH); derr == nil {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"cargohold/fs"
+	"cargohold/resolver"
+	"cargohold/store"
+)
+
+// status is what <state-dir>/status.json says about a running mount.
+type status struct {
+	PID        int                  `json:"pid"`
+	Mountpoint string               `json:"mountpoint"`
+	Images     []string             `json:"images"`
+	Updated    time.Time            `json:"updated"`
+	Mounted    bool                 `json:"mounted"`
+	Ready      bool                 `json:"index_ready"`
+	Keys       int                  `json:"indexed_keys"`
+	FS         fs.StatsSnapshot     `json:"fs"`
+	Engine     resolver.EngineStats `json:"engine"`
+	Store      store.Stats          `json:"store"`
+	Sources    map[string]string    `json:"source_errors,omitempty"`
+
+	// The headline numbers, flat for scripts.
+	Hits      int64  `json:"hits"`
+	Misses    int64  `json:"misses"`
+	Fetches   int64  `json:"fetches"`
+	Bytes     int64  `json:"bytes"`
+	Errors    int64  `json:"errors"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+type statusWriter struct {
+	path string
+	snap func() status
+	log  *slog.Logger
+	srv  *http.Server
+
+	once sync.Once
+	quit chan struct{}
+	done chan struct{}
+}
+
+func startStatus(ctx context.Context, o options, stats *fs.Stats, eng *resolver.Engine, ix *resolver.Index, st *store.Store, log *slog.Logger) *statusWriter {
+	mp, _ := filepath.Abs(o.mountpoint)
+	snap := func() status {
+		s := status{PID: os.Getpid(), Mountpoint: mp, Images: o.images, Updated: time.Now().UTC(), Mounted: true,
+			Keys: len(ix.Keys()), FS: stats.Snapshot(), Engine: eng.Stats(), Store: st.Stats(), Sources: errStrings(ix.Errors())}
+		select {
+		case <-ix.Ready():
+			s.Ready = true
+		default:
+		}
+		s.Hits, s.Misses = s.FS.Hits, s.FS.Misses
+		s.Fetches, s.Bytes = s.Engine.Fetches, s.Engine.Bytes
+		s.Errors = s.FS.LookupErrors + s.FS.IOErrors + s.Engine.Errors
+		s.LastError = s.FS.LastError
+		if s.LastError == "" {
+			s.LastError = s.Engine.LastError
+		}
+		return s
+	}
+	w := &statusWriter{path: filepath.Join(o.stateDir, "status.json"), snap: snap, log: log,
+		quit: make(chan struct{}), done: make(chan struct{})}
+	if o.metricsAddr != "" {
+		w.serveMetrics(o.metricsAddr)
+	}
+	go w.loop(ctx)
+	return w
+}
+
+func (w *statusWriter) loop(ctx context.Context) {
+	defer close(w.done)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		w.write(w.snap())
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.quit:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// stop writes a last status saying the mount is gone.
+func (w *statusWriter) stop() {
+	if w == nil {
+		return
+	}
+	w.once.Do(func() {
+		close(w.quit)
+		<-w.done
+		s := w.snap()
+		s.Mounted = false
+		w.write(s)
+		if w.srv != nil {
+			w.srv.Close()
+		}
+	})
+}
+
+func (w *statusWriter) write(s status) {
+	b, _ := json.MarshalIndent(s, "", "  ")
+	tmp := w.path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		w.log.Warn("status file", "err", err)
+		return
+	}
+	if err := os.Rename(tmp, w.path); err != nil {
+		w.log.Warn("status file", "err", err)
+	}
+}
+
+// serveMetrics serves the status as Prometheus text.
+func (w *statusWriter) serveMetrics(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		w.log.Error("metrics endpoint", "addr", addr, "err", err)
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(rw http.ResponseWriter, _ *http.Request) {
+		s := w.snap()
+		rw.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		m := map[string]int64{
+			"cargohold_fs_hits_total": s.Hits, "cargohold_fs_misses_total": s.Misses,
+			"cargohold_fetches_total": s.Fetches, "cargohold_fetch_bytes_total": s.Bytes,
+			"cargohold_errors_total": s.Errors, "cargohold_indexed_keys": int64(s.Keys),
+			"cargohold_store_bytes": s.Store.Bytes, "cargohold_store_entries": int64(s.Store.Entries),
+		}
+		names := make([]string, 0, len(m))
+		for n := range m {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(rw, "%s %d\n", n, m[n])
+		}
+	})
+	w.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := w.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			w.log.Error("metrics endpoint", "err", err)
+		}
+	}()
+}
+
+func printStatus(stateDir string) error {
+	b, err := os.ReadFile(filepath.Join(stateDir, "status.json"))
+	if err != nil {
+		return fmt.Errorf("status: no mount has written %s: %w", filepath.Join(stateDir, "status.json"), err)
+	}
+	_, err = os.Stdout.Write(b)
+	return err
+}
+
+func errStrings(m map[string]error) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, err := range m {
+		out[k] = err.Error()
+	}
+	return out
+}

@@ -1,0 +1,461 @@
+package resolver
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"cargohold/gpu"
+)
+
+// DefaultRefresh is how often Run rebuilds the index when
+// IndexConfig.Refresh is zero: tags can move.
+const DefaultRefresh = 5 * time.Minute
+
+// indexWorkers bounds the images resolved at once during a refresh (each
+// costs a few sequential round trips on a miss).
+const indexWorkers = 8
+
+// IndexConfig configures an Index.
+type IndexConfig struct {
+	// Sources are the images to index, highest priority first; see the
+	// package doc for the forms. At least one is needed.
+	Sources []string
+	// Targets are the local GPU targets (gpu.Detect). An image whose labels
+	// name none of them is not indexed; an empty list indexes only images
+	// without usable labels (their fit is decided by Entry).
+	Targets []gpu.Target
+	// StateDir holds index.json, the persisted index. Default "": nothing
+	// is persisted and Load fails.
+	StateDir string
+	// Refresh is Run's interval. Default DefaultRefresh; negative: Run
+	// refreshes once.
+	Refresh time.Duration
+	// Logger receives refresh results, per-source errors, label errors and
+	// skipped locations. Default discards.
+	Logger *slog.Logger
+}
+
+// Location is one place a KEY lives: a layer of an image.
+type Location struct {
+	// Image is "REPO@DIGEST" for a registry image, "oci:DIR@DIGEST" for a
+	// layout (or local store) image.
+	Image string
+	// Source is the index of the IndexConfig.Sources entry it came from.
+	Source int
+	// Layer is the layer holding the KEY dir (the last one, when several
+	// do: later layers win).
+	Layer LayerRef
+	// Created is the image config's creation time.
+	Created time.Time
+	// Kernel is the kernel's target as the image's metadata label says;
+	// nil for launcher and other dirs and for images without usable labels.
+	Kernel *gpu.Target
+}
+
+// ImageInfo describes one image of the index, for status and humans.
+type ImageInfo struct {
+	Ref        string       `json:"ref"`   // as listed: "REG/REPO:TAG", "oci:DIR:NAME"
+	Image      string       `json:"image"` // Location.Image
+	Source     int          `json:"source"`
+	Created    time.Time    `json:"created"`
+	Targets    []gpu.Target `json:"targets,omitempty"` // from labels
+	Fits       bool         `json:"fits"`              // some KEYs indexed (or left to Entry)
+	Keys       int          `json:"keys"`
+	LabelError string       `json:"label_error,omitempty"`
+	Unlabelled bool         `json:"unlabelled,omitempty"`
+}
+
+// IndexStats are an Index's counters.
+type IndexStats struct {
+	Images      int `json:"images"`        // images in the index (fitting or not)
+	Keys        int `json:"keys"`          // distinct KEYs
+	Locations   int `json:"locations"`     // KEY locations over all images
+	LabelErrors int `json:"label_errors"`  // images whose labels are malformed (indexed whole, fit left to Entry)
+	Unlabelled  int `json:"unlabelled"`    // images without labels (indexed whole, fit left to Entry)
+	SourceErrs  int `json:"source_errors"` // sources whose last refresh failed
+
+	Refreshes      int64         `json:"refreshes"`  // completed refreshes
+	RefreshTime    time.Duration `json:"refresh_ns"` // the last one's duration
+	LastRefresh    time.Time     `json:"last_refresh,omitzero"`
+	LabelLies      int64         `json:"label_lies"`      // Entry found a kernel JSON that does not fit although the label said it did
+	Misfits        int64         `json:"misfits"`         // Entry found a kernel JSON that does not fit in an image without usable labels
+	EntryHits      int64         `json:"entry_hits"`      // Entry calls that returned files
+	EntryMisses    int64         `json:"entry_misses"`    // Entry calls that returned an error
+	EntryFallbacks int64         `json:"entry_fallbacks"` // locations Entry tried after a first one failed or did not fit
+}
+
+// Index maps KEY -> locations over a list of image sources. Lookups read an
+// immutable snapshot through an atomic pointer: they take no lock that a
+// refresh holds and do no I/O.
+type Index struct {
+	// immutable after NewIndex
+	r       *Resolver
+	eng     *Engine
+	cfg     IndexConfig
+	sources []source
+	log     *slog.Logger
+	ready   chan struct{}
+
+	readyOnce sync.Once
+	cur       atomic.Pointer[snapshot]
+	refreshMu sync.Mutex // serialises Refresh and Load
+
+	// guarded by verdictMu: Entry's fit verdicts by layer digest + KEY
+	verdictMu sync.Mutex
+	verdicts  map[string]bool
+
+	refreshes   atomic.Int64
+	refreshNS   atomic.Int64
+	lastRefresh atomic.Int64 // unix ns
+	labelLies   atomic.Int64
+	misfits     atomic.Int64
+	hits        atomic.Int64
+	misses      atomic.Int64
+	fallbacks   atomic.Int64
+}
+
+// imageRec is what the index keeps of one image: immutable once built, and
+// shared by every snapshot (and refresh) that sees the same memo key.
+type imageRec struct {
+	Memo       string       `json:"memo"` // candidate.memo
+	Image      string       `json:"image"`
+	Created    time.Time    `json:"created"`
+	Layers     []LayerRef   `json:"layers"`
+	Targets    []gpu.Target `json:"targets,omitempty"`
+	Kernels    []gpu.Target `json:"kernels,omitempty"` // distinct fitting kernel targets; keyRec.Kernel points in
+	LabelError string       `json:"label_error,omitempty"`
+	Unlabelled bool         `json:"unlabelled,omitempty"`
+	Fits       bool         `json:"fits"`
+	Keys       []keyRec     `json:"keys,omitempty"` // sorted by Key
+}
+
+// keyRec is one KEY of an image.
+type keyRec struct {
+	Key    string `json:"k"`
+	Layer  uint16 `json:"l,omitempty"` // index into imageRec.Layers
+	Kernel uint16 `json:"t,omitempty"` // 1 + index into imageRec.Kernels; 0: none
+}
+
+// entry is an image as one snapshot lists it.
+type entry struct {
+	ref    string
+	source int
+	rec    *imageRec
+}
+
+// loc is one location of a KEY: 16 bytes.
+type loc struct {
+	e *entry
+	k *keyRec
+}
+
+// snapshot is one immutable state of the index.
+type snapshot struct {
+	entries []*entry // priority order, one per image
+	keys    map[string][]loc
+	errs    map[string]error // by source, failed ones only
+	nlocs   int
+}
+
+// NewIndex returns an empty Index over cfg.Sources; call Load and Refresh
+// (or Run) to fill it. Sources are parsed here, so a malformed one is an
+// error now.
+func NewIndex(r *Resolver, eng *Engine, cfg IndexConfig) (*Index, error) {
+	if len(cfg.Sources) == 0 {
+		return nil, fmt.Errorf("resolver: index: no sources")
+	}
+	ix := &Index{r: r, eng: eng, cfg: cfg, ready: make(chan struct{}), verdicts: map[string]bool{}}
+	ix.cfg.Targets = gpu.Dedup(slices.Clone(cfg.Targets))
+	if ix.cfg.Refresh == 0 {
+		ix.cfg.Refresh = DefaultRefresh
+	}
+	ix.log = cfg.Logger
+	if ix.log == nil {
+		ix.log = slog.New(slog.DiscardHandler)
+	}
+	for _, s := range cfg.Sources {
+		src, err := parseSource(s, r.opts)
+		if err != nil {
+			return nil, err
+		}
+		ix.sources = append(ix.sources, src)
+	}
+	return ix, nil
+}
+
+// Ready is closed once the index holds a snapshot: after the first
+// successful Load or the first completed Refresh (even one where every
+// source failed, so that lookups fail fast instead of waiting).
+func (ix *Index) Ready() <-chan struct{} { return ix.ready }
+
+// Lookup returns where key lives, highest priority first: by source order,
+// then, within a source, newest image config first, ties broken by the
+// image ref in descending order. nil when the KEY is not indexed (or the
+// index is not ready). No I/O, no lock.
+func (ix *Index) Lookup(key string) []Location {
+	s := ix.cur.Load()
+	if s == nil {
+		return nil
+	}
+	ls := s.keys[key]
+	if len(ls) == 0 {
+		return nil
+	}
+	out := make([]Location, len(ls))
+	for i, l := range ls {
+		out[i] = l.location()
+	}
+	return out
+}
+
+func (l loc) location() Location {
+	rec := l.e.rec
+	out := Location{Image: rec.Image, Source: l.e.source, Layer: rec.Layers[l.k.Layer], Created: rec.Created}
+	if l.k.Kernel > 0 {
+		t := rec.Kernels[l.k.Kernel-1]
+		out.Kernel = &t
+	}
+	return out
+}
+
+// Has reports whether key is indexed.
+func (ix *Index) Has(key string) bool {
+	s := ix.cur.Load()
+	return s != nil && len(s.keys[key]) > 0
+}
+
+// Keys returns every indexed KEY, sorted.
+func (ix *Index) Keys() []string {
+	s := ix.cur.Load()
+	if s == nil {
+		return nil
+	}
+	keys := make([]string, 0, len(s.keys))
+	for k := range s.keys {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// Images lists the images of the index in priority order.
+func (ix *Index) Images() []ImageInfo {
+	s := ix.cur.Load()
+	if s == nil {
+		return nil
+	}
+	out := make([]ImageInfo, 0, len(s.entries))
+	for _, e := range s.entries {
+		out = append(out, ImageInfo{Ref: e.ref, Image: e.rec.Image, Source: e.source, Created: e.rec.Created,
+			Targets: e.rec.Targets, Fits: e.rec.Fits, Keys: len(e.rec.Keys), LabelError: e.rec.LabelError,
+			Unlabelled: e.rec.Unlabelled})
+	}
+	return out
+}
+
+// Errors returns the last refresh's error per source (by the source as
+// written); sources that succeeded are absent.
+func (ix *Index) Errors() map[string]error {
+	out := map[string]error{}
+	if s := ix.cur.Load(); s != nil {
+		for k, v := range s.errs {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// Stats returns the index's counters.
+func (ix *Index) Stats() IndexStats {
+	st := IndexStats{
+		Refreshes:      ix.refreshes.Load(),
+		RefreshTime:    time.Duration(ix.refreshNS.Load()),
+		LabelLies:      ix.labelLies.Load(),
+		Misfits:        ix.misfits.Load(),
+		EntryHits:      ix.hits.Load(),
+		EntryMisses:    ix.misses.Load(),
+		EntryFallbacks: ix.fallbacks.Load(),
+	}
+	if ns := ix.lastRefresh.Load(); ns != 0 {
+		st.LastRefresh = time.Unix(0, ns)
+	}
+	if s := ix.cur.Load(); s != nil {
+		st.Images, st.Keys, st.Locations, st.SourceErrs = len(s.entries), len(s.keys), s.nlocs, len(s.errs)
+		for _, e := range s.entries {
+			if e.rec.LabelError != "" {
+				st.LabelErrors++
+			}
+			if e.rec.Unlabelled {
+				st.Unlabelled++
+			}
+		}
+	}
+	return st
+}
+
+// Run refreshes now and then every IndexConfig.Refresh until ctx ends (once
+// when Refresh is negative). Errors are logged; the index keeps serving.
+// Call Load first: lookups then answer from the persisted index while the
+// first refresh runs.
+func (ix *Index) Run(ctx context.Context) {
+	for {
+		if err := ix.Refresh(ctx); err != nil && ctx.Err() == nil {
+			ix.log.Warn("index refresh", "err", err)
+		}
+		if ix.cfg.Refresh < 0 {
+			return
+		}
+		t := time.NewTimer(ix.cfg.Refresh)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// install makes s the current snapshot and the index ready.
+func (ix *Index) install(s *snapshot) {
+	ix.cur.Store(s)
+	ix.readyOnce.Do(func() { close(ix.ready) })
+}
+
+// Refresh rebuilds the index from the sources and installs it. An image
+// whose manifest digest is already known costs its manifest GET and nothing
+// more (a digest-pinned ref or a layout entry: nothing); a new image costs
+// its config and, when it fits, its layer indexes (Engine.Index, cached on
+// disk by layer digest).
+//
+// A source that fails keeps what the last good refresh found for it (the
+// whole source when it could not be listed, the image when one tag failed);
+// its error is recorded (Errors) and logged, and the other sources are
+// indexed. Refresh installs what it built even when some sources failed
+// and returns their errors joined; a ctx that ends first installs nothing.
+// The new index is persisted (StateDir) before it is installed.
+func (ix *Index) Refresh(ctx context.Context) error {
+	ix.refreshMu.Lock()
+	defer ix.refreshMu.Unlock()
+	start := time.Now()
+	prev := ix.cur.Load()
+
+	b := &builder{ix: ix, memo: map[string]*imageRec{}, inflight: map[string]*build{}}
+	if prev != nil {
+		for _, e := range prev.entries {
+			b.memo[e.rec.Memo] = e.rec
+		}
+	}
+	results, srcErrs := b.run(ctx)
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("resolver: index refresh: %w", err)
+	}
+
+	var entries []*entry
+	errs := map[string]error{}
+	for i, src := range ix.sources {
+		kept := func(keep func(*entry) bool) {
+			if prev == nil {
+				return
+			}
+			for _, e := range prev.entries {
+				if e.source == i && keep(e) {
+					entries = append(entries, &entry{ref: e.ref, source: i, rec: e.rec})
+				}
+			}
+		}
+		if err := srcErrs[i]; err != nil {
+			errs[src.raw] = err
+			kept(func(*entry) bool { return true })
+			continue
+		}
+		var failed []error
+		for _, res := range results[i] {
+			if res.err != nil {
+				failed = append(failed, res.err)
+				kept(func(e *entry) bool { return e.ref == res.ref })
+				continue
+			}
+			entries = append(entries, &entry{ref: res.ref, source: i, rec: res.rec})
+		}
+		if len(failed) > 0 {
+			errs[src.raw] = errors.Join(failed...)
+		}
+	}
+	s := newSnapshot(entries, errs)
+
+	var errList []error
+	for i, src := range ix.sources {
+		if err := errs[src.raw]; err != nil {
+			ix.log.Warn("index source failed; keeping its last good images", "source", src.raw, "priority", i, "err", err)
+			errList = append(errList, &SourceError{Source: src.raw, Err: err})
+		}
+	}
+	if err := ix.save(s); err != nil {
+		ix.log.Warn("index not persisted", "dir", ix.cfg.StateDir, "err", err)
+		errList = append(errList, err)
+	}
+	ix.install(s)
+	d := time.Since(start)
+	ix.refreshes.Add(1)
+	ix.refreshNS.Store(int64(d))
+	ix.lastRefresh.Store(time.Now().UnixNano())
+	ix.log.Info("index refreshed", "images", len(s.entries), "keys", len(s.keys), "locations", s.nlocs,
+		"failedSources", len(errs), "took", d)
+	return errors.Join(errList...)
+}
+
+// SourceError is a source that could not be (fully) indexed.
+type SourceError struct {
+	Source string
+	Err    error
+}
+
+func (e *SourceError) Error() string { return fmt.Sprintf("resolver: source %s: %v", e.Source, e.Err) }
+func (e *SourceError) Unwrap() error { return e.Err }
+
+// newSnapshot orders entries by priority, drops repeated images (an image
+// reached through two tags or two sources counts once, at its best
+// priority) and builds the KEY map.
+func newSnapshot(entries []*entry, errs map[string]error) *snapshot {
+	slices.SortStableFunc(entries, func(a, b *entry) int {
+		if c := cmp.Compare(a.source, b.source); c != 0 {
+			return c
+		}
+		if c := b.rec.Created.Compare(a.rec.Created); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.ref, a.ref)
+	})
+	s := &snapshot{errs: errs}
+	seen := map[string]bool{}
+	n := 0
+	for _, e := range entries {
+		if seen[e.rec.Image] {
+			continue
+		}
+		seen[e.rec.Image] = true
+		s.entries = append(s.entries, e)
+		if e.rec.Fits {
+			n += len(e.rec.Keys)
+		}
+	}
+	s.keys = make(map[string][]loc, n)
+	for _, e := range s.entries {
+		if !e.rec.Fits {
+			continue
+		}
+		for j := range e.rec.Keys {
+			k := &e.rec.Keys[j]
+			s.keys[k.Key] = append(s.keys[k.Key], loc{e: e, k: k})
+			s.nlocs++
+		}
+	}
+	return s
+}

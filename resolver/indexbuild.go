@@ -1,0 +1,192 @@
+package resolver
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"cargohold/gpu"
+	"cargohold/triton"
+)
+
+// imageResult is one listed image, resolved or not.
+type imageResult struct {
+	ref string
+	rec *imageRec
+	err error
+}
+
+// build is one image record being built, shared by the tags that name it.
+type build struct {
+	done chan struct{}
+	rec  *imageRec
+	err  error
+}
+
+// builder is one refresh's work.
+type builder struct {
+	ix *Index
+
+	mu       sync.Mutex
+	memo     map[string]*imageRec // guarded by mu: known records by memo key
+	inflight map[string]*build    // guarded by mu
+}
+
+// run expands every source and resolves its images on a bounded pool.
+// results[i] are source i's images in listing order; srcErrs[i] is set
+// when source i could not be listed.
+func (b *builder) run(ctx context.Context) ([][]imageResult, []error) {
+	n := len(b.ix.sources)
+	results := make([][]imageResult, n)
+	srcErrs := make([]error, n)
+	sem := make(chan struct{}, indexWorkers)
+	var wg sync.WaitGroup
+	for i, src := range b.ix.sources {
+		wg.Go(func() {
+			items, err := b.ix.expand(ctx, src)
+			if err != nil {
+				srcErrs[i] = err
+				return
+			}
+			results[i] = make([]imageResult, len(items))
+			var iwg sync.WaitGroup
+			for j, it := range items {
+				results[i][j].ref = it.ref
+				iwg.Go(func() {
+					select {
+					case sem <- struct{}{}:
+					case <-ctx.Done():
+						results[i][j].err = ctx.Err()
+						return
+					}
+					defer func() { <-sem }()
+					results[i][j].rec, results[i][j].err = b.resolve(ctx, it)
+				})
+			}
+			iwg.Wait()
+		})
+	}
+	wg.Wait()
+	return results, srcErrs
+}
+
+// resolve turns a listed item into its record: from the memo when its
+// manifest digest is known, else built once however many tags name it.
+func (b *builder) resolve(ctx context.Context, it item) (*imageRec, error) {
+	c, err := it.resolve(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	if rec, ok := b.memo[c.memo]; ok {
+		b.mu.Unlock()
+		return rec, nil
+	}
+	bl, ok := b.inflight[c.memo]
+	if !ok {
+		bl = &build{done: make(chan struct{})}
+		b.inflight[c.memo] = bl
+	}
+	b.mu.Unlock()
+	if ok {
+		select {
+		case <-bl.done:
+			return bl.rec, bl.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	bl.rec, bl.err = b.ix.buildRec(ctx, c)
+	if bl.err == nil {
+		b.mu.Lock()
+		b.memo[c.memo] = bl.rec
+		b.mu.Unlock()
+	}
+	close(bl.done)
+	return bl.rec, bl.err
+}
+
+// buildRec reads a new image: config labels decide the fit; for a fitting
+// image the layer indexes give its KEYs.
+func (ix *Index) buildRec(ctx context.Context, c candidate) (*imageRec, error) {
+	im, err := c.open(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("resolver: image %s: %w", c.ref, err)
+	}
+	rec := &imageRec{Memo: c.memo, Created: im.Config.Created.Time}
+	if im.Local {
+		rec.Image = LayoutPrefix + im.Layout + "@" + im.Digest.String()
+	} else {
+		rec.Image = im.Repo.Name() + "@" + im.Digest.String()
+	}
+	for i := range im.Layers {
+		rec.Layers = append(rec.Layers, im.LayerRef(i))
+	}
+	if len(rec.Layers) > 1<<16-1 {
+		return nil, fmt.Errorf("resolver: image %s: %d layers", c.ref, len(rec.Layers))
+	}
+
+	kernelOf := map[string]gpu.Target{}
+	sum, lerr := triton.ParseLabels(im.Labels)
+	switch {
+	case errors.Is(lerr, triton.ErrNoLabels):
+		rec.Unlabelled = true
+		ix.log.Debug("image without labels: indexing every KEY, fit checked on fetch", "image", c.ref)
+	case lerr != nil:
+		rec.LabelError = lerr.Error()
+	default:
+		rec.Targets = sum.Targets
+		if !slices.ContainsFunc(sum.Targets, func(t gpu.Target) bool { return gpu.Fits(t, ix.cfg.Targets) }) {
+			ix.log.Debug("image fits no local target", "image", c.ref, "targets", gpu.FormatList(sum.Targets))
+			return rec, nil
+		}
+		for _, k := range sum.Kernels {
+			key, err := triton.KeyOf(k.Hash)
+			if err != nil {
+				rec.LabelError = fmt.Sprintf("triton: label %s: %v", triton.LabelMetadata, err)
+				clear(kernelOf)
+				break
+			}
+			kernelOf[key] = k.Target
+		}
+	}
+	if rec.LabelError != "" {
+		ix.log.Warn("image labels malformed: indexing every KEY, fit checked on fetch", "image", c.ref, "err", rec.LabelError)
+	}
+	rec.Fits = true
+
+	last := map[string]uint16{}
+	for i, l := range rec.Layers {
+		idx, err := ix.eng.Index(ctx, l)
+		if err != nil {
+			return nil, fmt.Errorf("resolver: image %s: layer %d: %w", c.ref, i, err)
+		}
+		for key := range idx.Dirs {
+			last[key] = uint16(i)
+		}
+	}
+	kernelIdx := map[gpu.Target]uint16{}
+	rec.Keys = make([]keyRec, 0, len(last))
+	for key, l := range last {
+		kr := keyRec{Key: key, Layer: l}
+		if t, ok := kernelOf[key]; ok {
+			if !gpu.Fits(t, ix.cfg.Targets) {
+				continue
+			}
+			n, ok := kernelIdx[t]
+			if !ok {
+				rec.Kernels = append(rec.Kernels, t)
+				n = uint16(len(rec.Kernels))
+				kernelIdx[t] = n
+			}
+			kr.Kernel = n
+		}
+		rec.Keys = append(rec.Keys, kr)
+	}
+	slices.SortFunc(rec.Keys, func(a, b keyRec) int { return cmp.Compare(a.Key, b.Key) })
+	rec.Keys = slices.Clip(rec.Keys)
+	return rec, nil
+}

@@ -1,0 +1,154 @@
+package resolver
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"cargohold/gpu"
+)
+
+// IndexFile is the name of the persisted index in IndexConfig.StateDir.
+const IndexFile = "index.json"
+
+// stateVersion changes whenever stateFile changes incompatibly; a file of
+// another version is not loaded (the next refresh rebuilds it).
+const stateVersion = 1
+
+// ErrStaleState says the persisted index was built for other local targets
+// or in another format; it is not used.
+var ErrStaleState = errors.New("persisted index does not match this configuration")
+
+// stateFile is index.json: the images (records, shared by memo key) and the
+// entries listing them, by source as written so that a reordered or
+// changed source list still maps.
+type stateFile struct {
+	Version int          `json:"version"`
+	Targets []gpu.Target `json:"targets"`
+	Entries []stateEntry `json:"entries"`
+	Images  []*imageRec  `json:"images"`
+}
+
+type stateEntry struct {
+	Ref    string `json:"ref"`
+	Source string `json:"source"`
+	Memo   string `json:"memo"`
+}
+
+// save writes s to StateDir/index.json atomically (temp file, fsync,
+// rename); no StateDir, nothing to do.
+func (ix *Index) save(s *snapshot) error {
+	if ix.cfg.StateDir == "" {
+		return nil
+	}
+	st := stateFile{Version: stateVersion, Targets: ix.cfg.Targets}
+	seen := map[*imageRec]bool{}
+	for _, e := range s.entries {
+		st.Entries = append(st.Entries, stateEntry{Ref: e.ref, Source: ix.sources[e.source].raw, Memo: e.rec.Memo})
+		if !seen[e.rec] {
+			seen[e.rec] = true
+			st.Images = append(st.Images, e.rec)
+		}
+	}
+	fail := func(err error) error { return fmt.Errorf("resolver: save index to %s: %w", ix.cfg.StateDir, err) }
+	if err := os.MkdirAll(ix.cfg.StateDir, 0o755); err != nil {
+		return fail(err)
+	}
+	tmp, err := os.CreateTemp(ix.cfg.StateDir, "."+IndexFile+".*")
+	if err != nil {
+		return fail(err)
+	}
+	defer os.Remove(tmp.Name())
+	w := bufio.NewWriterSize(tmp, 1<<20)
+	err = json.NewEncoder(w).Encode(&st)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(ix.cfg.StateDir, IndexFile)); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// Load reads the persisted index (StateDir/index.json) and installs it,
+// without any network request; lookups then answer at once and the next
+// Refresh reuses every image record whose manifest digest is unchanged.
+// Entries of sources no longer configured are dropped. A missing file is an
+// error matching fs.ErrNotExist; a file built for other targets or in
+// another format matches ErrStaleState. Load does not replace an index a
+// Refresh already installed.
+func (ix *Index) Load() error {
+	ix.refreshMu.Lock()
+	defer ix.refreshMu.Unlock()
+	if ix.cfg.StateDir == "" {
+		return fmt.Errorf("resolver: load index: no state dir: %w", os.ErrNotExist)
+	}
+	p := filepath.Join(ix.cfg.StateDir, IndexFile)
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("resolver: load index: %w", err)
+	}
+	defer f.Close()
+	var st stateFile
+	if err := json.NewDecoder(bufio.NewReaderSize(f, 1<<20)).Decode(&st); err != nil {
+		return fmt.Errorf("resolver: load index %s: %w", p, err)
+	}
+	if st.Version != stateVersion {
+		return fmt.Errorf("resolver: load index %s: version %d, want %d: %w", p, st.Version, stateVersion, ErrStaleState)
+	}
+	if !slices.Equal(gpu.Dedup(st.Targets), ix.cfg.Targets) {
+		return fmt.Errorf("resolver: load index %s: built for targets %q, local targets are %q: %w", p,
+			gpu.FormatList(st.Targets), gpu.FormatList(ix.cfg.Targets), ErrStaleState)
+	}
+	recs := make(map[string]*imageRec, len(st.Images))
+	for _, rec := range st.Images {
+		if err := rec.check(); err != nil {
+			return fmt.Errorf("resolver: load index %s: %w", p, err)
+		}
+		recs[rec.Memo] = rec
+	}
+	srcIdx := map[string]int{}
+	for i := len(ix.sources) - 1; i >= 0; i-- {
+		srcIdx[ix.sources[i].raw] = i
+	}
+	var entries []*entry
+	for _, se := range st.Entries {
+		i, ok := srcIdx[se.Source]
+		rec := recs[se.Memo]
+		if !ok || rec == nil {
+			continue
+		}
+		entries = append(entries, &entry{ref: se.Ref, source: i, rec: rec})
+	}
+	if ix.cur.Load() != nil {
+		return nil
+	}
+	s := newSnapshot(entries, map[string]error{})
+	ix.install(s)
+	ix.log.Info("index loaded", "file", p, "images", len(s.entries), "keys", len(s.keys))
+	return nil
+}
+
+// check rejects a record whose indexes point outside its slices: a
+// hand-edited or corrupt file must not make Lookup panic.
+func (rec *imageRec) check() error {
+	for _, k := range rec.Keys {
+		if int(k.Layer) >= len(rec.Layers) || int(k.Kernel) > len(rec.Kernels) {
+			return fmt.Errorf("image %s: KEY %s: layer %d / kernel %d out of range", rec.Image, k.Key, k.Layer, k.Kernel)
+		}
+	}
+	return nil
+}

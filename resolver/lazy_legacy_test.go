@@ -1,0 +1,120 @@
+package resolver_test
+
+import (
+	"testing"
+
+	"cargohold/layer"
+	"cargohold/test/proxy"
+)
+
+// TestLazyLegacyTar: an uncompressed tar layer of large binaries is indexed
+// and read by range; far fewer bytes come over than the blob holds.
+func TestLazyLegacyTar(t *testing.T) {
+	src, keys := lzBigCache(t)
+	e := newLzEnv(t)
+	ref := e.push(t, "legacy:tar", lzTarImage(t, lzLegacyTar(t, src, keys)))
+	_, l := e.image(t, ref, 0)
+	st := lzStore(t, 0)
+	state := t.TempDir()
+	eng := e.engine(t, st, state)
+
+	e.px.Reset()
+	idx, ic := lzIndex(t, eng, l)
+	if idx.Format != layer.FormatTar || len(idx.Dirs) != len(keys) {
+		t.Fatalf("index: format %s with %d dirs, want tar with %d", idx.Format, len(idx.Dirs), len(keys))
+	}
+	received := ic.Bytes.Load()
+	t.Logf("index: %d requests, %d bytes of a %d-byte blob", ic.Requests.Load(), received, l.Desc.Size)
+	unknown := 0
+	fetched := lzPick(keys, 5)
+	for _, key := range fetched {
+		for _, f := range idx.Dirs[key].Files {
+			if f.Digest == "" {
+				unknown++
+			}
+		}
+		files, c := lzFetch(t, eng, l, key)
+		lzCheckFiles(t, st, src, key, files, false)
+		if c.Requests.Load() != 1 {
+			t.Errorf("KEY %s: %d requests, want 1", key, c.Requests.Load())
+		}
+		d := idx.Dirs[key]
+		if b := c.Bytes.Load(); b > d.End-d.Offset+4096 {
+			t.Errorf("KEY %s: %d bytes for a span of %d", key, b, d.End-d.Offset)
+		}
+		received += c.Bytes.Load()
+	}
+	if unknown == 0 {
+		t.Errorf("no file body was skipped while indexing: the large-body path went untested")
+	}
+	if received > l.Desc.Size/2 {
+		t.Errorf("index and %d dirs took %d bytes of a %d-byte blob, want well under half", len(fetched), received, l.Desc.Size)
+	}
+	if n := lzBlobReqs(e.px, l); int64(n) != ic.Requests.Load()+int64(len(fetched)) {
+		t.Errorf("proxy saw %d blob requests, want %d", n, ic.Requests.Load()+int64(len(fetched)))
+	}
+
+	// Digests learnt while fetching survive a restart: nothing to fetch.
+	eng2 := e.engine(t, st, state)
+	e.px.Reset()
+	for _, key := range fetched {
+		files, c := lzFetch(t, eng2, l, key)
+		if c.Requests.Load() != 0 {
+			t.Errorf("KEY %s after restart: %d requests, want 0", key, c.Requests.Load())
+		}
+		lzCheckFiles(t, st, src, key, files, false)
+	}
+	if n := e.px.Count(nil); n != 0 {
+		t.Errorf("after restart: %d requests, want 0", n)
+	}
+}
+
+// TestLazyLegacyGzip: a plain gzip layer is downloaded once in full, then
+// every dir is served from the store without a request.
+func TestLazyLegacyGzip(t *testing.T) {
+	src, keys := lzBigCache(t)
+	e := newLzEnv(t)
+	ref := e.push(t, "legacy:gzip", lzGzipImage(t, lzLegacyTar(t, src, keys)))
+	_, l := e.image(t, ref, 0)
+	st := lzStore(t, 0)
+	state := t.TempDir()
+	eng := e.engine(t, st, state)
+
+	e.px.Reset()
+	idx, ic := lzIndex(t, eng, l)
+	if idx.Format != layer.FormatGzip || len(idx.Dirs) != len(keys) {
+		t.Fatalf("index: format %s with %d dirs, want gzip with %d", idx.Format, len(idx.Dirs), len(keys))
+	}
+	whole := e.px.Count(func(r proxy.Req) bool { return r.IsBlob() && r.Range == "" })
+	if whole != 1 {
+		t.Errorf("%d whole-blob downloads, want 1", whole)
+	}
+	t.Logf("index: %d requests (%d whole), %d bytes of a %d-byte blob", ic.Requests.Load(), whole, ic.Bytes.Load(), l.Desc.Size)
+	if b := ic.Bytes.Load(); b < l.Desc.Size || b > l.Desc.Size+4096 {
+		t.Errorf("index: %d bytes received, want the %d-byte blob once", b, l.Desc.Size)
+	}
+	if s := eng.Stats(); s.Downloads != 1 {
+		t.Errorf("stats %+v: want 1 download", s)
+	}
+
+	e.px.Reset()
+	for _, key := range keys {
+		files, c := lzFetch(t, eng, l, key)
+		lzCheckFiles(t, st, src, key, files, false)
+		if c.Requests.Load() != 0 {
+			t.Errorf("KEY %s: %d requests, want 0", key, c.Requests.Load())
+		}
+	}
+	if n := e.px.Count(nil); n != 0 {
+		t.Errorf("fetching dirs of a downloaded gzip layer: %d requests, want 0", n)
+	}
+
+	// Restart: cached index, local tar still stored, no request.
+	eng2 := e.engine(t, st, state)
+	lzIndex(t, eng2, l)
+	files, c := lzFetch(t, eng2, l, keys[3])
+	lzCheckFiles(t, st, src, keys[3], files, false)
+	if c.Requests.Load() != 0 || e.px.Count(nil) != 0 {
+		t.Errorf("after restart: %d requests (proxy %d), want 0", c.Requests.Load(), e.px.Count(nil))
+	}
+}
