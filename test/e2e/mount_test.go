@@ -1,0 +1,404 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"cargohold/test/proxy"
+	"cargohold/test/registry"
+	"cargohold/test/replay"
+	"cargohold/triton"
+	"cargohold/triton/gen"
+)
+
+const vectorAddKey = "5W7KJQDTJCL4UGPMKKCS7TEEPZKSWOY4774SZQ6674FWSXG5MNXQ"
+
+// bigCache is the vector-add cache plus 500 generated kernels (cuda:80) and a
+// launcher, built once per test binary.
+var bigCache = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "cargohold-e2e-cache-")
+	if err != nil {
+		return "", err
+	}
+	if _, err := gen.Generate(dir, gen.Options{Kernels: 500, Launchers: 1, Seed: 7, Scale: 0.25}); err != nil {
+		return "", err
+	}
+	src := filepath.Join("..", "..", "..", "shared", "testdata", "triton-cache", "vector-add-cache", vectorAddKey)
+	if out, err := exec.Command("cp", "-r", src, dir).CombinedOutput(); err != nil {
+		return "", errors.New(string(out))
+	}
+	return dir, os.Chmod(filepath.Join(dir, vectorAddKey), 0o755)
+})
+
+func cacheDir(t *testing.T) string {
+	t.Helper()
+	d, err := bigCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// keysOf lists the kernel KEYs of a cache dir for one target.
+func keysOf(t *testing.T, dir, target string) []string {
+	t.Helper()
+	es, _, err := triton.Scan(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range es {
+		for _, tg := range e.Targets() {
+			if tg.String() == target {
+				out = append(out, e.Key)
+			}
+		}
+	}
+	return out
+}
+
+// fsMount is one running cargohold-fs.
+type fsMount struct {
+	mnt, state string
+	cmd        *exec.Cmd
+	log        *strings.Builder
+	done       chan error
+}
+
+// startFS runs cargohold-fs in the foreground on a fresh mountpoint (or mnt
+// when given) and waits until it is mounted and its index is ready.
+func startFS(t *testing.T, mnt, state string, args ...string) *fsMount {
+	t.Helper()
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("/dev/fuse missing in CI: %v", err)
+		}
+		t.Skipf("SKIPPED: no /dev/fuse: %v", err)
+	}
+	if mnt == "" {
+		mnt = filepath.Join(t.TempDir(), "mnt")
+	}
+	if state == "" {
+		state = t.TempDir()
+	}
+	m := &fsMount{mnt: mnt, state: state, log: &strings.Builder{}, done: make(chan error, 1)}
+	all := append([]string{"-f", "--state-dir", state, "-l", "debug"}, args...)
+	m.cmd = exec.Command(filepath.Join(bin, "cargohold-fs"), append(all, mnt)...)
+	pr, pw, _ := os.Pipe()
+	m.cmd.Stdout, m.cmd.Stderr = pw, pw
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	var mu sync.Mutex
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			mu.Lock()
+			m.log.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+		}
+	}()
+	go func() { m.done <- m.cmd.Wait() }()
+	t.Cleanup(func() {
+		m.stop(t)
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("cargohold-fs log:\n%s", m.log.String())
+			mu.Unlock()
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if s, err := m.status(); err == nil && s.Mounted && s.Ready && isMounted(mnt) {
+			return m
+		}
+		select {
+		case err := <-m.done:
+			m.done <- err
+			t.Fatalf("cargohold-fs exited: %v\n%s", err, m.log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cargohold-fs not mounted with an index within 20s\n%s", m.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and checks the mount is gone.
+func (m *fsMount) stop(t *testing.T) {
+	if m.cmd.ProcessState != nil {
+		return
+	}
+	m.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-m.done:
+		m.done <- err
+		if err != nil {
+			t.Errorf("cargohold-fs exit: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		m.cmd.Process.Kill()
+		t.Errorf("cargohold-fs did not exit on SIGTERM")
+	}
+	if isMounted(m.mnt) {
+		t.Errorf("%s still mounted after SIGTERM", m.mnt)
+		syscall.Unmount(m.mnt, syscall.MNT_DETACH)
+	}
+}
+
+type fsStatus struct {
+	Mounted   bool   `json:"mounted"`
+	Ready     bool   `json:"index_ready"`
+	Keys      int    `json:"indexed_keys"`
+	Hits      int64  `json:"hits"`
+	Misses    int64  `json:"misses"`
+	Fetches   int64  `json:"fetches"`
+	Errors    int64  `json:"errors"`
+	LastError string `json:"last_error"`
+}
+
+func (m *fsMount) status() (fsStatus, error) {
+	var s fsStatus
+	b, err := os.ReadFile(filepath.Join(m.state, "status.json"))
+	if err == nil {
+		err = json.Unmarshal(b, &s)
+	}
+	return s, err
+}
+
+// statusAfter waits for the next status write (once a second) and reads it.
+func (m *fsMount) statusAfter(t *testing.T) fsStatus {
+	t.Helper()
+	time.Sleep(1200 * time.Millisecond)
+	s, err := m.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func isMounted(mnt string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == mnt {
+			return true
+		}
+	}
+	return false
+}
+
+// pushed packs dir into reg under repo:tag and returns the image reference
+// as seen through p.
+func pushed(t *testing.T, reg *registry.Registry, p *proxy.Proxy, dir, repoTag string) string {
+	t.Helper()
+	env := []string{"CARGOHOLD_STORE=" + t.TempDir()}
+	must(t, env, "cargohold", "-c", "-i", reg.Addr+"/"+repoTag, "-d", dir, "--push", "--plain-http")
+	return p.Addr + "/" + repoTag
+}
+
+func blobGets(p *proxy.Proxy) int {
+	return p.Count(func(r proxy.Req) bool { return r.IsBlob() && r.Method == "GET" })
+}
+
+func TestMountColdHit(t *testing.T) {
+	reg := registry.Start(t)
+	p := proxy.New(reg.URL)
+	t.Cleanup(func() { p.Close() })
+	src := cacheDir(t)
+	ref := pushed(t, reg, p, src, "ml/cache:v1")
+
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:75:32")
+	indexReqs := p.Count(nil)
+	if blobs := blobGets(p); blobs > 3 {
+		t.Errorf("index load took %d blob GETs (config, footer, TOC: want <= 3)", blobs)
+	}
+	p.Reset()
+	res, err := replay.Hit(m.mnt, vectorAddKey, src)
+	if err != nil {
+		t.Fatalf("replay hit: %v (%+v)", err, res)
+	}
+	if res.Outcome != replay.OutcomeHit || res.Files != 7 {
+		t.Fatalf("result %+v", res)
+	}
+	reqs := p.Requests()
+	if len(reqs) != 1 || !reqs[0].IsBlob() || reqs[0].Range == "" {
+		t.Fatalf("after the index (%d requests), the hit made %d requests, want one ranged blob GET: %+v", indexReqs, len(reqs), reqs)
+	}
+	// Only that KEY dir came down: its files are small, so the range is too.
+	if reqs[0].Bytes > 64<<10 {
+		t.Errorf("one KEY dir cost %d bytes", reqs[0].Bytes)
+	}
+	// A second hit is warm: no request at all.
+	if _, err := replay.Hit(m.mnt, vectorAddKey, src); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.Count(nil); n != 1 {
+		t.Errorf("warm hit made %d more requests", n-1)
+	}
+	if s := m.statusAfter(t); s.Hits < 1 || s.Fetches != 1 {
+		t.Errorf("status %+v: want hits >= 1 and exactly 1 fetch", s)
+	}
+}
+
+func TestMountNonFittingGPU(t *testing.T) {
+	reg := registry.Start(t)
+	p := proxy.New(reg.URL)
+	t.Cleanup(func() { p.Close() })
+	src := cacheDir(t)
+	ref := pushed(t, reg, p, src, "ml/cache:v1")
+	state := t.TempDir()
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	m := startFS(t, mnt, state, "-i", ref, "--plain-http", "--gpu", "cuda:90:32")
+	if _, err := replay.Hit(m.mnt, vectorAddKey, src); !errors.Is(err, replay.ErrNotFound) {
+		t.Fatalf("hit on a GPU the image does not fit: want a miss, got %v", err)
+	}
+	if err := replay.Miss(m.mnt, vectorAddKey, src); err != nil {
+		t.Fatalf("miss write: %v", err)
+	}
+	m.stop(t)
+	// The local compile persists across a remount.
+	m2 := startFS(t, mnt, state, "-i", ref, "--plain-http", "--gpu", "cuda:90:32")
+	if _, err := replay.Hit(m2.mnt, vectorAddKey, src); err != nil {
+		t.Fatalf("hit after remount: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(state, "upper", vectorAddKey, "add_kernel.cubin")); err != nil {
+		t.Fatalf("local compile not in the upper dir: %v", err)
+	}
+}
+
+func TestMountConcurrentReplays(t *testing.T) {
+	reg := registry.Start(t)
+	p := proxy.New(reg.URL)
+	t.Cleanup(func() { p.Close() })
+	src := cacheDir(t)
+	ref := pushed(t, reg, p, src, "ml/cache:v1")
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32")
+	keys := keysOf(t, src, "cuda:80:32")[:20]
+	p.Reset()
+	r := run(t, nil, "replay", append([]string{"hit", "--root", m.mnt, "--expect", src, "-p", "8"}, keys...)...)
+	if r.err != nil {
+		t.Fatalf("8 replay processes: %v\n%s\n%s", r.err, r.stdout, r.stderr)
+	}
+	if n := strings.Count(r.stdout, "HIT "); n != 160 {
+		t.Fatalf("%d hits, want 160:\n%s", n, r.stdout)
+	}
+	if n := blobGets(p); n != 20 {
+		t.Errorf("20 KEY dirs took %d blob GETs: each must be fetched once", n)
+	}
+}
+
+func TestMountRegistryFailures(t *testing.T) {
+	reg := registry.Start(t)
+	p := proxy.New(reg.URL)
+	t.Cleanup(func() { p.Close() })
+	src := cacheDir(t)
+	ref := pushed(t, reg, p, src, "ml/cache:v1")
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s")
+	keys := keysOf(t, src, "cuda:80:32")
+	if _, err := replay.Hit(m.mnt, keys[0], src); err != nil {
+		t.Fatal(err)
+	}
+
+	// Corrupt bytes are never served: the lookup says ENOENT.
+	p.FlipByte("/blobs/", 100)
+	if _, err := replay.Hit(m.mnt, keys[1], src); !errors.Is(err, replay.ErrNotFound) {
+		t.Fatalf("corrupt KEY dir: want a miss, got %v", err)
+	}
+	if err := p.ClearFaults(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A stalled registry: ENOENT within the deadline.
+	p.SetStall(true)
+	start := time.Now()
+	_, err := replay.Hit(m.mnt, keys[2], src)
+	took := time.Since(start)
+	p.SetStall(false)
+	if !errors.Is(err, replay.ErrNotFound) || took > 4*time.Second {
+		t.Fatalf("stalled registry: %v after %v, want a miss within 2s + margin", err, took)
+	}
+
+	// The registry gone: a new KEY misses in time, fetched ones still hit.
+	if err := p.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	_, err = replay.Hit(m.mnt, keys[3], src)
+	if took := time.Since(start); !errors.Is(err, replay.ErrNotFound) || took > 4*time.Second {
+		t.Fatalf("registry down: %v after %v", err, took)
+	}
+	if _, err := replay.Hit(m.mnt, keys[0], src); err != nil {
+		t.Fatalf("fetched kernel while the registry is down: %v", err)
+	}
+	s := m.statusAfter(t)
+	if s.Errors == 0 || s.LastError == "" || !s.Mounted {
+		t.Errorf("status %+v: want errors counted with a cause", s)
+	}
+	// Back up: the mount keeps serving, and the KEY that failed is fetched now.
+	if err := p.SetDown(false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := replay.Hit(m.mnt, keys[4], src); err != nil {
+		t.Fatalf("after the registry came back: %v", err)
+	}
+}
+
+// A launcher KEY dir whose .so is a real shared object is dlopened from the
+// mount and a function in it called.
+func TestMountLauncherDlopen(t *testing.T) {
+	work := t.TempDir()
+	key, err := triton.KeyOf(strings.Repeat("ab", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := filepath.Join(work, "cache")
+	os.MkdirAll(filepath.Join(cache, key), 0o755)
+	lib := filepath.Join(cache, key, "cuda_utils.cpython-311-x86_64-linux-gnu.so")
+	os.WriteFile(filepath.Join(work, "lib.c"), []byte("int cargohold_answer(void) { return 42; }\n"), 0o644)
+	os.WriteFile(filepath.Join(work, "load.c"), []byte(`#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+	void *h = dlopen(argv[1], RTLD_NOW);
+	if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+	int (*f)(void) = (int (*)(void))dlsym(h, "cargohold_answer");
+	if (!f) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+	printf("%d\n", f());
+	return 0;
+}
+`), 0o644)
+	for _, c := range [][]string{
+		{"gcc", "-shared", "-fPIC", "-o", lib, filepath.Join(work, "lib.c")},
+		{"gcc", "-o", filepath.Join(work, "load"), filepath.Join(work, "load.c"), "-ldl"},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", c, err, out)
+		}
+	}
+	// The launcher rides along with a kernel the host fits.
+	src := filepath.Join("..", "..", "..", "shared", "testdata", "triton-cache", "vector-add-cache", vectorAddKey)
+	if out, err := exec.Command("cp", "-r", src, cache).CombinedOutput(); err != nil {
+		t.Fatalf("%s", out)
+	}
+	store := t.TempDir()
+	env := []string{"CARGOHOLD_STORE=" + store}
+	must(t, env, "cargohold", "-c", "-i", "launcher/cache:v1", "-d", cache)
+	m := startFS(t, "", "", "-i", "launcher/cache:v1", "--store", store, "--gpu", "cuda:75:32")
+	out, err := exec.Command(filepath.Join(work, "load"), filepath.Join(m.mnt, key, filepath.Base(lib))).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "42" {
+		t.Fatalf("dlopen from the mount: %v: %s", err, out)
+	}
+}
