@@ -57,11 +57,11 @@ type entry struct {
 
 // Stats is a snapshot of the store's counters.
 type Stats struct {
-	Entries   int
-	Bytes     int64
-	Pinned    int // entries with at least one open File
-	Evictions uint64
-	Limit     int64
+	Entries   int    `json:"entries"`
+	Bytes     int64  `json:"bytes"`
+	Pinned    int    `json:"pinned"` // entries with at least one open File
+	Evictions uint64 `json:"evictions"`
+	Limit     int64  `json:"limit"`
 }
 
 // Open opens or creates the store in dir. limit is the most bytes of
