@@ -357,3 +357,41 @@ func copyTree(t *testing.T, src, dst string) {
 		t.Fatal(err)
 	}
 }
+
+// A layer blob whose bytes no longer match its digest installs nothing: the
+// digest is checked at the end of the stream, after the tar's last entry.
+func TestUnpackCorruptBlob(t *testing.T) {
+	src := testdata(t, "vector-add-cache")
+	img := imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(makeTar(t, cacheTar(t, src)), types.OCIUncompressedLayer))
+	store := t.TempDir()
+	if _, err := resolver.WriteLocal(context.Background(), store, "test/cache:latest", img); err != nil {
+		t.Fatal(err)
+	}
+	ls, _ := img.Layers()
+	d, _ := ls[0].Digest()
+	p := filepath.Join(store, "blobs", "sha256", d.Hex)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, []byte(".version")) // inside the PTX file's body
+	if i < 0 {
+		t.Fatal("no PTX body in the layer")
+	}
+	b[i] = 'X'
+	os.Chmod(p, 0o644)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	im, err := resolver.Fetch(context.Background(), "test/cache:latest", resolver.Options{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	if _, err := Unpack(context.Background(), im, out, targets(t, "cuda:75:32"), nil); !errors.Is(err, resolver.ErrDigest) {
+		t.Fatalf("want a digest error, got %v", err)
+	}
+	if des, _ := os.ReadDir(out); len(des) != 0 {
+		t.Fatalf("corrupt layer installed %v", des)
+	}
+}

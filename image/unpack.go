@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"sort"
 
-	"golang.org/x/sys/unix"
-
 	"cargohold/gpu"
 	"cargohold/layer"
 	"cargohold/resolver"
@@ -112,6 +110,11 @@ func stageLayer(ctx context.Context, im *resolver.Image, i int, stage string) er
 		}
 		return err
 	})
+	if err == nil {
+		// The blob's digest is checked at its end: read past the tar's end
+		// (padding, the eStargz footer) before trusting what was staged.
+		_, err = io.Copy(io.Discard, rc)
+	}
 	if err != nil {
 		return fmt.Errorf("image: unpack layer %d: %w", i, err)
 	}
@@ -151,11 +154,7 @@ func install(stage, dir string, local []gpu.Target, res *Unpacked, log *slog.Log
 			res.Unfit = append(res.Unfit, e.Key)
 			continue
 		}
-		src := filepath.Join(stage, e.Key)
-		if err := rewriteGroups(src, e, dir); err != nil {
-			return err
-		}
-		switch err := renameNoReplace(src, filepath.Join(dir, e.Key)); {
+		switch err := triton.InstallEntry(filepath.Join(stage, e.Key), dir); {
 		case err == nil:
 			res.Installed = append(res.Installed, e.Key)
 		case errors.Is(err, os.ErrExist):
@@ -167,51 +166,6 @@ func install(stage, dir string, local []gpu.Target, res *Unpacked, log *slog.Log
 	}
 	if len(res.Installed)+len(res.Kept) == 0 {
 		res.Reason = fmt.Sprintf("no kernel of the image (%s) fits the local GPU (%s)", gpu.FormatList(res.Targets), gpu.FormatList(local))
-	}
-	return nil
-}
-
-func rewriteGroups(kd string, e triton.Entry, root string) error {
-	for _, f := range e.Files {
-		if !triton.IsGroupFile(f.Name) {
-			continue
-		}
-		p := filepath.Join(kd, f.Name)
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return fmt.Errorf("image: unpack: %w", err)
-		}
-		out, err := triton.RewriteGroup(data, root)
-		if err != nil {
-			return fmt.Errorf("image: unpack %s/%s: %w", e.Key, f.Name, err)
-		}
-		if err := os.WriteFile(p, out, 0o644); err != nil {
-			return fmt.Errorf("image: unpack: %w", err)
-		}
-	}
-	return nil
-}
-
-// renameNoReplace installs a dir atomically and fails with os.ErrExist if
-// the target exists, even as an empty dir a concurrent Triton just made.
-func renameNoReplace(src, dst string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, src, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE)
-	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
-		// Filesystems without RENAME_NOREPLACE: check, then rename. A rename
-		// onto a non-empty dir still fails.
-		if _, serr := os.Lstat(dst); serr == nil {
-			return os.ErrExist
-		}
-		err = os.Rename(src, dst)
-		if errors.Is(err, unix.ENOTEMPTY) {
-			return os.ErrExist
-		}
-	}
-	if errors.Is(err, unix.EEXIST) {
-		return os.ErrExist
-	}
-	if err != nil {
-		return &os.LinkError{Op: "rename", Old: src, New: dst, Err: err}
 	}
 	return nil
 }

@@ -1,14 +1,11 @@
 package resolver
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-
-	"golang.org/x/sys/unix"
 
 	"cargohold/triton"
 )
@@ -17,7 +14,7 @@ import (
 // dir/key: staged in a temp dir inside dir, then renamed into place whole,
 // never over an existing dir/key (an error wrapping fs.ErrExist, also for an
 // empty dir a concurrent Triton just made). Group files get their child
-// paths rewritten to dir's absolute path (triton.RewriteGroup). Files are
+// paths rewritten to dir's absolute path (triton.InstallEntry). Files are
 // 0755 when the image gave them an executable bit, else 0644.
 func (e *Engine) Install(dir, key string, files []KeyFile) error {
 	if !plainFileName(key) {
@@ -45,17 +42,17 @@ func (e *Engine) Install(dir, key string, files []KeyFile) error {
 		return fmt.Errorf("resolver: install KEY %s: %w", key, err)
 	}
 	for _, f := range files {
-		if err := e.installFile(kd, abs, f); err != nil {
+		if err := e.installFile(kd, f); err != nil {
 			return fmt.Errorf("resolver: install KEY %s: %s: %w", key, f.Name, err)
 		}
 	}
-	if err := renameNoReplace(kd, dst); err != nil {
+	if err := triton.InstallEntry(kd, abs); err != nil {
 		return fmt.Errorf("resolver: install KEY %s: %w", key, err)
 	}
 	return nil
 }
 
-func (e *Engine) installFile(kd, root string, f KeyFile) error {
+func (e *Engine) installFile(kd string, f KeyFile) error {
 	if !plainFileName(f.Name) {
 		return fmt.Errorf("not a plain name")
 	}
@@ -71,17 +68,6 @@ func (e *Engine) installFile(kd, root string, f KeyFile) error {
 	if f.Mode&0o111 != 0 {
 		mode = 0o755
 	}
-	if f.Group {
-		data, err := io.ReadAll(src)
-		if err != nil {
-			return err
-		}
-		out, err := triton.RewriteGroup(data, root)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(kd, f.Name), out, mode)
-	}
 	w, err := os.OpenFile(filepath.Join(kd, f.Name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return err
@@ -91,26 +77,4 @@ func (e *Engine) installFile(kd, root string, f KeyFile) error {
 		err = cerr
 	}
 	return err
-}
-
-// renameNoReplace renames src to dst, failing with fs.ErrExist when dst
-// exists (RENAME_NOREPLACE; check-then-rename where the filesystem lacks it).
-func renameNoReplace(src, dst string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, src, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE)
-	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
-		if _, serr := os.Lstat(dst); serr == nil {
-			return fmt.Errorf("%s: %w", dst, fs.ErrExist)
-		}
-		err = os.Rename(src, dst)
-		if errors.Is(err, unix.ENOTEMPTY) {
-			return fmt.Errorf("%s: %w", dst, fs.ErrExist)
-		}
-	}
-	if errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("%s: %w", dst, fs.ErrExist)
-	}
-	if err != nil {
-		return &os.LinkError{Op: "rename", Old: src, New: dst, Err: err}
-	}
-	return nil
 }
