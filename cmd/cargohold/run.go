@@ -167,11 +167,7 @@ func inspect(ctx context.Context, o options, ropts resolver.Options) error {
 	fmt.Printf("local GPU: %s (%s)\n", gpu.FormatList(local), rep.Source)
 	fmt.Println("targets:")
 	for _, t := range sum.Targets {
-		fit := "does not fit"
-		if gpu.Fits(t, local) {
-			fit = "fits"
-		}
-		fmt.Printf("  %-16s %s\n", t, fit)
+		fmt.Printf("  %-16s %s\n", t, fitsWhere(t, local, rep.Devices))
 	}
 	return nil
 }
@@ -200,4 +196,22 @@ func storeDir(o resolver.Options) string {
 		return o.Store
 	}
 	return resolver.DefaultStore()
+}
+
+// fitsWhere says which local GPUs a target fits: the devices by index when
+// they were detected, else the override's targets.
+func fitsWhere(t gpu.Target, local []gpu.Target, devs []gpu.Device) string {
+	if !gpu.Fits(t, local) {
+		return "does not fit"
+	}
+	var on []string
+	for _, d := range devs {
+		if d.Target == t {
+			on = append(on, fmt.Sprintf("device %d (%s)", d.Index, d.Name))
+		}
+	}
+	if len(on) == 0 {
+		return "fits"
+	}
+	return "fits " + strings.Join(on, ", ")
 }
