@@ -3,7 +3,6 @@ package image
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"io"
@@ -21,19 +20,11 @@ import (
 	"cargohold/gpu"
 	"cargohold/layer"
 	"cargohold/resolver"
+	"cargohold/test/cachetest"
 	"cargohold/triton"
 )
 
 const cudaKey = "5W7KJQDTJCL4UGPMKKCS7TEEPZKSWOY4774SZQ6674FWSXG5MNXQ"
-
-func testdata(t *testing.T, name string) string {
-	t.Helper()
-	d := filepath.Join("..", "..", "shared", "testdata", "triton-cache", name)
-	if _, err := os.Stat(d); err != nil {
-		t.Skipf("shared test data missing: %v", err)
-	}
-	return d
-}
 
 func targets(t *testing.T, s string) []gpu.Target {
 	t.Helper()
@@ -60,41 +51,9 @@ func save(t *testing.T, img v1.Image) *resolver.Image {
 	return im
 }
 
-// compareCache checks that every file of src is in got with the same bytes,
-// group files after rewriting them to got.
-func compareCache(t *testing.T, src, got string) {
-	t.Helper()
-	abs, _ := filepath.Abs(got)
-	n := 0
-	err := filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
-		if err != nil || info.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		want, _ := os.ReadFile(p)
-		if triton.IsGroupFile(info.Name()) {
-			if want, err = triton.RewriteGroup(want, abs); err != nil {
-				return err
-			}
-		}
-		have, err := os.ReadFile(filepath.Join(got, rel))
-		if err != nil {
-			return err
-		}
-		if !bytes.Equal(have, want) {
-			t.Errorf("%s differs", rel)
-		}
-		n++
-		return nil
-	})
-	if err != nil || n == 0 {
-		t.Fatalf("compare %s with %s: %d files, %v", src, got, n, err)
-	}
-}
-
 func TestPackReproducible(t *testing.T) {
 	ctx := context.Background()
-	src := testdata(t, "vector-add-cache")
+	src := cachetest.Testdata(t, "vector-add-cache")
 	// A copy with other mtimes must give the same digest.
 	cp := t.TempDir()
 	copyTree(t, src, cp)
@@ -135,7 +94,7 @@ func TestPackUnpackRoundTrip(t *testing.T) {
 	} {
 		t.Run(c.cache, func(t *testing.T) {
 			ctx := context.Background()
-			src := testdata(t, c.cache)
+			src := cachetest.Testdata(t, c.cache)
 			p, err := Pack(ctx, src, c.cache, t.TempDir())
 			if err != nil {
 				t.Fatal(err)
@@ -150,7 +109,7 @@ func TestPackUnpackRoundTrip(t *testing.T) {
 			if len(res.Installed) != 1 || res.Reason != "" {
 				t.Fatalf("result %+v", res)
 			}
-			compareCache(t, src, out)
+			cachetest.Compare(t, src, out)
 			// Nothing left behind but the KEY dir.
 			if des, _ := os.ReadDir(out); len(des) != 1 {
 				t.Fatalf("left in dir: %v", des)
@@ -173,60 +132,18 @@ func TestPackUnpackRoundTrip(t *testing.T) {
 	}
 }
 
-// tarEntry is one entry of a test layer.
-type tarEntry struct {
-	name, link string
-	typ        byte
-	body       string
-	mode       int64
-}
-
-func makeTar(t *testing.T, entries []tarEntry) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	for _, e := range entries {
-		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Size: int64(len(e.body))}
-		if h.Typeflag == 0 {
-			h.Typeflag = tar.TypeReg
-		}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-		}
-		if h.Typeflag != tar.TypeReg {
-			h.Size = 0
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Size > 0 {
-			tw.Write([]byte(e.body))
-		}
-	}
-	tw.Close()
-	return b.Bytes()
-}
-
-func gz(b []byte) []byte {
-	var out bytes.Buffer
-	zw := gzip.NewWriter(&out)
-	zw.Write(b)
-	zw.Close()
-	return out.Bytes()
-}
-
 // cacheTar is the vector-add cache as a generic tool would tar it: the
 // original absolute group paths, default owners and times.
-func cacheTar(t *testing.T, src string) []tarEntry {
+func cacheTar(t *testing.T, src string) []cachetest.Entry {
 	t.Helper()
-	es := []tarEntry{{name: "io.triton.cache/", typ: tar.TypeDir, mode: 0o755}}
+	es := []cachetest.Entry{{Name: "io.triton.cache/", Type: tar.TypeDir, Mode: 0o755}}
 	des, _ := os.ReadDir(src)
 	for _, kd := range des {
-		es = append(es, tarEntry{name: "io.triton.cache/" + kd.Name() + "/", typ: tar.TypeDir, mode: 0o755})
+		es = append(es, cachetest.Entry{Name: "io.triton.cache/" + kd.Name() + "/", Type: tar.TypeDir, Mode: 0o755})
 		files, _ := os.ReadDir(filepath.Join(src, kd.Name()))
 		for _, f := range files {
 			b, _ := os.ReadFile(filepath.Join(src, kd.Name(), f.Name()))
-			es = append(es, tarEntry{name: "io.triton.cache/" + kd.Name() + "/" + f.Name(), body: string(b)})
+			es = append(es, cachetest.Entry{Name: "io.triton.cache/" + kd.Name() + "/" + f.Name(), Body: b})
 		}
 	}
 	return es
@@ -250,17 +167,17 @@ func imageOf(t *testing.T, manifest types.MediaType, labels map[string]string, l
 // Images built by other tools: the plain way (tar + gzip, no labels),
 // Docker media types, an uncompressed OCI tar (buildah), several layers.
 func TestUnpackForeignImages(t *testing.T) {
-	src := testdata(t, "vector-add-cache")
-	plain := makeTar(t, cacheTar(t, src))
-	junk := makeTar(t, []tarEntry{{name: "etc/passwd", body: "root:x:0:0"}})
+	src := cachetest.Testdata(t, "vector-add-cache")
+	plain := cachetest.Tar(t, cacheTar(t, src)...)
+	junk := cachetest.Tar(t, []cachetest.Entry{{Name: "etc/passwd", Body: []byte("root:x:0:0")}}...)
 	// An earlier layer with a wrong version of a file that the later layer fixes.
-	stale := makeTar(t, []tarEntry{{name: "io.triton.cache/" + cudaKey + "/add_kernel.ptx", body: "stale"}})
+	stale := cachetest.Tar(t, []cachetest.Entry{{Name: "io.triton.cache/" + cudaKey + "/add_kernel.ptx", Body: []byte("stale")}}...)
 	cases := map[string]v1.Image{
-		"plain gzip, no labels": imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(gz(plain), types.OCILayer)),
-		"docker gzip":           imageOf(t, types.DockerManifestSchema2, nil, static.NewLayer(gz(plain), types.DockerLayer)),
+		"plain gzip, no labels": imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(cachetest.Gzip(t, plain), types.OCILayer)),
+		"docker gzip":           imageOf(t, types.DockerManifestSchema2, nil, static.NewLayer(cachetest.Gzip(t, plain), types.DockerLayer)),
 		"uncompressed OCI tar":  imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(plain, types.OCIUncompressedLayer)),
 		"several layers": imageOf(t, types.OCIManifestSchema1, nil,
-			static.NewLayer(gz(junk), types.OCILayer), static.NewLayer(gz(stale), types.OCILayer), static.NewLayer(gz(plain), types.OCILayer)),
+			static.NewLayer(cachetest.Gzip(t, junk), types.OCILayer), static.NewLayer(cachetest.Gzip(t, stale), types.OCILayer), static.NewLayer(cachetest.Gzip(t, plain), types.OCILayer)),
 	}
 	for name, img := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -273,7 +190,7 @@ func TestUnpackForeignImages(t *testing.T) {
 			if len(res.Installed) != 1 || gpu.FormatList(res.Targets) != "cuda:75:32" {
 				t.Fatalf("result %+v", res)
 			}
-			compareCache(t, src, out)
+			cachetest.Compare(t, src, out)
 			if _, err := os.Stat(filepath.Join(out, "etc")); err == nil {
 				t.Fatal("entry outside io.triton.cache/ was extracted")
 			}
@@ -285,21 +202,21 @@ func TestUnpackForeignImages(t *testing.T) {
 // outside the dir.
 func TestUnpackHostile(t *testing.T) {
 	key := "io.triton.cache/" + cudaKey + "/"
-	cases := map[string][]tarEntry{
-		"dotdot":          {{name: key + "../../../escape", body: "x"}},
-		"absolute":        {{name: "/io.triton.cache/" + cudaKey + "/x", body: "x"}},
-		"symlink out":     {{name: key + "link", typ: tar.TypeSymlink, link: "/etc/passwd"}},
-		"hardlink out":    {{name: key + "hard", typ: tar.TypeLink, link: "etc/passwd"}},
-		"device":          {{name: key + "dev", typ: tar.TypeChar}},
-		"fifo":            {{name: key + "fifo", typ: tar.TypeFifo}},
-		"symlinked key":   {{name: "io.triton.cache/" + cudaKey, typ: tar.TypeSymlink, link: "/tmp"}},
-		"dotdot in later": {{name: key + "ok", body: "fine"}, {name: "io.triton.cache/../x", body: "x"}},
+	cases := map[string][]cachetest.Entry{
+		"dotdot":          {{Name: key + "../../../escape", Body: []byte("x")}},
+		"absolute":        {{Name: "/io.triton.cache/" + cudaKey + "/x", Body: []byte("x")}},
+		"symlink out":     {{Name: key + "link", Type: tar.TypeSymlink, Link: "/etc/passwd"}},
+		"hardlink out":    {{Name: key + "hard", Type: tar.TypeLink, Link: "etc/passwd"}},
+		"device":          {{Name: key + "dev", Type: tar.TypeChar}},
+		"fifo":            {{Name: key + "fifo", Type: tar.TypeFifo}},
+		"symlinked key":   {{Name: "io.triton.cache/" + cudaKey, Type: tar.TypeSymlink, Link: "/tmp"}},
+		"dotdot in later": {{Name: key + "ok", Body: []byte("fine")}, {Name: "io.triton.cache/../x", Body: []byte("x")}},
 	}
 	for name, es := range cases {
 		t.Run(name, func(t *testing.T) {
 			root := t.TempDir()
 			out := filepath.Join(root, "cache")
-			im := save(t, imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(gz(makeTar(t, es)), types.OCILayer)))
+			im := save(t, imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(cachetest.Gzip(t, cachetest.Tar(t, es...)), types.OCILayer)))
 			_, err := Unpack(context.Background(), im, out, targets(t, "cuda:75:32"), nil)
 			var ue *layer.UnsafeEntryError
 			if !errors.As(err, &ue) {
@@ -321,9 +238,9 @@ func TestUnpackHostile(t *testing.T) {
 
 // The kernel JSON decides fit, not a lying label.
 func TestUnpackLabelsMalformed(t *testing.T) {
-	src := testdata(t, "vector-add-cache")
-	plain := makeTar(t, cacheTar(t, src))
-	img := imageOf(t, types.OCIManifestSchema1, map[string]string{triton.LabelSummary: "{broken"}, static.NewLayer(gz(plain), types.OCILayer))
+	src := cachetest.Testdata(t, "vector-add-cache")
+	plain := cachetest.Tar(t, cacheTar(t, src)...)
+	img := imageOf(t, types.OCIManifestSchema1, map[string]string{triton.LabelSummary: "{broken"}, static.NewLayer(cachetest.Gzip(t, plain), types.OCILayer))
 	res, err := Unpack(context.Background(), save(t, img), t.TempDir(), targets(t, "cuda:75:32"), nil)
 	if err != nil || len(res.Installed) != 1 {
 		t.Fatalf("%+v %v", res, err)
@@ -361,8 +278,8 @@ func copyTree(t *testing.T, src, dst string) {
 // A layer blob whose bytes no longer match its digest installs nothing: the
 // digest is checked at the end of the stream, after the tar's last entry.
 func TestUnpackCorruptBlob(t *testing.T) {
-	src := testdata(t, "vector-add-cache")
-	img := imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(makeTar(t, cacheTar(t, src)), types.OCIUncompressedLayer))
+	src := cachetest.Testdata(t, "vector-add-cache")
+	img := imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(cachetest.Tar(t, cacheTar(t, src)...), types.OCIUncompressedLayer))
 	store := t.TempDir()
 	if _, err := resolver.WriteLocal(context.Background(), store, "test/cache:latest", img); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package layer
 
 import (
-	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 
+	"cargohold/test/cachetest"
 	"cargohold/triton"
 )
 
@@ -25,68 +25,18 @@ const (
 )
 
 // testCache is a shared real Triton cache; absent data skips, except in CI.
-func testCache(t testing.TB, name string) string {
-	t.Helper()
-	d := filepath.Join("..", "..", "shared", "testdata", "triton-cache", name)
-	if _, err := os.Stat(d); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("shared test data missing: %v", err)
-		}
-		t.Skipf("shared test data missing: %v", err)
-	}
-	return d
-}
+func testCache(t testing.TB, name string) string { t.Helper(); return cachetest.Testdata(t, name) }
 
 // tarEntry is one entry for makeTar; Type 0 means a regular file.
-type tarEntry struct {
-	Name string
-	Type byte
-	Body []byte
-	Mode int64
-	Link string
-}
+type tarEntry = cachetest.Entry
 
-// makeTar is the one tar builder of these tests, hostile entries included.
+// makeTar is the project's one tar builder, hostile entries included.
 func makeTar(t testing.TB, entries ...tarEntry) []byte {
 	t.Helper()
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	for _, e := range entries {
-		h := &tar.Header{Name: e.Name, Typeflag: e.Type, Mode: e.Mode, Linkname: e.Link, Size: int64(len(e.Body))}
-		if h.Typeflag == 0 {
-			h.Typeflag = tar.TypeReg
-		}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-		}
-		if h.Typeflag != tar.TypeReg {
-			h.Size = 0
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatalf("tar header %q: %v", e.Name, err)
-		}
-		if _, err := tw.Write(e.Body); err != nil && h.Size > 0 {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
+	return cachetest.Tar(t, entries...)
 }
 
-func gzipBytes(t testing.TB, b []byte) []byte {
-	t.Helper()
-	var out bytes.Buffer
-	zw := gzip.NewWriter(&out)
-	if _, err := zw.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return out.Bytes()
-}
+func gzipBytes(t testing.TB, b []byte) []byte { t.Helper(); return cachetest.Gzip(t, b) }
 
 // estargzOf converts a tar with the estargz library's own writer, which
 // accepts whatever the tar holds.

@@ -61,13 +61,3 @@ func must(t *testing.T, env []string, name string, args ...string) cmdResult {
 	}
 	return r
 }
-
-func testdata(t *testing.T, name string) string {
-	t.Helper()
-	_, self, _, _ := runtime.Caller(0)
-	d := filepath.Join(filepath.Dir(self), "..", "..", "..", "shared", "testdata", "triton-cache", name)
-	if _, err := os.Stat(d); err != nil {
-		t.Fatalf("shared test data missing: %v", err)
-	}
-	return d
-}

@@ -18,40 +18,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"cargohold/test/cachetest"
 	"cargohold/test/registry"
 	"cargohold/triton"
 )
-
-// compareCache checks every file of src against got byte for byte, group
-// files after rewriting their paths to got.
-func compareCache(t *testing.T, src, got string) {
-	t.Helper()
-	n := 0
-	err := filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
-		if err != nil || info.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		want, _ := os.ReadFile(p)
-		if triton.IsGroupFile(info.Name()) {
-			if want, err = triton.RewriteGroup(want, got); err != nil {
-				return err
-			}
-		}
-		have, err := os.ReadFile(filepath.Join(got, rel))
-		if err != nil {
-			return err
-		}
-		if !bytes.Equal(have, want) {
-			t.Errorf("%s differs from the source", rel)
-		}
-		n++
-		return nil
-	})
-	if err != nil || n == 0 {
-		t.Fatalf("compare %s with %s: %d files, %v", src, got, n, err)
-	}
-}
 
 func TestPushSkopeoExtract(t *testing.T) {
 	reg := registry.Start(t)
@@ -61,7 +31,7 @@ func TestPushSkopeoExtract(t *testing.T) {
 		{"vector-add-cache-rocm", "hip:gfx90a:64", `"arch":"gfx90a"`},
 	} {
 		t.Run(c.cache, func(t *testing.T) {
-			src := testdata(t, c.cache)
+			src := cachetest.Testdata(t, c.cache)
 			ref := reg.Addr + "/cache/" + c.cache + ":v1"
 			pushed := must(t, env, "cargohold", "-c", "-i", ref, "-d", src, "--push", "--plain-http")
 			local := must(t, env, "cargohold", "-c", "-i", ref, "-d", src)
@@ -94,7 +64,7 @@ func TestPushSkopeoExtract(t *testing.T) {
 			renv := []string{"CARGOHOLD_STORE=" + t.TempDir(), "CARGOHOLD_GPU="}
 			dir := filepath.Join(t.TempDir(), "cache")
 			must(t, renv, "cargohold", "-e", "-i", ref, "-d", dir, "--gpu", c.gpu, "--plain-http")
-			compareCache(t, src, dir)
+			cachetest.Compare(t, src, dir)
 
 			// A GPU that fits nothing: nothing extracted, and the reason given.
 			none := filepath.Join(t.TempDir(), "none")
@@ -113,7 +83,7 @@ func TestPushSkopeoExtract(t *testing.T) {
 // with no labels by a generic client.
 func TestExtractPlainImage(t *testing.T) {
 	reg := registry.Start(t)
-	src := testdata(t, "vector-add-cache")
+	src := cachetest.Testdata(t, "vector-add-cache")
 	root := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(root, "io.triton.cache"), 0o755); err != nil {
 		t.Fatal(err)
@@ -143,7 +113,7 @@ func TestExtractPlainImage(t *testing.T) {
 	if !strings.Contains(r.stdout, "installed 1") {
 		t.Fatalf("stdout: %s\nstderr: %s", r.stdout, r.stderr)
 	}
-	compareCache(t, src, dir)
+	cachetest.Compare(t, src, dir)
 	insp := must(t, env, "cargohold", "inspect", "-i", ref, "--plain-http", "--gpu", "cuda:75:32")
 	if !strings.Contains(insp.stdout, "targets: unknown") {
 		t.Errorf("inspect of a label-less image:\n%s", insp.stdout)

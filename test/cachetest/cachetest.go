@@ -1,0 +1,122 @@
+// Package cachetest holds the test helpers that several packages' tests
+// share: the shared real Triton caches, one tar builder (hostile entries
+// included) and a byte-for-byte cache comparison. Tests only.
+package cachetest
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"cargohold/triton"
+)
+
+// Testdata is the path of a shared real Triton cache
+// (../shared/testdata/triton-cache/NAME). Absent data skips the test, and
+// fails it in CI.
+func Testdata(t testing.TB, name string) string {
+	t.Helper()
+	_, self, _, _ := runtime.Caller(0)
+	d := filepath.Join(filepath.Dir(self), "..", "..", "..", "shared", "testdata", "triton-cache", name)
+	if _, err := os.Stat(d); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("shared test data missing: %v", err)
+		}
+		t.Skipf("shared test data missing: %v", err)
+	}
+	return d
+}
+
+// Entry is one tar entry; Type 0 is a regular file, Mode 0 is 0644.
+type Entry struct {
+	Name string
+	Type byte
+	Body []byte
+	Mode int64
+	Link string
+}
+
+// Tar builds an uncompressed tar of entries, exactly as given.
+func Tar(t testing.TB, entries ...Entry) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.Name, Typeflag: e.Type, Mode: e.Mode, Linkname: e.Link, Size: int64(len(e.Body))}
+		if h.Typeflag == 0 {
+			h.Typeflag = tar.TypeReg
+		}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		if h.Typeflag != tar.TypeReg {
+			h.Size = 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatalf("tar header %q: %v", e.Name, err)
+		}
+		if _, err := tw.Write(e.Body); err != nil && h.Size > 0 {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// Gzip compresses b.
+func Gzip(t testing.TB, b []byte) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	zw := gzip.NewWriter(&out)
+	if _, err := zw.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+// Compare checks that every file of the cache dir src is in got with the
+// same bytes, group files after rewriting their child paths to got.
+func Compare(t testing.TB, src, got string) {
+	t.Helper()
+	abs, err := filepath.Abs(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	err = filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		want, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if triton.IsGroupFile(info.Name()) {
+			if want, err = triton.RewriteGroup(want, abs); err != nil {
+				return err
+			}
+		}
+		have, err := os.ReadFile(filepath.Join(got, rel))
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(have, want) {
+			t.Errorf("%s differs from the source", rel)
+		}
+		n++
+		return nil
+	})
+	if err != nil || n == 0 {
+		t.Fatalf("compare %s with %s: %d files, %v", src, got, n, err)
+	}
+}
