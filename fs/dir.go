@@ -150,8 +150,11 @@ func (n *dirNode) keyChild(key string) *dirNode {
 }
 
 // lowerHas reports whether the lower layer shows name in this dir (an image
-// has it and no whiteout hides it). A KEY dir whose images cannot answer
-// gives an error: deleting or renaming there could resurrect image files.
+// has it and no whiteout hides it). An error says it is not known: the
+// images could not answer for the KEY (or the caller was interrupted). Each
+// caller decides what "unknown" means for it (see upper.go): writes go on as
+// if the images had nothing, removals write a whiteout just in case, and
+// only answers that must be exact (rmdir of a KEY, RENAME_NOREPLACE) fail.
 func (n *dirNode) lowerHas(ctx context.Context, name string) (bool, error) {
 	dir, ok := n.dirPath()
 	if !ok || n.kind == plainDir || hasWhiteout(dir, name) {

@@ -43,7 +43,16 @@
 //   - Lower files are not copied up for in-place writes (Triton never writes
 //     in place; it renames over).
 //   - A KEY dir that has an upper half shows that half alone while the
-//     images fail to answer for it (retried after lowerRetry); a KEY made by
-//     mkdir (after a lookup found no image) merges with an image only after a
-//     remount.
+//     images fail to answer for it (retried after lowerRetry). Writes there
+//     go on as if the images had nothing (Triton's MISS must not fail);
+//     removals and renames away leave a whiteout just in case, so a few
+//     stray whiteouts (Triton's tmp dirs) may stay behind, hiding nothing;
+//     only rmdir of the KEY and RENAME_NOREPLACE onto a name the images may
+//     hold answer EIO, as no exact answer exists.
+//   - A KEY made by mkdir (after a lookup found no image) merges with an
+//     image only after a remount.
+//   - Image content is not pinned between lookup and open: content evicted
+//     meanwhile is fetched again by LowerFile.Open under the FUSE open's
+//     interruption and the lookup deadline; an open that cannot get it fails
+//     (EIO, or EINTR when interrupted).
 package fs

@@ -179,7 +179,9 @@ func (n *lowerFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.Set
 }
 
 // Open opens image content for reading, keeping the kernel's page cache
-// (the content never changes).
+// (the content never changes). Content evicted since the lookup is fetched
+// again by the Lower, under this request's interruption and the lookup
+// deadline.
 func (n *lowerFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, n.v.errno("open "+n.name(), fmt.Errorf("fs: open %s for writing: %w", n.name(), ErrReadOnly), false)
@@ -187,7 +189,9 @@ func (n *lowerFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 	if n.e.file.Group {
 		return &lowerHandle{v: n.v, name: n.name(), data: n.e.data, group: true}, fuse.FOPEN_KEEP_CACHE, 0
 	}
-	c, err := n.e.file.Open()
+	octx, cancel := n.v.bound(ctx)
+	defer cancel()
+	c, err := n.e.file.Open(octx)
 	if err != nil {
 		return nil, 0, n.v.errno("open "+n.name(), fmt.Errorf("fs: open %s: %w", n.name(), err), false)
 	}

@@ -161,7 +161,7 @@ func (l *fakeLower) Entry(ctx context.Context, key string) ([]LowerFile, error) 
 		files = append(files, LowerFile{
 			Name: de.Name(), Size: info.Size(), Mode: info.Mode().Perm(),
 			Group: triton.IsGroupFile(de.Name()),
-			Open: func() (Content, error) {
+			Open: func(context.Context) (Content, error) {
 				f, err := os.Open(p)
 				if err != nil {
 					return nil, err

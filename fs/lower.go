@@ -47,10 +47,8 @@ func (v *view) resolve(ctx context.Context, key string) (*lowerDir, error) {
 		return nil, fmt.Errorf("fs: KEY %s: %w", key, errNoImages)
 	}
 	req := ctx
-	ctx, cancel := context.WithTimeout(ctx, v.timeout)
+	ctx, cancel := v.bound(ctx)
 	defer cancel()
-	stop := context.AfterFunc(v.life, cancel) // unmount cancels in-flight lookups
-	defer stop()
 
 	type result struct {
 		ld  *lowerDir
@@ -74,6 +72,14 @@ func (v *view) resolve(ctx context.Context, key string) (*lowerDir, error) {
 		}
 		return nil, fmt.Errorf("fs: KEY %s: %s: %w", key, why, ctx.Err())
 	}
+}
+
+// bound gives a call into the Lower its deadline (Options.LookupTimeout) on
+// top of the FUSE request's interruption; unmount cancels it too.
+func (v *view) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, v.timeout)
+	stop := context.AfterFunc(v.life, cancel)
+	return ctx, func() { stop(); cancel() }
 }
 
 // load calls Lower.Entry and checks and prepares what it returns, so that a
@@ -102,7 +108,7 @@ func (v *view) load(ctx context.Context, key string) (*lowerDir, error) {
 		}
 		e := &lowerEntry{key: key, file: f}
 		if f.Group {
-			if e.data, err = v.rewriteGroup(f); err != nil {
+			if e.data, err = v.rewriteGroup(ctx, f); err != nil {
 				return nil, fmt.Errorf("fs: KEY %s: %w", key, err)
 			}
 		}
@@ -113,11 +119,11 @@ func (v *view) load(ctx context.Context, key string) (*lowerDir, error) {
 
 // rewriteGroup reads a group file and rewrites its child paths to the path
 // prefix Triton sees.
-func (v *view) rewriteGroup(f LowerFile) ([]byte, error) {
+func (v *view) rewriteGroup(ctx context.Context, f LowerFile) ([]byte, error) {
 	if f.Size > maxGroupSize {
 		return nil, fmt.Errorf("group file %s: %d bytes, more than %d", f.Name, f.Size, maxGroupSize)
 	}
-	c, err := f.Open()
+	c, err := f.Open(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("group file %s: open: %w", f.Name, err)
 	}

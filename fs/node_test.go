@@ -16,6 +16,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // Node-level tests: the view's nodes attached to a go-fuse bridge, no mount.
@@ -55,7 +56,7 @@ func (memContent) Close() error { return nil }
 
 func memFile(name string, data []byte, group bool) LowerFile {
 	return LowerFile{Name: name, Size: int64(len(data)), Mode: 0o644, Group: group,
-		Open: func() (Content, error) { return memContent{bytes.NewReader(data)}, nil }}
+		Open: func(context.Context) (Content, error) { return memContent{bytes.NewReader(data)}, nil }}
 }
 
 func TestNewRootValidates(t *testing.T) {
@@ -178,7 +179,7 @@ func TestBadImageEntriesAreNotShown(t *testing.T) {
 	neg := memFile("x", nil, false)
 	neg.Size = -1
 	failOpen := memFile(grpName, grp, true)
-	failOpen.Open = func() (Content, error) { return nil, errors.New("store: gone") }
+	failOpen.Open = func(context.Context) (Content, error) { return nil, errors.New("store: gone") }
 	cases := map[string][]LowerFile{
 		"no files":          nil,
 		"slash in name":     {good, memFile("a/b", nil, false)},
@@ -307,4 +308,109 @@ func TestRmdirKeyWhenImagesFail(t *testing.T) {
 	if calls-before != 1 {
 		t.Errorf("asked the images %d times for 3 lookups, want 1 (then wait %v)", calls-before, lowerRetry)
 	}
+}
+
+// TestOpsWhileImagesCannotAnswer: in a KEY dir with an upper half whose
+// images fail, writes go on as if the images had nothing, removals leave a
+// whiteout just in case, and only exact answers fail.
+func TestOpsWhileImagesCannotAnswer(t *testing.T) {
+	upper := t.TempDir()
+	kup := filepath.Join(upper, cudaKey)
+	if err := os.Mkdir(kup, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "tmpfile", "tmpfile2"} {
+		if err := os.WriteFile(filepath.Join(kup, n), []byte(n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := funcLower(func(ctx context.Context, key string) ([]LowerFile, error) {
+		return nil, errors.New("registry down")
+	})
+	root, v := newTestRoot(t, Options{Lower: l, Upper: upper})
+	bg := context.Background()
+	var out fuse.EntryOut
+	kin, errno := root.Lookup(bg, cudaKey, &out)
+	if errno != 0 {
+		t.Fatalf("lookup of the upper KEY: %v", errno)
+	}
+	kd := kin.Operations().(*dirNode)
+
+	if _, errno := kd.Mkdir(bg, "tmp.pid_1_x", 0o755, &out); errno != 0 {
+		t.Fatalf("mkdir tmp dir: %v", errno)
+	}
+	if errno := kd.Rename(bg, "tmpfile", kd, "add_kernel.cubin", 0); errno != 0 {
+		t.Fatalf("rename onto a name the images may hold: %v", errno)
+	}
+	if got, err := os.ReadFile(filepath.Join(kup, "add_kernel.cubin")); err != nil || string(got) != "tmpfile" {
+		t.Errorf("renamed file: %q %v", got, err)
+	}
+	if !hasWhiteout(kup, "tmpfile") {
+		t.Error("no whiteout for the renamed source")
+	}
+	if errno := kd.Rename(bg, "tmpfile2", kd, "add_kernel.json", unix.RENAME_NOREPLACE); errno != syscall.EIO {
+		t.Errorf("rename NOREPLACE onto a name the images may hold: %v, want EIO", errno)
+	}
+	if errno := kd.Rename(bg, "tmpfile2", kd, "a", unix.RENAME_NOREPLACE); errno != syscall.EEXIST {
+		t.Errorf("rename NOREPLACE onto an upper file: %v, want EEXIST", errno)
+	}
+	if errno := kd.Unlink(bg, "a"); errno != 0 {
+		t.Fatalf("unlink of an upper file: %v", errno)
+	}
+	if exists(filepath.Join(kup, "a")) || !hasWhiteout(kup, "a") {
+		t.Error("unlink: want the upper file gone and a whiteout in its place")
+	}
+	if errno := kd.Unlink(bg, "add_kernel.ttir"); errno != syscall.ENOENT {
+		t.Errorf("unlink of a name only the images could have: %v, want ENOENT", errno)
+	}
+	cancel := make(chan struct{})
+	close(cancel)
+	if _, errno := kd.Mkdir(&fuse.Context{Cancel: cancel}, "tmp.pid_2_x", 0o755, &out); errno != syscall.EINTR {
+		t.Errorf("interrupted mkdir: %v, want EINTR", errno)
+	}
+	if errno := root.Rmdir(bg, cudaKey); errno != syscall.ENOTEMPTY {
+		t.Errorf("rmdir KEY: %v, want ENOTEMPTY", errno)
+	}
+	if st := v.stats.Snapshot(); st.IOErrors != 1 || !strings.Contains(st.LastError, "registry down") {
+		t.Errorf("stats %+v: want one I/O error (NOREPLACE), caused by the images", st)
+	}
+}
+
+// TestOpenPassesRequestContext: a lower file's Open gets the FUSE request's
+// interruption and the lookup deadline, for a fetch of evicted content.
+func TestOpenPassesRequestContext(t *testing.T) {
+	type call struct {
+		deadline, at time.Time
+		ok           bool
+	}
+	calls := make(chan call, 2)
+	f := memFile("add_kernel.cubin", []byte("cubin"), false)
+	f.Open = func(ctx context.Context) (Content, error) {
+		d, ok := ctx.Deadline()
+		calls <- call{d, time.Now(), ok}
+		if !ok {
+			return nil, errors.New("open without a deadline")
+		}
+		<-ctx.Done()
+		return nil, fmt.Errorf("fetch: %w", ctx.Err())
+	}
+	l := funcLower(func(ctx context.Context, key string) ([]LowerFile, error) { return []LowerFile{f}, nil })
+	const timeout = 300 * time.Millisecond
+	root, _ := newTestRoot(t, Options{Lower: l, LookupTimeout: timeout})
+	n := lookupFile(t, root, cudaKey, "add_kernel.cubin")
+
+	start := time.Now()
+	if _, _, errno := n.Open(context.Background(), syscall.O_RDONLY); errno != syscall.EIO {
+		t.Errorf("open past the deadline: %v, want EIO", errno)
+	}
+	// The deadline was set between the FUSE open's start and the call.
+	if c := <-calls; !c.ok || c.deadline.Before(start.Add(timeout)) || c.deadline.After(c.at.Add(timeout)) {
+		t.Errorf("Open's deadline %v (set: %v), want %v after the open", c.deadline, c.ok, timeout)
+	}
+	cancel := make(chan struct{})
+	close(cancel) // the kernel's INTERRUPT
+	if _, _, errno := n.Open(&fuse.Context{Cancel: cancel}, syscall.O_RDONLY); errno != syscall.EINTR {
+		t.Errorf("interrupted open: %v, want EINTR", errno)
+	}
+	<-calls
 }

@@ -26,8 +26,12 @@ type LowerFile struct {
 	Size  int64       // exact size of the content
 	Mode  os.FileMode // permission bits (exec bits matter for launcher .so files); no type bits
 	Group bool        // a group file: served with its child paths rewritten to Options.PathPrefix
-	// Open opens verified content; Close releases it.
-	Open func() (Content, error)
+	// Open opens verified content; Close releases it. Nothing pins the
+	// content between Entry and Open: content evicted meanwhile is the
+	// Lower's to fetch again, under ctx, which carries the FUSE open's
+	// interruption and a deadline of Options.LookupTimeout (for group
+	// files, read at lookup: the lookup's).
+	Open func(ctx context.Context) (Content, error)
 }
 
 // Content is opened image content. Fd is a descriptor whose bytes from offset

@@ -51,9 +51,20 @@ func (n *dirNode) makeUpper() (string, error) {
 	return dir, nil
 }
 
+// interrupted answers EINTR when the caller gave up while the lower layer
+// was being asked, else 0.
+func (n *dirNode) interrupted(ctx context.Context, op string) syscall.Errno {
+	if err := ctx.Err(); err != nil {
+		return n.v.errno(op, err, false)
+	}
+	return 0
+}
+
 // Mkdir makes an upper dir. A name an image shows exists already (EEXIST). A
 // KEY made where an image's KEY was deleted starts opaque, so the deleted
-// files stay deleted.
+// files stay deleted. Where the images cannot answer for the KEY, the name
+// counts as absent: Triton's tmp dirs must not fail while the images are
+// slow, and the new upper dir hides an image's file of that name anyway.
 func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if isWhiteoutName(name) {
 		return nil, syscall.EPERM
@@ -66,10 +77,12 @@ func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 				return nil, syscall.EEXIST
 			}
 		}
-	} else if has, err := n.lowerHas(ctx, name); err != nil {
-		return nil, n.v.errno("mkdir "+name, err, false)
-	} else if has {
+	} else if has, err := n.lowerHas(ctx, name); has {
 		return nil, syscall.EEXIST
+	} else if err != nil {
+		if errno := n.interrupted(ctx, "mkdir "+name); errno != 0 {
+			return nil, errno
+		}
 	}
 	dir, err := n.makeUpper()
 	if err != nil {
@@ -82,8 +95,11 @@ func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	if err := chownCaller(ctx, p); err != nil {
 		n.v.log.Warn("fs: mkdir: chown", "path", p, "err", err)
 	}
-	opaque := hasWhiteout(dir, name)
-	if opaque {
+	// A KEY made where the image's KEY was deleted is opaque, so its files
+	// stay deleted. Other dirs have nothing below them: no marker (it would
+	// make them unremovable); a whiteout for the name stays and keeps the
+	// image's file hidden once the dir is gone.
+	if n.kind == rootDir && hasWhiteout(dir, name) {
 		if err := markOpaque(p); err != nil {
 			syscall.Rmdir(p)
 			return nil, n.v.errno("mkdir "+p, err, false)
@@ -180,7 +196,10 @@ func (n *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 
 // remove takes name out of the view: a whiteout hides the image's entry
 // (written first, so that a crash leaves the name visible rather than an
-// image file back), then rm removes the upper entry.
+// image file back), then rm removes the upper entry. Where the images cannot
+// answer for the KEY, an upper entry is removed with a whiteout just in case
+// (a stray whiteout hides nothing), and a name only an image could have is
+// not there, as lookups say meanwhile.
 func (n *dirNode) remove(ctx context.Context, name string, rm func(string) error) syscall.Errno {
 	if isWhiteoutName(name) {
 		return syscall.ENOENT
@@ -192,14 +211,16 @@ func (n *dirNode) remove(ctx context.Context, name string, rm func(string) error
 	p := filepath.Join(dir, name)
 	inUpper := exists(p)
 	inLower, err := n.lowerHas(ctx, name)
-	if err != nil {
-		return n.v.errno("remove "+p, err, false)
-	}
 	if !inUpper && !inLower {
+		if err != nil {
+			if errno := n.interrupted(ctx, "remove "+p); errno != 0 {
+				return errno
+			}
+		}
 		return syscall.ENOENT
 	}
 	created := false
-	if inLower {
+	if inLower || err != nil {
 		if _, err := n.makeUpper(); err != nil {
 			return n.v.errno("remove "+p, err, false)
 		}
@@ -220,7 +241,11 @@ func (n *dirNode) remove(ctx context.Context, name string, rm func(string) error
 
 // rmdirKey removes a KEY dir that is empty in both layers: its upper half
 // (holding at most whiteouts) goes, and a whiteout in the root hides the
-// image's KEY.
+// image's KEY. An opaque upper half was made where an image's KEY had been
+// deleted, so its removal always leaves the root whiteout. Where the images
+// cannot answer for the KEY, an empty upper half says nothing: EIO, not a
+// wrong success (a Python removedirs would prune on, and the image's KEY
+// would show again).
 func (n *dirNode) rmdirKey(ctx context.Context, key string) syscall.Errno {
 	d := n.keyChild(key)
 	if d == nil { // not in the tree (no LOOKUP came first): look at both layers now
@@ -236,17 +261,22 @@ func (n *dirNode) rmdirKey(ctx context.Context, key string) syscall.Errno {
 		return syscall.ENOENT
 	}
 	hidden := make(map[string]bool)
+	opaque := false
 	for _, de := range des {
-		if !isWhiteoutName(de.Name()) {
+		switch name := de.Name(); {
+		case !isWhiteoutName(name):
 			return syscall.ENOTEMPTY
-		}
-		if de.Name() != opaqueName {
-			hidden[de.Name()[len(whiteoutPrefix):]] = true
+		case name == opaqueName:
+			opaque = true
+		default:
+			hidden[name[len(whiteoutPrefix):]] = true
 		}
 	}
-	ld, err := d.ensureLower(ctx)
-	if err != nil {
-		return n.v.errno("rmdir "+kdir, fmt.Errorf("fs: rmdir KEY %s: %w", key, err), false)
+	var ld *lowerDir
+	if !opaque {
+		if ld, err = d.ensureLower(ctx); err != nil {
+			return n.v.errno("rmdir "+kdir, fmt.Errorf("fs: rmdir KEY %s: %w", key, err), false)
+		}
 	}
 	if ld != nil {
 		for name := range ld.files {
@@ -259,7 +289,7 @@ func (n *dirNode) rmdirKey(ctx context.Context, key string) syscall.Errno {
 		return syscall.ENOENT
 	}
 	created := false
-	if ld != nil {
+	if ld != nil || opaque {
 		if created, err = writeWhiteout(n.v.upper, key); err != nil {
 			return n.v.errno("rmdir "+kdir, err, false)
 		}
@@ -283,6 +313,10 @@ func (n *dirNode) rmdirKey(ctx context.Context, key string) syscall.Errno {
 // Rename moves an upper entry, replacing what the target name showed in
 // either layer. Image entries and KEY dirs do not move (EXDEV: mv copies).
 // RENAME_NOREPLACE is honoured across both layers; other flags are EINVAL.
+// Where the images cannot answer for a KEY, the target counts as absent
+// (Triton's rename onto KEY/file must not fail while the images are slow;
+// the upper entry hides the image's anyway) except under RENAME_NOREPLACE
+// (EIO), and a source leaves a whiteout just in case.
 func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np, ok := newParent.(*dirNode)
 	if !ok || np.v != n.v {
@@ -304,12 +338,14 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		if !errors.Is(err, syscall.ENOENT) {
 			return n.v.errno("rename "+src, err, false)
 		}
-		if has, err := n.lowerHas(ctx, name); err != nil {
-			return n.v.errno("rename "+src, err, false)
-		} else if has {
+		if has, err := n.lowerHas(ctx, name); has {
 			return syscall.EXDEV
+		} else if err != nil {
+			if errno := n.interrupted(ctx, "rename "+src); errno != 0 {
+				return errno
+			}
 		}
-		return syscall.ENOENT
+		return syscall.ENOENT // as lookups say while the images cannot answer
 	}
 	isDir := st.Mode&syscall.S_IFMT == syscall.S_IFDIR
 	if isDir && ((n.kind == rootDir && triton.IsKey(name)) || (np.kind == rootDir && triton.IsKey(newName))) {
@@ -317,7 +353,12 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 	}
 	dstLower, err := np.lowerHas(ctx, newName)
 	if err != nil {
-		return n.v.errno("rename "+src, err, false)
+		if errno := n.interrupted(ctx, "rename "+src); errno != 0 {
+			return errno
+		}
+		if ddir, ok := np.dirPath(); flags&unix.RENAME_NOREPLACE != 0 && ok && !exists(filepath.Join(ddir, newName)) {
+			return n.v.errno("rename "+src, err, false) // "not there" would be a guess
+		}
 	}
 	ddir, err := np.makeUpper()
 	if err != nil {
@@ -335,11 +376,8 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		}
 	}
 	srcLower, err := n.lowerHas(ctx, name)
-	if err != nil {
-		return n.v.errno("rename "+src, err, false)
-	}
 	created := false
-	if srcLower {
+	if srcLower || err != nil {
 		if created, err = writeWhiteout(sdir, name); err != nil {
 			return n.v.errno("rename "+src, err, false)
 		}

@@ -9,8 +9,11 @@ import (
 	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"cargohold/test/replay"
 )
 
 func TestMergedKeyAfterRemount(t *testing.T) {
@@ -114,5 +117,93 @@ func TestUpperOps(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(upper, "d2")); !errors.Is(err, iofs.ErrNotExist) {
 		t.Errorf("removed dir still in upper: %v", err)
+	}
+}
+
+// TestMissWhileImagesSlow: a KEY dir with an upper half (a remount after a
+// partial compile) whose images do not answer within the lookup timeout.
+// Triton's whole MISS sequence (tmp dir, rename onto KEY/file, rmdir of tmp,
+// rmdir of KEY) must go through; only rmdir of the KEY still answers
+// ENOTEMPTY.
+func TestMissWhileImagesSlow(t *testing.T) {
+	l := newFakeLower(t)
+	upper := t.TempDir()
+	s, mp := testMount(t, Options{Lower: l, Upper: upper})
+	writeViaTmp(t, filepath.Join(mp, cudaKey), "add_kernel.llir", []byte("; partial compile\n"))
+	if err := s.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+
+	l.hold(t, cudaKey)
+	s2, mp2 := testMount(t, Options{Lower: l, Upper: upper, LookupTimeout: 200 * time.Millisecond})
+	if err := replay.Miss(mp2, cudaKey, filepath.Join(testdata, "vector-add-cache")); err != nil {
+		t.Fatalf("Triton's MISS while the images are slow: %v", err)
+	}
+	kdir := filepath.Join(mp2, cudaKey)
+	wantErrno(t, "rmdir KEY", syscall.Rmdir(kdir), syscall.ENOTEMPTY)
+	for _, n := range sourceNames(t, l, cudaKey) {
+		if _, err := os.Stat(filepath.Join(upper, cudaKey, n)); err != nil {
+			t.Errorf("compiled file not in the upper dir: %v", err)
+		}
+	}
+	if st := s2.Stats().Snapshot(); st.LookupErrors == 0 || st.IOErrors != 0 {
+		t.Errorf("stats %+v: want the images' failure recorded, and no I/O error", st)
+	}
+}
+
+// TestRmdirOpaqueKeyKeepsItDeleted: rm -rf of an image's KEY, mkdir of it
+// (opaque), rmdir of that: the image's KEY stays deleted, remount or not.
+func TestRmdirOpaqueKeyKeepsItDeleted(t *testing.T) {
+	l := newFakeLower(t)
+	upper := t.TempDir()
+	s, mp := testMount(t, Options{Lower: l, Upper: upper})
+	kdir := filepath.Join(mp, cudaKey)
+	if err := os.RemoveAll(kdir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(kdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Rmdir(kdir); err != nil {
+		t.Fatalf("rmdir of the new, empty KEY: %v", err)
+	}
+	if _, err := os.Stat(kdir); !errors.Is(err, iofs.ErrNotExist) {
+		t.Fatalf("the image's KEY is back after rmdir: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(upper, ".wh."+cudaKey)); err != nil {
+		t.Fatalf("root whiteout: %v", err)
+	}
+	if err := s.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+	_, mp2 := testMount(t, Options{Lower: l, Upper: upper})
+	if _, err := os.Stat(filepath.Join(mp2, cudaKey)); !errors.Is(err, iofs.ErrNotExist) {
+		t.Fatalf("the image's KEY is back after remount: %v", err)
+	}
+	if slices.Contains(readDirNames(t, mp2), cudaKey) {
+		t.Fatal("readdir root lists the deleted KEY after remount")
+	}
+}
+
+// TestDirOverDeletedLowerFile: a dir made where an image's file was deleted
+// can be removed again, and the image's file stays deleted.
+func TestDirOverDeletedLowerFile(t *testing.T) {
+	l := newFakeLower(t)
+	_, mp := testMount(t, Options{Lower: l})
+	p := filepath.Join(mp, cudaKey, "add_kernel.ttir")
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(p, 0o755); err != nil {
+		t.Fatalf("mkdir over a deleted image file: %v", err)
+	}
+	if names := readDirNames(t, p); len(names) != 0 {
+		t.Errorf("new dir lists %v", names)
+	}
+	if err := syscall.Rmdir(p); err != nil {
+		t.Fatalf("rmdir of the new, empty dir: %v", err)
+	}
+	if _, err := os.Stat(p); !errors.Is(err, iofs.ErrNotExist) {
+		t.Fatalf("stat after rmdir: %v: the image's file is back", err)
 	}
 }

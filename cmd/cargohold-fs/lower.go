@@ -32,18 +32,23 @@ func (l *lower) Entry(ctx context.Context, key string) ([]fs.LowerFile, error) {
 	for i, f := range files {
 		f := f
 		out[i] = fs.LowerFile{Name: f.Name, Size: f.Size, Mode: f.Mode, Group: f.Group,
-			Open: func() (fs.Content, error) { return l.open(key, f) }}
+			Open: func(ctx context.Context) (fs.Content, error) { return l.open(ctx, key, f) }}
 	}
 	return out, nil
 }
 
-// open opens stored content; content evicted since the lookup is fetched
-// again (a file open is no lookup, so it gets a deadline of its own).
-func (l *lower) open(key string, f resolver.KeyFile) (fs.Content, error) {
+// open opens stored content. Nothing pins it between the lookup and the
+// open, so content evicted meanwhile is fetched again, under the open's ctx
+// (the FUSE request: interruption and the lookup deadline); timeout bounds
+// the fetch only where ctx has no deadline of its own.
+func (l *lower) open(ctx context.Context, key string, f resolver.KeyFile) (fs.Content, error) {
 	c, err := l.st.Open(f.Digest)
 	if errors.Is(err, iofs.ErrNotExist) {
-		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
-		defer cancel()
+		if _, ok := ctx.Deadline(); !ok && l.timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, l.timeout)
+			defer cancel()
+		}
 		if _, err = l.ix.Entry(ctx, key); err == nil {
 			c, err = l.st.Open(f.Digest)
 		}
