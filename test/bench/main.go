@@ -4,7 +4,12 @@
 // and requests, per-dir fetch latency and bytes against each dir's
 // compressed span, and a full download of the blob for comparison.
 //
+// The mount mode (mount.go) runs the built commands instead: a real
+// cargohold-fs mount against the same kind of registry behind a latency
+// proxy, side by side with cargohold -e of the whole image.
+//
 //	go run ./test/bench [--kernels 2000] [--dirs 100] [--workers 8] [--latency 0] [--scale 1] [--debug]
+//	go run ./test/bench mount [--kernels 2000] [--hits 50] [--procs 8] [--latency 20ms] [--reps 200] [--bin DIR]
 package main
 
 import (
@@ -17,6 +22,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"cargohold/test/replay"
 )
 
 // options is everything a run needs.
@@ -33,8 +40,17 @@ type options struct {
 }
 
 func main() {
+	replay.ChildMain() // the mount mode's parallel replays re-execute this program
+	if len(os.Args) > 1 && os.Args[1] == "mount" {
+		mountMain(os.Args[2:])
+		return
+	}
 	var o options
 	fl := pflag.NewFlagSet("bench", pflag.ContinueOnError)
+	fl.Usage = func() {
+		fmt.Fprint(os.Stderr, "Usage: bench [flags]        lazy fetch engine, in process\n       bench mount [flags]  cargohold-fs vs cargohold -e, real commands (bench mount -h)\n\nFlags:\n")
+		fl.PrintDefaults()
+	}
 	fl.IntVarP(&o.kernels, "kernels", "n", 2000, "kernel dirs in the image")
 	fl.IntVar(&o.dirs, "dirs", 100, "dirs to fetch one by one (spread over the image)")
 	fl.IntVar(&o.workers, "workers", 8, "parallel fetchers for the parallel pass")
