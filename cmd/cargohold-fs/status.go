@@ -77,6 +77,8 @@ func startStatus(ctx context.Context, o options, stats *fs.Stats, eng *resolver.
 	if o.metricsAddr != "" {
 		w.serveMetrics(o.metricsAddr)
 	}
+	// The first status is there before anyone is told the mount is up.
+	w.write(snap())
 	go w.loop(ctx)
 	return w
 }

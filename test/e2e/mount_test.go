@@ -119,7 +119,7 @@ func startFS(t *testing.T, mnt, state string, args ...string) *fsMount {
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if s, err := m.status(); err == nil && s.Mounted && s.Ready && isMounted(mnt) {
+		if s, err := m.status(); err == nil && s.PID == m.cmd.Process.Pid && s.Mounted && s.Ready && isMounted(mnt) {
 			return m
 		}
 		select {
@@ -158,6 +158,7 @@ func (m *fsMount) stop(t *testing.T) {
 }
 
 type fsStatus struct {
+	PID       int    `json:"pid"`
 	Mounted   bool   `json:"mounted"`
 	Ready     bool   `json:"index_ready"`
 	Keys      int    `json:"indexed_keys"`
