@@ -13,7 +13,9 @@
 //     normalised reference (StoreName), and only then in the registry.
 //
 // The KEY index (Index) maps each Triton cache KEY to the image layers that
-// hold it, over a list of sources, highest priority first:
+// hold it (a KEY dir in several layers of an image is merged file by file,
+// later layers winning, as unpacking would), over a list of sources,
+// highest priority first:
 //
 //   - REG/REPO:TAG or REG/REPO@sha256:...: one image (from the local store
 //     first, as Fetch does);

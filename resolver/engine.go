@@ -119,29 +119,34 @@ type Engine struct {
 	state string
 	life  *lifetime
 
-	indexes   flight[*layer.Index]
-	dirs      flight[[]KeyFile]
+	indexes flight[*layer.Index]
+	dirs    flight[[]KeyFile]
+	// downloads keep running when every caller has given up (keep): a big
+	// legacy layer takes longer than one lookup waits, and every lookup in
+	// it misses until it is in. Close stops them.
 	downloads flight[struct{}]
 	traffic   Counters
 
 	mu    sync.Mutex
-	idx   map[v1.Hash]*layer.Index // guarded by mu
-	known map[string][]KeyFile     // guarded by mu: dirs whose digests were learnt by fetching, by dirKey
-	stats EngineStats              // guarded by mu; traffic fields filled in by Stats
+	idx   *indexLRU            // guarded by mu: the layer indexes kept in memory
+	known map[string][]KeyFile // guarded by mu: dirs whose digests were learnt by fetching, by dirKey
+	stats EngineStats          // guarded by mu; traffic fields filled in by Stats
 }
 
 // NewEngine returns an Engine reading blobs through r and storing files in
-// st. Layer indexes are cached in stateDir/layers/<digest>.json, and digests
+// st. Layer indexes are cached in stateDir/layers/<digest>.json (the
+// Options.LayerIndexes most recently used ones also in memory), and digests
 // learnt by fetching (tar bodies the index skipped) in
 // stateDir/layers/<digest>.keys/<KEY>.json.
 func NewEngine(r *Resolver, st *store.Store, stateDir string) *Engine {
 	return &Engine{
-		res:   r,
-		st:    st,
-		state: stateDir,
-		life:  newLifetime(),
-		idx:   map[v1.Hash]*layer.Index{},
-		known: map[string][]KeyFile{},
+		res:       r,
+		st:        st,
+		state:     stateDir,
+		life:      newLifetime(),
+		downloads: flight[struct{}]{keep: true},
+		idx:       newIndexLRU(r.opts.LayerIndexes),
+		known:     map[string][]KeyFile{},
 	}
 }
 

@@ -246,22 +246,27 @@ func (e *Engine) learn(l LayerRef, key string, files []KeyFile) {
 	}
 }
 
-// FetchKey fetches KEY dir key from the last layer of im that holds it
-// (later layers win, as when an image is unpacked) and returns its files and
-// that layer. Layers are indexed from the last one back until one has key;
-// an image without key gives an error wrapping fs.ErrNotExist.
+// FetchKey fetches KEY dir key of im as unpacking im would make it: every
+// layer is indexed, and the dirs of the layers holding key are merged file
+// by file, a later layer's file winning. It returns the files and the last
+// layer holding key. An image without key gives an error wrapping
+// fs.ErrNotExist.
 func (e *Engine) FetchKey(ctx context.Context, im *Image, key string) ([]KeyFile, LayerRef, error) {
-	for i := len(im.Layers) - 1; i >= 0; i-- {
+	var held []LayerRef
+	for i := range im.Layers {
 		l := im.LayerRef(i)
 		idx, err := e.Index(ctx, l)
 		if err != nil {
 			return nil, l, err
 		}
-		if idx.Dirs[key] == nil {
-			continue
+		if idx.Dirs[key] != nil {
+			held = append(held, l)
 		}
-		files, err := e.FetchDir(ctx, l, key)
-		return files, l, err
 	}
-	return nil, LayerRef{}, fmt.Errorf("resolver: image %s: no KEY dir %s in its %d layer(s): %w", im.Ref, key, len(im.Layers), fs.ErrNotExist)
+	if len(held) == 0 {
+		return nil, LayerRef{}, fmt.Errorf("resolver: image %s: no KEY dir %s in its %d layer(s): %w", im.Ref, key, len(im.Layers), fs.ErrNotExist)
+	}
+	last := held[len(held)-1]
+	files, err := e.fetchMerged(ctx, held, key)
+	return files, last, err
 }

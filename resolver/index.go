@@ -52,6 +52,11 @@ type Location struct {
 	// Layer is the layer holding the KEY dir (the last one, when several
 	// do: later layers win).
 	Layer LayerRef
+	// Layers lists every layer holding the KEY dir, in layer order, when
+	// there are several (Layer is the last); nil when Layer alone does.
+	// Entry merges them file by file, a later layer's file winning, as
+	// unpacking the image would.
+	Layers []LayerRef
 	// Created is the image config's creation time.
 	Created time.Time
 	// Kernel is the kernel's target as the image's metadata label says;
@@ -124,23 +129,29 @@ type Index struct {
 // imageRec is what the index keeps of one image: immutable once built, and
 // shared by every snapshot (and refresh) that sees the same memo key.
 type imageRec struct {
-	Memo       string       `json:"memo"` // candidate.memo
-	Image      string       `json:"image"`
-	Created    time.Time    `json:"created"`
-	Layers     []LayerRef   `json:"layers"`
-	Targets    []gpu.Target `json:"targets,omitempty"`
-	Kernels    []gpu.Target `json:"kernels,omitempty"` // distinct fitting kernel targets; keyRec.Kernel points in
-	LabelError string       `json:"label_error,omitempty"`
-	Unlabelled bool         `json:"unlabelled,omitempty"`
-	Fits       bool         `json:"fits"`
-	Keys       []keyRec     `json:"keys,omitempty"` // sorted by Key
+	Memo    string       `json:"memo"` // candidate.memo
+	Image   string       `json:"image"`
+	Created time.Time    `json:"created"`
+	Layers  []LayerRef   `json:"layers"`
+	Targets []gpu.Target `json:"targets,omitempty"`
+	Kernels []gpu.Target `json:"kernels,omitempty"` // distinct fitting kernel targets; keyRec.Kernel points in
+	// Earlier are the distinct sets of earlier layers (ascending indexes
+	// into Layers) that also hold a KEY dir; keyRec.Earlier points in. Most
+	// images have one layer, so most records have none.
+	Earlier    [][]uint16 `json:"earlier,omitempty"`
+	LabelError string     `json:"label_error,omitempty"`
+	Unlabelled bool       `json:"unlabelled,omitempty"`
+	Fits       bool       `json:"fits"`
+	Keys       []keyRec   `json:"keys,omitempty"` // sorted by Key
 }
 
-// keyRec is one KEY of an image.
+// keyRec is one KEY of an image: 24 bytes besides the KEY's own bytes
+// (Earlier fits in what would be padding).
 type keyRec struct {
-	Key    string `json:"k"`
-	Layer  uint16 `json:"l,omitempty"` // index into imageRec.Layers
-	Kernel uint16 `json:"t,omitempty"` // 1 + index into imageRec.Kernels; 0: none
+	Key     string `json:"k"`
+	Layer   uint16 `json:"l,omitempty"` // index into imageRec.Layers: the last layer holding the KEY dir
+	Kernel  uint16 `json:"t,omitempty"` // 1 + index into imageRec.Kernels; 0: none
+	Earlier uint16 `json:"e,omitempty"` // 1 + index into imageRec.Earlier; 0: Layer alone holds the KEY dir
 }
 
 // entry is an image as one snapshot lists it.
@@ -218,6 +229,14 @@ func (ix *Index) Lookup(key string) []Location {
 func (l loc) location() Location {
 	rec := l.e.rec
 	out := Location{Image: rec.Image, Source: l.e.source, Layer: rec.Layers[l.k.Layer], Created: rec.Created}
+	if l.k.Earlier > 0 {
+		earlier := rec.Earlier[l.k.Earlier-1]
+		out.Layers = make([]LayerRef, 0, len(earlier)+1)
+		for _, i := range earlier {
+			out.Layers = append(out.Layers, rec.Layers[i])
+		}
+		out.Layers = append(out.Layers, out.Layer)
+	}
 	if l.k.Kernel > 0 {
 		t := rec.Kernels[l.k.Kernel-1]
 		out.Kernel = &t

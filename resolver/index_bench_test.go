@@ -93,7 +93,8 @@ func heapInUse() int64 {
 //	load:    restart: load the persisted index, no request
 //	memory:  heap bytes per indexed KEY: the index alone (loaded, fresh
 //	         Engine) and index plus Engine after a cold build (the Engine
-//	         keeps every layer index in memory)
+//	         keeps the Options.LayerIndexes most recently used layer
+//	         indexes in memory)
 //	lookup:  Lookup latency
 //
 // go test -run '^$' -bench BenchmarkIndex -benchtime 3x ./resolver/

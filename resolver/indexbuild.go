@@ -158,20 +158,23 @@ func (ix *Index) buildRec(ctx context.Context, c candidate) (*imageRec, error) {
 	}
 	rec.Fits = true
 
-	last := map[string]uint16{}
+	// Every layer holding a KEY dir, in layer order: Entry merges them file
+	// by file, later layers winning, as unpacking does.
+	held := map[string][]uint16{}
 	for i, l := range rec.Layers {
 		idx, err := ix.eng.Index(ctx, l)
 		if err != nil {
 			return nil, fmt.Errorf("resolver: image %s: layer %d: %w", c.ref, i, err)
 		}
 		for key := range idx.Dirs {
-			last[key] = uint16(i)
+			held[key] = append(held[key], uint16(i))
 		}
 	}
 	kernelIdx := map[gpu.Target]uint16{}
-	rec.Keys = make([]keyRec, 0, len(last))
-	for key, l := range last {
-		kr := keyRec{Key: key, Layer: l}
+	earlierIdx := map[string]uint16{} // an Earlier set, as a string of its indexes, -> 1 + its index
+	rec.Keys = make([]keyRec, 0, len(held))
+	for key, ls := range held {
+		kr := keyRec{Key: key, Layer: ls[len(ls)-1]}
 		if t, ok := kernelOf[key]; ok {
 			if !gpu.Fits(t, ix.cfg.Targets) {
 				continue
@@ -183,6 +186,19 @@ func (ix *Index) buildRec(ctx context.Context, c candidate) (*imageRec, error) {
 				kernelIdx[t] = n
 			}
 			kr.Kernel = n
+		}
+		if earlier := ls[:len(ls)-1]; len(earlier) > 0 {
+			sk := fmt.Sprint(earlier)
+			n, ok := earlierIdx[sk]
+			if !ok {
+				if len(rec.Earlier) == 1<<16-1 {
+					return nil, fmt.Errorf("resolver: image %s: over %d distinct sets of layers sharing KEY dirs", c.ref, 1<<16-1)
+				}
+				rec.Earlier = append(rec.Earlier, slices.Clone(earlier))
+				n = uint16(len(rec.Earlier))
+				earlierIdx[sk] = n
+			}
+			kr.Earlier = n
 		}
 		rec.Keys = append(rec.Keys, kr)
 	}

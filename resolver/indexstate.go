@@ -16,8 +16,11 @@ import (
 const IndexFile = "index.json"
 
 // stateVersion changes whenever stateFile changes incompatibly; a file of
-// another version is not loaded (the next refresh rebuilds it).
-const stateVersion = 1
+// another version is not loaded (the next refresh rebuilds it). 2: records
+// list every layer holding a KEY dir (imageRec.Earlier); a version 1 record
+// named only the last one and, reused by its memo key, would never learn
+// the others.
+const stateVersion = 2
 
 // ErrStaleState says the persisted index was built for other local targets
 // or in another format; it is not used.
@@ -145,10 +148,30 @@ func (ix *Index) Load() error {
 // check rejects a record whose indexes point outside its slices: a
 // hand-edited or corrupt file must not make Lookup panic.
 func (rec *imageRec) check() error {
+	for i, set := range rec.Earlier {
+		if !ascending(set) || int(set[len(set)-1]) >= len(rec.Layers) {
+			return fmt.Errorf("image %s: earlier layer set %d %v: not ascending layer indexes", rec.Image, i, set)
+		}
+	}
 	for _, k := range rec.Keys {
-		if int(k.Layer) >= len(rec.Layers) || int(k.Kernel) > len(rec.Kernels) {
-			return fmt.Errorf("image %s: KEY %s: layer %d / kernel %d out of range", rec.Image, k.Key, k.Layer, k.Kernel)
+		if int(k.Layer) >= len(rec.Layers) || int(k.Kernel) > len(rec.Kernels) || int(k.Earlier) > len(rec.Earlier) {
+			return fmt.Errorf("image %s: KEY %s: layer %d / kernel %d / earlier %d out of range", rec.Image, k.Key,
+				k.Layer, k.Kernel, k.Earlier)
+		}
+		if k.Earlier > 0 && rec.Earlier[k.Earlier-1][len(rec.Earlier[k.Earlier-1])-1] >= k.Layer {
+			return fmt.Errorf("image %s: KEY %s: earlier layers %v not before layer %d", rec.Image, k.Key,
+				rec.Earlier[k.Earlier-1], k.Layer)
 		}
 	}
 	return nil
+}
+
+// ascending: non-empty and strictly increasing.
+func ascending(set []uint16) bool {
+	for i := 1; i < len(set); i++ {
+		if set[i] <= set[i-1] {
+			return false
+		}
+	}
+	return len(set) > 0
 }

@@ -26,7 +26,8 @@ type layerIndexFile struct {
 	Index   *layer.Index `json:"index"`
 }
 
-// Index returns the index of layer l: from memory, else from the disk cache
+// Index returns the index of layer l: from memory (the
+// Options.LayerIndexes most recently used ones), else from the disk cache
 // (no request), else built from the blob. An eStargz layer costs two ranged
 // reads (footer, TOC). Any other layer first costs the same footer read and a
 // 512-byte probe; an uncompressed tar is then read in blocks of
@@ -41,7 +42,7 @@ func (e *Engine) Index(ctx context.Context, l LayerRef) (*layer.Index, error) {
 		return nil, err
 	}
 	e.mu.Lock()
-	idx := e.idx[l.Desc.Digest]
+	idx := e.idx.get(l.Desc.Digest)
 	e.mu.Unlock()
 	if idx != nil {
 		return idx, nil
@@ -75,7 +76,7 @@ func (e *Engine) loadIndex(ctx context.Context, l LayerRef) (*layer.Index, error
 		}
 	}
 	e.mu.Lock()
-	e.idx[l.Desc.Digest] = idx
+	e.idx.put(l.Desc.Digest, idx)
 	e.mu.Unlock()
 	return idx, nil
 }

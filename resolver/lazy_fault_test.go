@@ -48,6 +48,7 @@ func TestLazyCorruption(t *testing.T) {
 	if verr.File != victim.Name || verr.Key != key || !strings.Contains(err.Error(), victim.Name) {
 		t.Errorf("error %q names %s/%s, want %s/%s", err, verr.Key, verr.File, key, victim.Name)
 	}
+	lzSettle(t, e.px)
 	if e.px.Count(func(r proxy.Req) bool { return r.Flipped }) != 1 {
 		t.Errorf("the proxy flipped no byte: the test tested nothing")
 	}

@@ -109,7 +109,7 @@ func TestLazyFetchEStargz(t *testing.T) {
 	}
 }
 
-// TestLazyFetchImageKey: FetchKey finds a KEY in the last layer holding it,
+// TestLazyFetchImageKey: FetchKey finds a KEY in the layer holding it,
 // and Install puts it into a cache dir with group files rewritten, never
 // over an existing KEY dir.
 func TestLazyFetchImageKey(t *testing.T) {

@@ -379,3 +379,17 @@ func lzIndex(t *testing.T, eng *resolver.Engine, l resolver.LayerRef) (*layer.In
 	}
 	return idx, &c
 }
+
+// lzSettle waits until px has no request pending: it logs a request when
+// its handler ends, which may be after the client has read the whole
+// answer, so counts taken right after a call may miss its last request.
+func lzSettle(t *testing.T, px *proxy.Proxy) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for px.Pending() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy: %d requests still pending", px.Pending())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}

@@ -1,9 +1,16 @@
 package resolver_test
 
 import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"cargohold/layer"
+	"cargohold/resolver"
 	"cargohold/test/proxy"
 )
 
@@ -117,4 +124,77 @@ func TestLazyLegacyGzip(t *testing.T) {
 	if c.Requests.Load() != 0 || e.px.Count(nil) != 0 {
 		t.Errorf("after restart: %d requests (proxy %d), want 0", c.Requests.Load(), e.px.Count(nil))
 	}
+}
+
+// TestLazyLegacyGzipGiveUp: a lookup that gives up while a legacy gzip
+// layer downloads does not stop the download: a later lookup finds it
+// (joined or done) and no second whole-blob GET is made.
+func TestLazyLegacyGzipGiveUp(t *testing.T) {
+	src, keys := lzCache(t)
+	keys = keys[:40]
+	e := newLzEnv(t)
+	ref := e.push(t, "legacy:gzip", lzGzipImage(t, lzLegacyTar(t, src, keys)))
+	_, l := e.image(t, ref, 0)
+	st := lzStore(t, 0)
+	w := &lzWholeWatch{base: e.rt, started: make(chan struct{})}
+	eng := resolver.NewEngine(resolver.New(lzOptions(t, w)), st, t.TempDir())
+	t.Cleanup(func() { eng.Close() })
+	// The download waits at the proxy: it is surely in flight, not done,
+	// when the first lookup gives up.
+	e.px.SetLatency(500 * time.Millisecond)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-w.started:
+			cancel() // the lookup gives up once the download has begun
+		case <-ctx.Done():
+		}
+	}()
+	if _, err := eng.FetchDir(ctx, l, keys[0]); !errors.Is(err, context.Canceled) {
+		t.Fatalf("first FetchDir: %v, want context.Canceled", err)
+	}
+
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel2()
+	files, err := eng.FetchDir(ctx2, l, keys[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	lzCheckFiles(t, st, src, keys[0], files, false)
+	if n := w.count(); n != 1 {
+		t.Errorf("%d whole-blob GETs, want 1: the download was restarted", n)
+	}
+	if s := eng.Stats(); s.Downloads != 1 {
+		t.Errorf("stats %+v: want 1 download", s)
+	}
+}
+
+// lzWholeWatch is a transport that counts whole-blob GETs (no Range) and
+// closes started at the first.
+type lzWholeWatch struct {
+	base    http.RoundTripper
+	started chan struct{}
+
+	mu    sync.Mutex
+	whole int // guarded by mu
+}
+
+func (w *lzWholeWatch) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") && r.Header.Get("Range") == "" {
+		w.mu.Lock()
+		w.whole++
+		if w.whole == 1 {
+			close(w.started)
+		}
+		w.mu.Unlock()
+	}
+	return w.base.RoundTrip(r)
+}
+
+func (w *lzWholeWatch) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.whole
 }

@@ -18,7 +18,9 @@ const maxKernelJSON = 4 << 20
 
 // Entry makes KEY dir key available for the mount: it waits (within ctx)
 // until the index is ready, then tries key's locations in priority order:
-// the dir is fetched and verified into the content store (Engine.FetchDir),
+// the dir is fetched and verified into the content store (Engine.FetchDir;
+// a dir spread over several layers of the image is merged file by file,
+// later layers winning, as unpacking the image would),
 // and its kernel JSON, when it has one, must fit the local targets, whatever
 // the image's labels said (the kernel JSON wins: a location whose kernel
 // does not fit is skipped, counted in IndexStats.LabelLies or Misfits, and
@@ -52,7 +54,7 @@ func (ix *Index) Entry(ctx context.Context, key string) ([]KeyFile, error) {
 			ix.fallbacks.Add(1)
 		}
 		loc := l.location()
-		files, err := ix.eng.FetchDir(ctx, loc.Layer, key)
+		files, err := ix.eng.fetchMerged(ctx, loc.layers(), key)
 		if err != nil {
 			errs = append(errs, err)
 			ix.log.Warn("KEY fetch failed, trying the next image", "key", key, "image", loc.Image, "err", err)
@@ -77,10 +79,14 @@ func (ix *Index) Entry(ctx context.Context, key string) ([]KeyFile, error) {
 
 // fits checks the kernel JSON of a fetched KEY dir against the local
 // targets. A dir without a kernel JSON (launcher, other) fits: its image
-// was admitted by its labels or has none. Verdicts are remembered by layer
-// digest and KEY, and logged once.
+// was admitted by its labels or has none. Verdicts are remembered by the
+// layer digests and KEY, and logged once.
 func (ix *Index) fits(loc Location, key string, files []KeyFile) (bool, error) {
-	vk := loc.Layer.Desc.Digest.String() + "/" + key
+	var vk string
+	for _, l := range loc.layers() {
+		vk += l.Desc.Digest.String() + "/"
+	}
+	vk += key
 	ix.verdictMu.Lock()
 	v, seen := ix.verdicts[vk]
 	ix.verdictMu.Unlock()
@@ -139,4 +145,12 @@ func (ix *Index) kernelOf(key string, files []KeyFile) (triton.Kernel, bool, err
 		return k, true, nil
 	}
 	return triton.Kernel{}, false, nil
+}
+
+// layers are the layers holding loc's KEY dir, in layer order.
+func (loc Location) layers() []LayerRef {
+	if len(loc.Layers) > 0 {
+		return loc.Layers
+	}
+	return []LayerRef{loc.Layer}
 }

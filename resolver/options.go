@@ -18,6 +18,7 @@ const (
 	DefaultRetries        = 2
 	DefaultBackoff        = 200 * time.Millisecond
 	DefaultWholeBlobLimit = 64 << 20
+	DefaultLayerIndexes   = 8
 	maxBackoff            = 5 * time.Second
 )
 
@@ -50,6 +51,11 @@ type Options struct {
 	// so later reads need no request. Default DefaultWholeBlobLimit;
 	// negative disables.
 	WholeBlobLimit int64
+	// LayerIndexes is how many layer indexes an Engine keeps in memory, the
+	// most recently used ones (a 2,000-KEY layer's takes about 6 MB); the
+	// others are reloaded from its disk cache when needed, without a
+	// request. Default DefaultLayerIndexes; negative keeps none.
+	LayerIndexes int
 	// Progress, when set, receives byte progress of LayerReader streams and
 	// of Push. It is called on the reading goroutine and must be quick.
 	// Default none.
@@ -102,6 +108,10 @@ func (o Options) withDefaults() Options {
 	}
 	if o.WholeBlobLimit == 0 {
 		o.WholeBlobLimit = DefaultWholeBlobLimit
+	}
+	if o.LayerIndexes == 0 {
+		// Negative stays: withDefaults may run again on Resolver.Options.
+		o.LayerIndexes = DefaultLayerIndexes
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -1,0 +1,160 @@
+package resolver_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"cargohold/resolver"
+	"cargohold/test/proxy"
+	"cargohold/triton"
+	"cargohold/triton/gen"
+)
+
+// TestIndexLayersMerge: an image whose second layer overrides one file of a
+// KEY dir and adds one serves the merge (the first layer's other files,
+// the second layer's overriding and added ones), as unpacking it would; a
+// KEY dir the second layer replaces whole costs only that layer's read; a
+// KEY dir of the first layer alone is served from it. The merge survives a
+// restart (persisted index) and FetchKey gives the same files.
+func TestIndexLayersMerge(t *testing.T) {
+	f := newIxRegistry(t)
+	dir, es := ixGen(t, gen.Options{Kernels: 4, Seed: 3, Targets: ixTargets(t, "cuda:80:32")})
+	keys := ixKeys(es)
+	partial, whole, untouched := keys[0], keys[1], keys[2]
+
+	// over is the second layer's cache: partial's binary with other bytes
+	// plus a new file; whole's every file as the first layer has it
+	// (group files in image form, as cargohold packs them).
+	over := t.TempDir()
+	want := t.TempDir() // the merged partial, as the mount must show it
+	if err := os.CopyFS(filepath.Join(want, partial), os.DirFS(filepath.Join(dir, partial))); err != nil {
+		t.Fatal(err)
+	}
+	des, err := os.ReadDir(filepath.Join(dir, partial))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := ""
+	for _, de := range des {
+		if strings.HasSuffix(de.Name(), ".cubin") {
+			bin = de.Name()
+		}
+	}
+	if bin == "" {
+		t.Fatalf("generated KEY %s has no .cubin", partial)
+	}
+	newBin := []byte("layer 2's binary, not layer 1's")
+	for _, d := range []string{over, want} {
+		ixWrite(t, filepath.Join(d, partial, bin), newBin)
+		ixWrite(t, filepath.Join(d, partial, "added.txt"), []byte("only in layer 2"))
+	}
+	des, err = os.ReadDir(filepath.Join(dir, whole))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, de := range des {
+		data, err := os.ReadFile(filepath.Join(dir, whole, de.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if triton.IsGroupFile(de.Name()) {
+			if data, err = triton.RewriteGroup(data, triton.ImageRoot); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ixWrite(t, filepath.Join(over, whole, de.Name()), data)
+	}
+	img, err := mutate.Append(ixPack(t, dir), mutate.Addendum{
+		Layer:     static.NewLayer(lzLegacyTar(t, over, []string{partial, whole}), types.OCIUncompressedLayer),
+		MediaType: types.OCIUncompressedLayer,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.push(t, "multi:v1", img)
+
+	state := t.TempDir()
+	e := newIxEnv(t, state, ixOptions(t), []string{f.ref("multi:v1")}, "cuda:80:32")
+	ixRefresh(t, e.ix)
+	if got := e.ix.Keys(); !slices.Equal(got, keys) {
+		t.Fatalf("Keys() = %v, want %v", got, keys)
+	}
+	ls := e.ix.Lookup(partial)
+	if len(ls) != 1 || len(ls[0].Layers) != 2 || ls[0].Layers[1].Desc.Digest != ls[0].Layer.Desc.Digest ||
+		ls[0].Layers[0].Desc.Digest == ls[0].Layer.Desc.Digest {
+		t.Fatalf("Lookup(%s) = %+v, want one location with both layers, the last as Layer", partial, ls)
+	}
+	first, second := ls[0].Layers[0], ls[0].Layers[1]
+	if ls := e.ix.Lookup(untouched); len(ls) != 1 || ls[0].Layers != nil || ls[0].Layer.Desc.Digest != first.Desc.Digest {
+		t.Fatalf("Lookup(%s) = %+v, want the first layer alone", untouched, ls)
+	}
+	layerReqs := func(l resolver.LayerRef) int {
+		lzSettle(t, f.p)
+		return f.p.Count(func(r proxy.Req) bool { return r.IsBlob() && strings.Contains(r.Path, l.Desc.Digest.String()) })
+	}
+
+	f.p.Reset()
+	files := ixEntryFiles(t, e, partial, want)
+	if !slices.IsSortedFunc(files, func(a, b resolver.KeyFile) int { return strings.Compare(a.Name, b.Name) }) {
+		t.Errorf("Entry(%s): files not sorted by name: %+v", partial, files)
+	}
+	if n1, n2 := layerReqs(first), layerReqs(second); n1 != 1 || n2 != 1 {
+		t.Errorf("Entry(%s): %d reads of layer 1, %d of layer 2; want one each", partial, n1, n2)
+	}
+
+	f.p.Reset()
+	ixEntryFiles(t, e, whole, dir)
+	if n1, n2 := layerReqs(first), layerReqs(second); n1 != 0 || n2 != 1 {
+		t.Errorf("Entry(%s), every file overridden: %d reads of layer 1, %d of layer 2; want 0 and 1", whole, n1, n2)
+	}
+	ixEntryFiles(t, e, untouched, dir)
+
+	im, err := e.r.Fetch(context.Background(), f.ref("multi:v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, l, err := e.eng.FetchKey(context.Background(), im, partial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Desc.Digest != second.Desc.Digest {
+		t.Errorf("FetchKey: layer %s, want the last one holding the KEY", l)
+	}
+	if err := ixSameContent(e.st, files, filepath.Join(want, partial)); err != nil {
+		t.Errorf("FetchKey(%s): %v", partial, err)
+	}
+	e.close()
+
+	// Restart: the persisted index keeps both layers of the KEY.
+	f.p.Reset()
+	e2 := newIxEnv(t, state, ixOptions(t), []string{f.ref("multi:v1")}, "cuda:80:32")
+	if err := e2.ix.Load(); err != nil {
+		t.Fatal(err)
+	}
+	if ls := e2.ix.Lookup(partial); len(ls) != 1 || len(ls[0].Layers) != 2 {
+		t.Fatalf("loaded Lookup(%s) = %+v, want both layers", partial, ls)
+	}
+	ixEntryFiles(t, e2, partial, want)
+	lzSettle(t, f.p)
+	if n := f.p.Count(nil); n != 0 {
+		t.Errorf("restart: %d requests, want 0 (fetched before)", n)
+	}
+}
+
+func ixWrite(t *testing.T, p string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
