@@ -111,42 +111,39 @@ func chownCaller(ctx context.Context, p string) error {
 	return syscall.Lchown(p, int(caller.Uid), int(caller.Gid))
 }
 
+// attrOps are the four ways a SETATTR changes a file, by path or by fd.
+type attrOps struct {
+	chmod    func(mode uint32) error
+	chown    func(uid, gid int) error
+	truncate func(size int64) error
+	utimes   func(ts []unix.Timespec) error
+}
+
 // setattrPath applies a SETATTR to an upper path.
 func setattrPath(p string, in *fuse.SetAttrIn) error {
-	if m, ok := in.GetMode(); ok {
-		if err := syscall.Chmod(p, m&07777); err != nil {
-			return err
-		}
-	}
-	uid, uok := in.GetUID()
-	gid, gok := in.GetGID()
-	if uok || gok {
-		u, g := -1, -1
-		if uok {
-			u = int(uid)
-		}
-		if gok {
-			g = int(gid)
-		}
-		if err := syscall.Lchown(p, u, g); err != nil {
-			return err
-		}
-	}
-	if sz, ok := in.GetSize(); ok {
-		if err := syscall.Truncate(p, int64(sz)); err != nil {
-			return err
-		}
-	}
-	if ts, ok := setattrTimes(in); ok {
-		return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
-	}
-	return nil
+	return setattr(in, attrOps{
+		chmod:    func(m uint32) error { return syscall.Chmod(p, m) },
+		chown:    func(u, g int) error { return syscall.Lchown(p, u, g) },
+		truncate: func(sz int64) error { return syscall.Truncate(p, sz) },
+		utimes: func(ts []unix.Timespec) error {
+			return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+		},
+	})
 }
 
 // setattrFd applies a SETATTR to an open upper file.
 func setattrFd(fd int, in *fuse.SetAttrIn) error {
+	return setattr(in, attrOps{
+		chmod:    func(m uint32) error { return syscall.Fchmod(fd, m) },
+		chown:    func(u, g int) error { return syscall.Fchown(fd, u, g) },
+		truncate: func(sz int64) error { return syscall.Ftruncate(fd, sz) },
+		utimes:   func(ts []unix.Timespec) error { return futimens(fd, ts) },
+	})
+}
+
+func setattr(in *fuse.SetAttrIn, ops attrOps) error {
 	if m, ok := in.GetMode(); ok {
-		if err := syscall.Fchmod(fd, m&07777); err != nil {
+		if err := ops.chmod(m & 07777); err != nil {
 			return err
 		}
 	}
@@ -160,17 +157,17 @@ func setattrFd(fd int, in *fuse.SetAttrIn) error {
 		if gok {
 			g = int(gid)
 		}
-		if err := syscall.Fchown(fd, u, g); err != nil {
+		if err := ops.chown(u, g); err != nil {
 			return err
 		}
 	}
 	if sz, ok := in.GetSize(); ok {
-		if err := syscall.Ftruncate(fd, int64(sz)); err != nil {
+		if err := ops.truncate(int64(sz)); err != nil {
 			return err
 		}
 	}
 	if ts, ok := setattrTimes(in); ok {
-		return futimens(fd, ts)
+		return ops.utimes(ts)
 	}
 	return nil
 }

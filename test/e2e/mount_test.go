@@ -202,13 +202,18 @@ func isMounted(mnt string) bool {
 	return false
 }
 
-// pushed packs dir into reg under repo:tag and returns the image reference
-// as seen through p.
-func pushed(t *testing.T, reg *registry.Registry, p *proxy.Proxy, dir, repoTag string) string {
+// servedImage starts a real registry behind a counting proxy and pushes
+// the big test cache to it; it returns the proxy, the cache dir and the
+// image reference as seen through the proxy.
+func servedImage(t *testing.T) (*proxy.Proxy, string, string) {
 	t.Helper()
+	reg := registry.Start(t)
+	p := proxy.New(reg.URL)
+	t.Cleanup(func() { p.Close() })
+	src := cacheDir(t)
 	env := []string{"CARGOHOLD_STORE=" + t.TempDir()}
-	must(t, env, "cargohold", "-c", "-i", reg.Addr+"/"+repoTag, "-d", dir, "--push", "--plain-http")
-	return p.Addr + "/" + repoTag
+	must(t, env, "cargohold", "-c", "-i", reg.Addr+"/ml/cache:v1", "-d", src, "--push", "--plain-http")
+	return p, src, p.Addr + "/ml/cache:v1"
 }
 
 func blobGets(p *proxy.Proxy) int {
@@ -216,11 +221,7 @@ func blobGets(p *proxy.Proxy) int {
 }
 
 func TestMountColdHit(t *testing.T) {
-	reg := registry.Start(t)
-	p := proxy.New(reg.URL)
-	t.Cleanup(func() { p.Close() })
-	src := cacheDir(t)
-	ref := pushed(t, reg, p, src, "ml/cache:v1")
+	p, src, ref := servedImage(t)
 
 	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:75:32")
 	indexReqs := p.Count(nil)
@@ -256,16 +257,16 @@ func TestMountColdHit(t *testing.T) {
 }
 
 func TestMountNonFittingGPU(t *testing.T) {
-	reg := registry.Start(t)
-	p := proxy.New(reg.URL)
-	t.Cleanup(func() { p.Close() })
-	src := cacheDir(t)
-	ref := pushed(t, reg, p, src, "ml/cache:v1")
+	p, src, ref := servedImage(t)
 	state := t.TempDir()
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	m := startFS(t, mnt, state, "-i", ref, "--plain-http", "--gpu", "cuda:90:32")
 	if _, err := replay.Hit(m.mnt, vectorAddKey, src); !errors.Is(err, replay.ErrNotFound) {
 		t.Fatalf("hit on a GPU the image does not fit: want a miss, got %v", err)
+	}
+	// An image that fits nothing is never read: no layer index, no KEY dir.
+	if n := p.Count(func(r proxy.Req) bool { return r.Range != "" }); n != 0 {
+		t.Errorf("%d ranged blob reads from an image that fits no local GPU", n)
 	}
 	if err := replay.Miss(m.mnt, vectorAddKey, src); err != nil {
 		t.Fatalf("miss write: %v", err)
@@ -282,11 +283,7 @@ func TestMountNonFittingGPU(t *testing.T) {
 }
 
 func TestMountConcurrentReplays(t *testing.T) {
-	reg := registry.Start(t)
-	p := proxy.New(reg.URL)
-	t.Cleanup(func() { p.Close() })
-	src := cacheDir(t)
-	ref := pushed(t, reg, p, src, "ml/cache:v1")
+	p, src, ref := servedImage(t)
 	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32")
 	keys := keysOf(t, src, "cuda:80:32")[:20]
 	p.Reset()
@@ -303,11 +300,7 @@ func TestMountConcurrentReplays(t *testing.T) {
 }
 
 func TestMountRegistryFailures(t *testing.T) {
-	reg := registry.Start(t)
-	p := proxy.New(reg.URL)
-	t.Cleanup(func() { p.Close() })
-	src := cacheDir(t)
-	ref := pushed(t, reg, p, src, "ml/cache:v1")
+	p, src, ref := servedImage(t)
 	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s")
 	keys := keysOf(t, src, "cuda:80:32")
 	if _, err := replay.Hit(m.mnt, keys[0], src); err != nil {
