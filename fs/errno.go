@@ -22,7 +22,9 @@ var ErrReadOnly = errors.New("fs: image content is read-only")
 //   - read-only (ErrReadOnly, EROFS) → EROFS;
 //   - canceled (the caller was interrupted) → EINTR;
 //   - an errno from the upper dir's file system → itself (EEXIST, ENOTEMPTY
-//     and the like are answers, not failures: logged at debug level);
+//     and the like are answers, not failures: logged at debug level); one
+//     from the images' side (ECONNREFUSED inside a fetch error) is not an
+//     answer, and goes on to the next case;
 //   - anything else (EIO from the disk, bad image data, a deadline outside
 //     the KEY path) → EIO, counted in Stats.IOErrors and kept as last error.
 func (v *view) errno(op string, err error, keyPath bool) syscall.Errno {
@@ -44,7 +46,7 @@ func (v *view) errno(op string, err error, keyPath bool) syscall.Errno {
 	case errors.Is(err, context.Canceled):
 		v.log.Debug("fs: interrupted", "op", op, "err", err)
 		return syscall.EINTR
-	case errors.As(err, &e) && e != syscall.EIO && e != 0:
+	case errors.As(err, &e) && e != syscall.EIO && e != 0 && !fromImages(err):
 		v.log.Debug("fs: upper dir says", "op", op, "err", err)
 		return e
 	default:
@@ -52,4 +54,17 @@ func (v *view) errno(op string, err error, keyPath bool) syscall.Errno {
 		v.log.Error("fs: I/O error", "op", op, "err", err)
 		return syscall.EIO
 	}
+}
+
+// imagesError marks a failure on the images' side (Lower.Entry, opening
+// image content). The errnos inside it are the network's or the store's,
+// never an answer to pass on to the caller.
+type imagesError struct{ err error }
+
+func (e *imagesError) Error() string { return e.err.Error() }
+func (e *imagesError) Unwrap() error { return e.err }
+
+func fromImages(err error) bool {
+	var ie *imagesError
+	return errors.As(err, &ie)
 }

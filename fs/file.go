@@ -193,7 +193,7 @@ func (n *lowerFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 	defer cancel()
 	c, err := n.e.file.Open(octx)
 	if err != nil {
-		return nil, 0, n.v.errno("open "+n.name(), fmt.Errorf("fs: open %s: %w", n.name(), err), false)
+		return nil, 0, n.v.errno("open "+n.name(), &imagesError{fmt.Errorf("fs: open %s: %w", n.name(), err)}, false)
 	}
 	return &lowerHandle{v: n.v, name: n.name(), c: c}, fuse.FOPEN_KEEP_CACHE, 0
 }

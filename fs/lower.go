@@ -87,7 +87,7 @@ func (v *view) bound(ctx context.Context) (context.Context, context.CancelFunc) 
 func (v *view) load(ctx context.Context, key string) (*lowerDir, error) {
 	files, err := v.lower.Entry(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("fs: KEY %s: %w", key, err)
+		return nil, &imagesError{fmt.Errorf("fs: KEY %s: %w", key, err)}
 	}
 	if len(files) == 0 {
 		return nil, fmt.Errorf("fs: KEY %s: the image lists no files", key)
@@ -125,7 +125,7 @@ func (v *view) rewriteGroup(ctx context.Context, f LowerFile) ([]byte, error) {
 	}
 	c, err := f.Open(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("group file %s: open: %w", f.Name, err)
+		return nil, &imagesError{fmt.Errorf("group file %s: open: %w", f.Name, err)}
 	}
 	defer c.Close()
 	data := make([]byte, f.Size)

@@ -27,16 +27,19 @@ const maxKernelJSON = 4 << 20
 // the next one is tried). It returns the files of the first location that
 // passes.
 //
-// A KEY that is not indexed, or none of whose locations passes, gives an
-// error wrapping fs.ErrNotExist: the mount answers ENOENT and Triton
-// compiles. When ctx ended first, the error wraps ctx.Err() too; the causes
-// of failed fetches are joined into it.
+// A KEY that is not indexed, or whose every location lacks it or does not
+// fit, gives an error wrapping fs.ErrNotExist: no image has it. A failure to
+// find out (index not ready, a fetch that failed, ctx ended) is not that:
+// its error joins the causes and does not wrap fs.ErrNotExist, so that the
+// mount can tell "the images cannot answer now" from "the images have no
+// such KEY" (the mount answers ENOENT to a lookup either way, and Triton
+// compiles).
 func (ix *Index) Entry(ctx context.Context, key string) ([]KeyFile, error) {
 	select {
 	case <-ix.ready:
 	case <-ctx.Done():
 		ix.misses.Add(1)
-		return nil, fmt.Errorf("resolver: KEY %s: index not ready: %w", key, errors.Join(fs.ErrNotExist, ctx.Err()))
+		return nil, fmt.Errorf("resolver: KEY %s: index not ready: %w", key, ctx.Err())
 	}
 	s := ix.cur.Load()
 	ls := s.keys[key]
@@ -73,7 +76,13 @@ func (ix *Index) Entry(ctx context.Context, key string) ([]KeyFile, error) {
 		return files, nil
 	}
 	ix.misses.Add(1)
-	errs = append([]error{fs.ErrNotExist}, errs...)
+	absent := true
+	for _, err := range errs {
+		absent = absent && errors.Is(err, fs.ErrNotExist)
+	}
+	if absent {
+		errs = append([]error{fs.ErrNotExist}, errs...)
+	}
 	return nil, fmt.Errorf("resolver: KEY %s: no usable location of %d: %w", key, len(ls), errors.Join(errs...))
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -89,26 +90,41 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	}
 	r := resolver.New(resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP, Timeout: o.fetchTimeout, Logger: log})
 	eng := resolver.NewEngine(r, st, o.stateDir)
+	life, cancel := context.WithCancel(ctx)
+	var metrics net.Listener
+	ok := false
+	defer func() {
+		if ok {
+			return
+		}
+		if metrics != nil {
+			metrics.Close()
+		}
+		cancel()
+		eng.Close()
+		st.Close()
+	}()
+
 	ix, err := resolver.NewIndex(r, eng, resolver.IndexConfig{
 		Sources: o.images, Targets: rep.Targets, StateDir: o.stateDir, Refresh: o.refresh, Logger: log,
 	})
 	if err != nil {
-		eng.Close()
-		st.Close()
 		return nil, err
 	}
-	life, cancel := context.WithCancel(ctx)
-	m := &mounted{st: st, eng: eng, cancel: cancel}
 	if err := ix.Load(); err != nil {
 		log.Info("no usable persisted index; waiting for the first refresh", "err", err)
 	}
 	go ix.Run(life)
 
 	if err := clearStaleMount(o.mountpoint, log); err != nil {
-		m.cancel()
-		eng.Close()
-		st.Close()
 		return nil, err
+	}
+	if o.metricsAddr != "" {
+		// Opened before mounting: a busy address fails the mount rather than
+		// the metrics going missing.
+		if metrics, err = net.Listen("tcp", o.metricsAddr); err != nil {
+			return nil, fmt.Errorf("--metrics-addr: %w", err)
+		}
 	}
 	stats := &fs.Stats{}
 	srv, err := fs.Mount(life, o.mountpoint, fs.Options{
@@ -121,14 +137,11 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		AllowOther:    o.allowOther,
 	})
 	if err != nil {
-		m.cancel()
-		eng.Close()
-		st.Close()
 		return nil, err
 	}
-	m.srv = srv
-	m.status = startStatus(life, o, stats, eng, ix, st, log)
-	return m, nil
+	ok = true
+	return &mounted{srv: srv, st: st, eng: eng, cancel: cancel,
+		status: startStatus(life, o, metrics, stats, eng, ix, st, log)}, nil
 }
 
 // unmount retries while the mount is busy (a process with its cwd inside),

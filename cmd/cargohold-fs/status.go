@@ -53,7 +53,7 @@ type statusWriter struct {
 	done chan struct{}
 }
 
-func startStatus(ctx context.Context, o options, stats *fs.Stats, eng *resolver.Engine, ix *resolver.Index, st *store.Store, log *slog.Logger) *statusWriter {
+func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs.Stats, eng *resolver.Engine, ix *resolver.Index, st *store.Store, log *slog.Logger) *statusWriter {
 	mp, _ := filepath.Abs(o.mountpoint)
 	snap := func() status {
 		s := status{PID: os.Getpid(), Mountpoint: mp, Images: o.images, Updated: time.Now().UTC(), Mounted: true,
@@ -74,8 +74,8 @@ func startStatus(ctx context.Context, o options, stats *fs.Stats, eng *resolver.
 	}
 	w := &statusWriter{path: filepath.Join(o.stateDir, "status.json"), snap: snap, log: log,
 		quit: make(chan struct{}), done: make(chan struct{})}
-	if o.metricsAddr != "" {
-		w.serveMetrics(o.metricsAddr)
+	if metrics != nil {
+		w.serveMetrics(metrics)
 	}
 	// The first status is there before anyone is told the mount is up.
 	w.write(snap())
@@ -128,13 +128,10 @@ func (w *statusWriter) write(s status) {
 	}
 }
 
-// serveMetrics serves the status as Prometheus text.
-func (w *statusWriter) serveMetrics(addr string) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		w.log.Error("metrics endpoint", "addr", addr, "err", err)
-		return
-	}
+// serveMetrics serves the status as Prometheus text on ln (opened before
+// mounting, so that a busy address fails the mount rather than the metrics
+// going missing).
+func (w *statusWriter) serveMetrics(ln net.Listener) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", func(rw http.ResponseWriter, _ *http.Request) {
 		s := w.snap()

@@ -194,3 +194,24 @@ func TestMountAsUser(t *testing.T) {
 		t.Fatalf("hit as uid %d: %v\n%s\nmount log:\n%s", uid, err, out, log.String())
 	}
 }
+
+// A busy --metrics-addr fails the mount instead of leaving it without the
+// metrics asked for.
+func TestMountMetricsAddrBusy(t *testing.T) {
+	store, _ := localImage(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	r := run(t, nil, "cargohold-fs", "-f", "-i", "life/cache:v1", "--store", store, "--gpu", "cuda:75:32",
+		"--state-dir", t.TempDir(), "--metrics-addr", ln.Addr().String(), mnt)
+	if r.err == nil || !strings.Contains(r.stderr, "--metrics-addr") {
+		t.Fatalf("want a refusal naming --metrics-addr, got %v\n%s", r.err, r.stderr)
+	}
+	if isMounted(mnt) {
+		syscall.Unmount(mnt, syscall.MNT_DETACH)
+		t.Fatal("mounted despite the busy metrics address")
+	}
+}

@@ -396,3 +396,51 @@ int main(int argc, char **argv) {
 		t.Fatalf("dlopen from the mount: %v: %s", err, out)
 	}
 }
+
+// The real resolver tells "the images cannot answer" (registry down) from
+// "no image has this KEY": a KEY the user emptied is not removable while
+// the images cannot say what they hold, and once removed it stays removed.
+func TestMountDeleteWhileRegistryDown(t *testing.T) {
+	p, src, ref := servedImage(t)
+	keys := keysOf(t, src, "cuda:80:32")
+	key := keys[0]
+	state := t.TempDir()
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	args := []string{"-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s"}
+	m := startFS(t, mnt, state, args...)
+	des, err := os.ReadDir(filepath.Join(m.mnt, key))
+	if err != nil || len(des) == 0 {
+		t.Fatalf("KEY dir: %v %v", des, err)
+	}
+	for _, de := range des {
+		if err := os.Remove(filepath.Join(m.mnt, key, de.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.stop(t)
+	// Registry down and the fetched content gone: the images cannot answer.
+	os.RemoveAll(filepath.Join(state, "store"))
+	if err := p.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	m = startFS(t, mnt, state, args...)
+	err = syscall.Rmdir(filepath.Join(m.mnt, key))
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("rmdir of an emptied image KEY while the registry is down = %v, want EIO", err)
+	}
+	if err := p.SetDown(false); err != nil {
+		t.Fatal(err)
+	}
+	// With the registry back (a new mount asks at once; a running one retries
+	// after a while), the emptied KEY can be removed.
+	m.stop(t)
+	m = startFS(t, mnt, state, args...)
+	if err := syscall.Rmdir(filepath.Join(m.mnt, key)); err != nil {
+		t.Fatalf("rmdir once the registry is back: %v", err)
+	}
+	m.stop(t)
+	m = startFS(t, mnt, state, args...)
+	if _, err := os.Stat(filepath.Join(m.mnt, key)); !os.IsNotExist(err) {
+		t.Fatalf("deleted image KEY is back after a remount: %v", err)
+	}
+}
