@@ -145,7 +145,9 @@ func TestMountAsUser(t *testing.T) {
 	// The store and binaries must be readable by that user.
 	os.Chmod(work, 0o755)
 	exec.Command("chmod", "-R", "a+rX", store, bin).Run()
-	for p := filepath.Dir(store); p != "/"; p = filepath.Dir(p) {
+	// t.TempDir makes its dirs 0700; open them, but never touch the
+	// system temp dir itself (sticky 1777).
+	for p := filepath.Dir(store); strings.HasPrefix(p, os.TempDir()+"/"); p = filepath.Dir(p) {
 		os.Chmod(p, 0o755)
 	}
 	mnt := filepath.Join(work, "mnt")
