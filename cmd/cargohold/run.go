@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"cargohold/gpu"
@@ -40,15 +40,16 @@ func run(ctx context.Context, o options) error {
 
 func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Logger) error {
 	start := time.Now()
-	ref, err := name.ParseReference(o.image)
-	if err != nil && !strings.HasPrefix(o.image, "oci:") {
-		return fmt.Errorf("create: image %q: %w", o.image, err)
+	ref, err := resolver.ParseRef(o.image, ropts)
+	if err != nil {
+		return fmt.Errorf("create: %w", err)
 	}
-	title := o.image
-	if ref != nil {
-		title = ref.Context().RepositoryStr()
+	// The title is the repository's last element, or the layout dir's name.
+	title := filepath.Base(ref.Layout)
+	if !ref.IsLayout() {
+		title = path.Base(ref.Image.Context().RepositoryStr())
 	}
-	p, err := image.Pack(ctx, o.dir, filepath.Base(title), "")
+	p, err := image.Pack(ctx, o.dir, title, "")
 	if err != nil {
 		return err
 	}
@@ -75,7 +76,10 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 		d = h
 	}
 	where := "registry"
-	if !o.push {
+	switch {
+	case ref.IsLayout():
+		where = ref.Layout
+	case !o.push:
 		where = storeDir(ropts)
 	}
 	log.Info("created", "image", o.image, "digest", d.String(), "in", where, "took", time.Since(start).Round(time.Millisecond))
