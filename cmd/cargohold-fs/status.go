@@ -66,9 +66,15 @@ func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs
 		s.Hits, s.Misses = s.FS.Hits, s.FS.Misses
 		s.Fetches, s.Bytes = s.Engine.Fetches, s.Engine.Bytes
 		s.Errors = s.FS.LookupErrors + s.FS.IOErrors + s.Engine.Errors
+		s.Errors += int64(len(s.Sources))
 		s.LastError = s.FS.LastError
 		if s.LastError == "" {
 			s.LastError = s.Engine.LastError
+		}
+		for src, err := range s.Sources {
+			if s.LastError == "" {
+				s.LastError = src + ": " + err
+			}
 		}
 		return s
 	}
