@@ -124,6 +124,17 @@ func Fits(t Target, local []Target) bool {
 	return false
 }
 
+// AnyFits reports whether some target of ts fits the local targets: an
+// image whose targets all fail this holds nothing for the host.
+func AnyFits(ts, local []Target) bool {
+	for _, t := range ts {
+		if Fits(t, local) {
+			return true
+		}
+	}
+	return false
+}
+
 // FormatList is the inverse of ParseList.
 func FormatList(ts []Target) string {
 	if len(ts) == 0 {

@@ -35,3 +35,12 @@ func TestFits(t *testing.T) {
 		}
 	}
 }
+
+func TestAnyFits(t *testing.T) {
+	local, _ := ParseList("cuda:80:32")
+	some, _ := ParseList("hip:gfx90a:64,cuda:80:32")
+	none, _ := ParseList("hip:gfx90a:64,cuda:90:32")
+	if !AnyFits(some, local) || AnyFits(none, local) || AnyFits(nil, local) {
+		t.Fatal("AnyFits wrong")
+	}
+}

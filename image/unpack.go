@@ -41,7 +41,7 @@ func Unpack(ctx context.Context, im *resolver.Image, dir string, local []gpu.Tar
 	switch {
 	case lerr == nil:
 		res.Targets = sum.Targets
-		if !anyFits(sum.Targets, local) {
+		if !gpu.AnyFits(sum.Targets, local) {
 			res.Reason = fmt.Sprintf("no target of the image (%s) fits the local GPU (%s)", gpu.FormatList(sum.Targets), gpu.FormatList(local))
 			return res, nil
 		}
@@ -66,15 +66,6 @@ func Unpack(ctx context.Context, im *resolver.Image, dir string, local []gpu.Tar
 		}
 	}
 	return res, install(stage, abs, local, res, log)
-}
-
-func anyFits(ts, local []gpu.Target) bool {
-	for _, t := range ts {
-		if gpu.Fits(t, local) {
-			return true
-		}
-	}
-	return false
 }
 
 // stageLayer writes every cache file of layer i under stage/KEY/. Later
@@ -139,7 +130,7 @@ func install(stage, dir string, local []gpu.Target, res *Unpacked, log *slog.Log
 		}
 		entries = append(entries, e)
 		all = append(all, e.Targets()...)
-		fitting = fitting || anyFits(e.Targets(), local)
+		fitting = fitting || gpu.AnyFits(e.Targets(), local)
 	}
 	if res.Targets == nil {
 		res.Targets = gpu.Dedup(all)
@@ -148,7 +139,7 @@ func install(stage, dir string, local []gpu.Target, res *Unpacked, log *slog.Log
 	for _, e := range entries {
 		ok := fitting
 		if e.Kind == triton.KindKernel {
-			ok = anyFits(e.Targets(), local)
+			ok = gpu.AnyFits(e.Targets(), local)
 		}
 		if !ok {
 			res.Unfit = append(res.Unfit, e.Key)

@@ -139,7 +139,7 @@ func (ix *Index) buildRec(ctx context.Context, c candidate) (*imageRec, error) {
 		rec.LabelError = lerr.Error()
 	default:
 		rec.Targets = sum.Targets
-		if !slices.ContainsFunc(sum.Targets, func(t gpu.Target) bool { return gpu.Fits(t, ix.cfg.Targets) }) {
+		if !gpu.AnyFits(sum.Targets, ix.cfg.Targets) {
 			ix.log.Debug("image fits no local target", "image", c.ref, "targets", gpu.FormatList(sum.Targets))
 			return rec, nil
 		}
