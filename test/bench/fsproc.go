@@ -8,10 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
+	"cargohold/fs"
 	"cargohold/test/replay"
 )
 
@@ -144,16 +144,7 @@ func (p *fsProc) logTail() string {
 	return string(b)
 }
 
-// isMounted reports whether mnt (absolute, clean) is a mount point.
 func isMounted(mnt string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && f[4] == mnt {
-			return true
-		}
-	}
-	return false
+	_, ok := fs.MountType(mnt)
+	return ok
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"cargohold/fs"
 	"cargohold/test/proxy"
 	"cargohold/test/registry"
 	"cargohold/test/replay"
@@ -190,16 +191,8 @@ func (m *fsMount) statusAfter(t *testing.T) fsStatus {
 }
 
 func isMounted(mnt string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && f[4] == mnt {
-			return true
-		}
-	}
-	return false
+	_, ok := fs.MountType(mnt)
+	return ok
 }
 
 // servedImage starts a real registry behind a counting proxy and pushes
