@@ -115,16 +115,10 @@ func (b *RegistryBlob) ReadAt(p []byte, off int64) (int, error) {
 // ReadAtContext reads len(p) bytes at off: all of them, or fewer with io.EOF
 // when the blob ends first, or none with an error.
 func (b *RegistryBlob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("resolver: read %s at %d: negative offset", b.label, off)
+	want, done, err := readSpan(b.label, len(p), off, b.size)
+	if done {
+		return 0, err
 	}
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if off >= b.size {
-		return 0, io.EOF
-	}
-	want := min(int64(len(p)), b.size-off)
 	dst := p[:want]
 	b.mu.Lock()
 	closed, whole := b.closed, b.whole
@@ -369,4 +363,19 @@ func (cr *countingReader) Read(p []byte) (int, error) {
 		cr.c.add(cr.shared, 0, int64(n), 0, 0)
 	}
 	return n, err
+}
+
+// readSpan is the io.ReaderAt contract both blob kinds share: how many
+// bytes a read of n at off may return, or (done) its whole answer: an error
+// for a negative offset, io.EOF at or past the end, nothing for n == 0.
+func readSpan(label string, n int, off, size int64) (want int64, done bool, err error) {
+	switch {
+	case off < 0:
+		return 0, true, fmt.Errorf("resolver: read %s at %d: negative offset", label, off)
+	case n == 0:
+		return 0, true, nil
+	case off >= size:
+		return 0, true, io.EOF
+	}
+	return min(int64(n), size-off), false, nil
 }

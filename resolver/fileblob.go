@@ -87,19 +87,13 @@ func (b *FileBlob) ReadAt(p []byte, off int64) (int, error) {
 // ReadAtContext is ReadAt; ctx is checked before reading (a local read does
 // not block on the network).
 func (b *FileBlob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("resolver: read %s at %d: negative offset", b.path, off)
-	}
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if off >= b.size {
-		return 0, io.EOF
+	want, done, err := readSpan(b.path, len(p), off, b.size)
+	if done {
+		return 0, err
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("resolver: read %s: %w", b.path, err)
 	}
-	want := min(int64(len(p)), b.size-off)
 	b.counters.add(b.shared, 1, 0, 0, 0)
 	n, err := b.f.ReadAt(p[:want], off)
 	b.counters.add(b.shared, 0, int64(n), 0, 0)

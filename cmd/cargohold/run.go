@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -155,7 +157,7 @@ func inspect(ctx context.Context, o options, ropts resolver.Options) error {
 	}
 	fmt.Printf("layers:  %d (%s compressed)\n", len(im.Layers), cli.Bytes(size))
 	fmt.Println("labels:")
-	for _, k := range sortedKeys(im.Labels) {
+	for _, k := range slices.Sorted(maps.Keys(im.Labels)) {
 		v := im.Labels[k]
 		if len(v) > 200 {
 			v = v[:200] + "..."
