@@ -59,19 +59,23 @@ func (v *view) resolve(ctx context.Context, key string) (*lowerDir, error) {
 		ld, err := v.load(ctx, key)
 		done <- result{ld, err}
 	}()
+	var r result
 	select {
-	case r := <-done:
-		return r.ld, r.err
-	case <-ctx.Done():
-		why := fmt.Sprintf("no answer from the images within %s", v.timeout)
-		switch {
-		case v.life.Err() != nil:
-			why = "the mount is going away"
-		case req.Err() != nil:
-			why = "the lookup was interrupted"
+	case r = <-done:
+		if r.err == nil || ctx.Err() == nil || !errors.Is(r.err, ctx.Err()) {
+			return r.ld, r.err
 		}
-		return nil, fmt.Errorf("fs: KEY %s: %s: %w", key, why, ctx.Err())
+		// The Lower gave up because ctx ended: say why, as below.
+	case <-ctx.Done():
 	}
+	why := fmt.Sprintf("no answer from the images within %s", v.timeout)
+	switch {
+	case v.life.Err() != nil:
+		why = "the mount is going away"
+	case req.Err() != nil:
+		why = "the lookup was interrupted"
+	}
+	return nil, fmt.Errorf("fs: KEY %s: %s: %w", key, why, ctx.Err())
 }
 
 // bound gives a call into the Lower its deadline (Options.LookupTimeout) on
