@@ -1,4 +1,4 @@
-package resolver_test
+package catalog_test
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"cargohold/catalog"
+	"cargohold/fetch"
 	"cargohold/resolver"
 	"cargohold/test/proxy"
 	"cargohold/test/registry"
@@ -145,7 +147,7 @@ func BenchmarkIndex(b *testing.B) {
 	b.Run("load", func(b *testing.B) {
 		p.Reset()
 		for b.Loop() {
-			ix, err := resolver.NewIndex(keep.r, keep.eng, resolver.IndexConfig{Sources: []string{src},
+			ix, err := catalog.New(keep.r, keep.eng, catalog.Config{Sources: []string{src},
 				Targets: ixTargets(b, "cuda:80:32"), StateDir: keep.state})
 			if err != nil {
 				b.Fatal(err)
@@ -157,7 +159,7 @@ func BenchmarkIndex(b *testing.B) {
 		if n := p.Count(nil); n != 0 {
 			b.Fatalf("Load made %d requests", n)
 		}
-		if fi, err := os.Stat(filepath.Join(keep.state, resolver.IndexFile)); err == nil {
+		if fi, err := os.Stat(filepath.Join(keep.state, catalog.StateFile)); err == nil {
 			b.ReportMetric(float64(fi.Size())/float64(nkeys), "file-B/KEY")
 		}
 	})
@@ -166,10 +168,10 @@ func BenchmarkIndex(b *testing.B) {
 		for b.Loop() {
 			b.StopTimer()
 			st := keep.st
-			eng := resolver.NewEngine(keep.r, st, keep.state)
+			eng := fetch.NewEngine(keep.r, st, keep.state)
 			before := heapInUse()
 			b.StartTimer()
-			ix, err := resolver.NewIndex(keep.r, eng, resolver.IndexConfig{Sources: []string{src},
+			ix, err := catalog.New(keep.r, eng, catalog.Config{Sources: []string{src},
 				Targets: ixTargets(b, "cuda:80:32"), StateDir: keep.state})
 			if err == nil {
 				err = ix.Load()

@@ -1,4 +1,4 @@
-package resolver
+package catalog
 
 import (
 	"cmp"
@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"cargohold/gpu"
+	"cargohold/resolver"
 	"cargohold/triton"
 )
 
@@ -28,7 +29,7 @@ type build struct {
 
 // builder is one refresh's work.
 type builder struct {
-	ix *Index
+	cat *Catalog
 
 	mu       sync.Mutex
 	memo     map[string]*imageRec // guarded by mu: known records by memo key
@@ -39,14 +40,14 @@ type builder struct {
 // results[i] are source i's images in listing order; srcErrs[i] is set
 // when source i could not be listed.
 func (b *builder) run(ctx context.Context) ([][]imageResult, []error) {
-	n := len(b.ix.sources)
+	n := len(b.cat.sources)
 	results := make([][]imageResult, n)
 	srcErrs := make([]error, n)
 	sem := make(chan struct{}, indexWorkers)
 	var wg sync.WaitGroup
-	for i, src := range b.ix.sources {
+	for i, src := range b.cat.sources {
 		wg.Go(func() {
-			items, err := b.ix.expand(ctx, src)
+			items, err := b.cat.expand(ctx, src)
 			if err != nil {
 				srcErrs[i] = err
 				return
@@ -76,19 +77,19 @@ func (b *builder) run(ctx context.Context) ([][]imageResult, []error) {
 // resolve turns a listed item into its record: from the memo when its
 // manifest digest is known, else built once however many tags name it.
 func (b *builder) resolve(ctx context.Context, it item) (*imageRec, error) {
-	c, err := it.resolve(ctx)
+	c, err := it.identify(ctx)
 	if err != nil {
 		return nil, err
 	}
 	b.mu.Lock()
-	if rec, ok := b.memo[c.memo]; ok {
+	if rec, ok := b.memo[c.Memo]; ok {
 		b.mu.Unlock()
 		return rec, nil
 	}
-	bl, ok := b.inflight[c.memo]
+	bl, ok := b.inflight[c.Memo]
 	if !ok {
 		bl = &build{done: make(chan struct{})}
-		b.inflight[c.memo] = bl
+		b.inflight[c.Memo] = bl
 	}
 	b.mu.Unlock()
 	if ok {
@@ -99,10 +100,10 @@ func (b *builder) resolve(ctx context.Context, it item) (*imageRec, error) {
 			return nil, ctx.Err()
 		}
 	}
-	bl.rec, bl.err = b.ix.buildRec(ctx, c)
+	bl.rec, bl.err = b.cat.buildRec(ctx, c)
 	if bl.err == nil {
 		b.mu.Lock()
-		b.memo[c.memo] = bl.rec
+		b.memo[c.Memo] = bl.rec
 		b.mu.Unlock()
 	}
 	close(bl.done)
@@ -111,22 +112,17 @@ func (b *builder) resolve(ctx context.Context, it item) (*imageRec, error) {
 
 // buildRec reads a new image: config labels decide the fit; for a fitting
 // image the layer indexes give its KEYs.
-func (ix *Index) buildRec(ctx context.Context, c candidate) (*imageRec, error) {
-	im, err := c.open(ctx)
+func (cat *Catalog) buildRec(ctx context.Context, c resolver.Pending) (*imageRec, error) {
+	im, err := c.Open(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("resolver: image %s: %w", c.ref, err)
+		return nil, err
 	}
-	rec := &imageRec{Memo: c.memo, Created: im.Config.Created.Time}
-	if im.Local {
-		rec.Image = LayoutPrefix + im.Layout + "@" + im.Digest.String()
-	} else {
-		rec.Image = im.Repo.Name() + "@" + im.Digest.String()
-	}
+	rec := &imageRec{Memo: c.Memo, Created: im.Config.Created.Time, Image: im.Name()}
 	for i := range im.Layers {
 		rec.Layers = append(rec.Layers, im.LayerRef(i))
 	}
 	if len(rec.Layers) > 1<<16-1 {
-		return nil, fmt.Errorf("resolver: image %s: %d layers", c.ref, len(rec.Layers))
+		return nil, fmt.Errorf("catalog: image %s: %d layers", c.Ref, len(rec.Layers))
 	}
 
 	kernelOf := map[string]gpu.Target{}
@@ -134,13 +130,13 @@ func (ix *Index) buildRec(ctx context.Context, c candidate) (*imageRec, error) {
 	switch {
 	case errors.Is(lerr, triton.ErrNoLabels):
 		rec.Unlabelled = true
-		ix.log.Debug("image without labels: indexing every KEY, fit checked on fetch", "image", c.ref)
+		cat.log.Debug("image without labels: indexing every KEY, fit checked on fetch", "image", c.Ref)
 	case lerr != nil:
 		rec.LabelError = lerr.Error()
 	default:
 		rec.Targets = sum.Targets
-		if !gpu.AnyFits(sum.Targets, ix.cfg.Targets) {
-			ix.log.Debug("image fits no local target", "image", c.ref, "targets", gpu.FormatList(sum.Targets))
+		if !gpu.AnyFits(sum.Targets, cat.cfg.Targets) {
+			cat.log.Debug("image fits no local target", "image", c.Ref, "targets", gpu.FormatList(sum.Targets))
 			return rec, nil
 		}
 		for _, k := range sum.Kernels {
@@ -154,7 +150,7 @@ func (ix *Index) buildRec(ctx context.Context, c candidate) (*imageRec, error) {
 		}
 	}
 	if rec.LabelError != "" {
-		ix.log.Warn("image labels malformed: indexing every KEY, fit checked on fetch", "image", c.ref, "err", rec.LabelError)
+		cat.log.Warn("image labels malformed: indexing every KEY, fit checked on fetch", "image", c.Ref, "err", rec.LabelError)
 	}
 	rec.Fits = true
 
@@ -162,9 +158,9 @@ func (ix *Index) buildRec(ctx context.Context, c candidate) (*imageRec, error) {
 	// by file, later layers winning, as unpacking does.
 	held := map[string][]uint16{}
 	for i, l := range rec.Layers {
-		idx, err := ix.eng.Index(ctx, l)
+		idx, err := cat.eng.Index(ctx, l)
 		if err != nil {
-			return nil, fmt.Errorf("resolver: image %s: layer %d: %w", c.ref, i, err)
+			return nil, fmt.Errorf("catalog: image %s: layer %d: %w", c.Ref, i, err)
 		}
 		for key := range idx.Dirs {
 			held[key] = append(held[key], uint16(i))
@@ -176,7 +172,7 @@ func (ix *Index) buildRec(ctx context.Context, c candidate) (*imageRec, error) {
 	for key, ls := range held {
 		kr := keyRec{Key: key, Layer: ls[len(ls)-1]}
 		if t, ok := kernelOf[key]; ok {
-			if !gpu.Fits(t, ix.cfg.Targets) {
+			if !gpu.Fits(t, cat.cfg.Targets) {
 				continue
 			}
 			n, ok := kernelIdx[t]
@@ -192,7 +188,7 @@ func (ix *Index) buildRec(ctx context.Context, c candidate) (*imageRec, error) {
 			n, ok := earlierIdx[sk]
 			if !ok {
 				if len(rec.Earlier) == 1<<16-1 {
-					return nil, fmt.Errorf("resolver: image %s: over %d distinct sets of layers sharing KEY dirs", c.ref, 1<<16-1)
+					return nil, fmt.Errorf("catalog: image %s: over %d distinct sets of layers sharing KEY dirs", c.Ref, 1<<16-1)
 				}
 				rec.Earlier = append(rec.Earlier, slices.Clone(earlier))
 				n = uint16(len(rec.Earlier))

@@ -1,4 +1,4 @@
-package resolver
+package catalog
 
 import (
 	"cmp"
@@ -11,19 +11,23 @@ import (
 	"sync/atomic"
 	"time"
 
+	"cargohold/fetch"
 	"cargohold/gpu"
+	"cargohold/layer"
+	"cargohold/resolver"
+	"cargohold/store"
 )
 
-// DefaultRefresh is how often Run rebuilds the index when
-// IndexConfig.Refresh is zero: tags can move.
+// DefaultRefresh is how often Run rebuilds the catalog when Config.Refresh
+// is zero: tags can move.
 const DefaultRefresh = 5 * time.Minute
 
 // indexWorkers bounds the images resolved at once during a refresh (each
 // costs a few sequential round trips on a miss).
 const indexWorkers = 8
 
-// IndexConfig configures an Index.
-type IndexConfig struct {
+// Config configures a Catalog.
+type Config struct {
 	// Sources are the images to index, highest priority first; see the
 	// package doc for the forms. At least one is needed.
 	Sources []string
@@ -31,7 +35,7 @@ type IndexConfig struct {
 	// name none of them is not indexed; an empty list indexes only images
 	// without usable labels (their fit is decided by Entry).
 	Targets []gpu.Target
-	// StateDir holds index.json, the persisted index. Default "": nothing
+	// StateDir holds StateFile, the persisted catalog. Default "": nothing
 	// is persisted and Load fails.
 	StateDir string
 	// Refresh is Run's interval. Default DefaultRefresh; negative: Run
@@ -47,16 +51,16 @@ type Location struct {
 	// Image is "REPO@DIGEST" for a registry image, "oci:DIR@DIGEST" for a
 	// layout (or local store) image.
 	Image string
-	// Source is the index of the IndexConfig.Sources entry it came from.
+	// Source is the position of the Config.Sources entry it came from.
 	Source int
 	// Layer is the layer holding the KEY dir (the last one, when several
 	// do: later layers win).
-	Layer LayerRef
+	Layer resolver.LayerRef
 	// Layers lists every layer holding the KEY dir, in layer order, when
 	// there are several (Layer is the last); nil when Layer alone does.
 	// Entry merges them file by file, a later layer's file winning, as
 	// unpacking the image would.
-	Layers []LayerRef
+	Layers []resolver.LayerRef
 	// Created is the image config's creation time.
 	Created time.Time
 	// Kernel is the kernel's target as the image's metadata label says;
@@ -64,7 +68,7 @@ type Location struct {
 	Kernel *gpu.Target
 }
 
-// ImageInfo describes one image of the index, for status and humans.
+// ImageInfo describes one image of the catalog, for status and humans.
 type ImageInfo struct {
 	Ref        string       `json:"ref"`   // as listed: "REG/REPO:TAG", "oci:DIR:NAME"
 	Image      string       `json:"image"` // Location.Image
@@ -77,33 +81,43 @@ type ImageInfo struct {
 	Unlabelled bool         `json:"unlabelled,omitempty"`
 }
 
-// IndexStats are an Index's counters.
-type IndexStats struct {
-	Images      int `json:"images"`        // images in the index (fitting or not)
+// Stats are a Catalog's counters.
+type Stats struct {
+	Images      int `json:"images"`        // images in the catalog (fitting or not)
 	Keys        int `json:"keys"`          // distinct KEYs
 	Locations   int `json:"locations"`     // KEY locations over all images
 	LabelErrors int `json:"label_errors"`  // images whose labels are malformed (indexed whole, fit left to Entry)
 	Unlabelled  int `json:"unlabelled"`    // images without labels (indexed whole, fit left to Entry)
-	SourceErrs  int `json:"source_errors"` // sources whose last refresh failed
+	SourceErrs  int `json:"source_errors"` // sources whose last refresh failed (a gauge)
 
-	Refreshes      int64         `json:"refreshes"`  // completed refreshes
-	RefreshTime    time.Duration `json:"refresh_ns"` // the last one's duration
-	LastRefresh    time.Time     `json:"last_refresh,omitzero"`
-	LabelLies      int64         `json:"label_lies"`      // Entry found a kernel JSON that does not fit although the label said it did
-	Misfits        int64         `json:"misfits"`         // Entry found a kernel JSON that does not fit in an image without usable labels
-	EntryHits      int64         `json:"entry_hits"`      // Entry calls that returned files
-	EntryMisses    int64         `json:"entry_misses"`    // Entry calls that returned an error
-	EntryFallbacks int64         `json:"entry_fallbacks"` // locations Entry tried after a first one failed or did not fit
+	Refreshes   int64         `json:"refreshes"`  // completed refreshes
+	RefreshTime time.Duration `json:"refresh_ns"` // the last one's duration
+	LastRefresh time.Time     `json:"last_refresh,omitzero"`
+	// SourceFailures counts source refreshes that failed, once each: the
+	// one place a failing source is counted.
+	SourceFailures int64 `json:"source_failures"`
+	LabelLies      int64 `json:"label_lies"`      // Entry found a kernel JSON that does not fit although the label said it did
+	Misfits        int64 `json:"misfits"`         // Entry found a kernel JSON that does not fit in an image without usable labels
+	EntryHits      int64 `json:"entry_hits"`      // Entry calls that returned files
+	EntryMisses    int64 `json:"entry_misses"`    // Entry calls that returned an error
+	EntryFallbacks int64 `json:"entry_fallbacks"` // locations Entry tried after a first one failed or did not fit
 }
 
-// Index maps KEY -> locations over a list of image sources. Lookups read an
-// immutable snapshot through an atomic pointer: they take no lock that a
+// fetcher is what the catalog needs of the fetch engine (*fetch.Engine).
+type fetcher interface {
+	Index(ctx context.Context, l resolver.LayerRef) (*layer.Index, error)
+	Key(ctx context.Context, layers []resolver.LayerRef, key string) ([]fetch.KeyFile, error)
+	Open(f fetch.KeyFile) (*store.File, error)
+}
+
+// Catalog maps KEY -> locations over a list of image sources. Lookups read
+// an immutable snapshot through an atomic pointer: they take no lock that a
 // refresh holds and do no I/O.
-type Index struct {
-	// immutable after NewIndex
-	r       *Resolver
-	eng     *Engine
-	cfg     IndexConfig
+type Catalog struct {
+	// immutable after New
+	r       *resolver.Resolver
+	eng     fetcher
+	cfg     Config
 	sources []source
 	log     *slog.Logger
 	ready   chan struct{}
@@ -124,17 +138,18 @@ type Index struct {
 	hits        atomic.Int64
 	misses      atomic.Int64
 	fallbacks   atomic.Int64
+	srcFailures atomic.Int64
 }
 
-// imageRec is what the index keeps of one image: immutable once built, and
+// imageRec is what the catalog keeps of one image: immutable once built, and
 // shared by every snapshot (and refresh) that sees the same memo key.
 type imageRec struct {
-	Memo    string       `json:"memo"` // candidate.memo
-	Image   string       `json:"image"`
-	Created time.Time    `json:"created"`
-	Layers  []LayerRef   `json:"layers"`
-	Targets []gpu.Target `json:"targets,omitempty"`
-	Kernels []gpu.Target `json:"kernels,omitempty"` // distinct fitting kernel targets; keyRec.Kernel points in
+	Memo    string              `json:"memo"` // candidate.memo
+	Image   string              `json:"image"`
+	Created time.Time           `json:"created"`
+	Layers  []resolver.LayerRef `json:"layers"`
+	Targets []gpu.Target        `json:"targets,omitempty"`
+	Kernels []gpu.Target        `json:"kernels,omitempty"` // distinct fitting kernel targets; keyRec.Kernel points in
 	// Earlier are the distinct sets of earlier layers (ascending indexes
 	// into Layers) that also hold a KEY dir; keyRec.Earlier points in. Most
 	// images have one layer, so most records have none.
@@ -167,7 +182,7 @@ type loc struct {
 	k *keyRec
 }
 
-// snapshot is one immutable state of the index.
+// snapshot is one immutable state of the catalog.
 type snapshot struct {
 	entries []*entry // priority order, one per image
 	keys    map[string][]loc
@@ -175,43 +190,47 @@ type snapshot struct {
 	nlocs   int
 }
 
-// NewIndex returns an empty Index over cfg.Sources; call Load and Refresh
-// (or Run) to fill it. Sources are parsed here, so a malformed one is an
-// error now.
-func NewIndex(r *Resolver, eng *Engine, cfg IndexConfig) (*Index, error) {
+// New returns an empty Catalog over cfg.Sources, reading images through r
+// and KEY dirs through eng; call Load and Refresh (or Run) to fill it.
+// Sources are parsed here, so a malformed one is an error now.
+func New(r *resolver.Resolver, eng *fetch.Engine, cfg Config) (*Catalog, error) {
+	return newCatalog(r, eng, cfg)
+}
+
+func newCatalog(r *resolver.Resolver, eng fetcher, cfg Config) (*Catalog, error) {
 	if len(cfg.Sources) == 0 {
-		return nil, fmt.Errorf("resolver: index: no sources")
+		return nil, fmt.Errorf("catalog: no sources")
 	}
-	ix := &Index{r: r, eng: eng, cfg: cfg, ready: make(chan struct{}), verdicts: map[string]bool{}}
-	ix.cfg.Targets = gpu.Dedup(slices.Clone(cfg.Targets))
-	if ix.cfg.Refresh == 0 {
-		ix.cfg.Refresh = DefaultRefresh
+	cat := &Catalog{r: r, eng: eng, cfg: cfg, ready: make(chan struct{}), verdicts: map[string]bool{}}
+	cat.cfg.Targets = gpu.Dedup(slices.Clone(cfg.Targets))
+	if cat.cfg.Refresh == 0 {
+		cat.cfg.Refresh = DefaultRefresh
 	}
-	ix.log = cfg.Logger
-	if ix.log == nil {
-		ix.log = slog.New(slog.DiscardHandler)
+	cat.log = cfg.Logger
+	if cat.log == nil {
+		cat.log = slog.New(slog.DiscardHandler)
 	}
 	for _, s := range cfg.Sources {
-		src, err := parseSource(s, r.opts)
+		src, err := parseSource(s, r.Options())
 		if err != nil {
 			return nil, err
 		}
-		ix.sources = append(ix.sources, src)
+		cat.sources = append(cat.sources, src)
 	}
-	return ix, nil
+	return cat, nil
 }
 
-// Ready is closed once the index holds a snapshot: after the first
+// Ready is closed once the catalog holds a snapshot: after the first
 // successful Load or the first completed Refresh (even one where every
 // source failed, so that lookups fail fast instead of waiting).
-func (ix *Index) Ready() <-chan struct{} { return ix.ready }
+func (cat *Catalog) Ready() <-chan struct{} { return cat.ready }
 
 // Lookup returns where key lives, highest priority first: by source order,
 // then, within a source, newest image config first, ties broken by the
 // image ref in descending order. nil when the KEY is not indexed (or the
-// index is not ready). No I/O, no lock.
-func (ix *Index) Lookup(key string) []Location {
-	s := ix.cur.Load()
+// catalog is not ready). No I/O, no lock.
+func (cat *Catalog) Lookup(key string) []Location {
+	s := cat.cur.Load()
 	if s == nil {
 		return nil
 	}
@@ -231,7 +250,7 @@ func (l loc) location() Location {
 	out := Location{Image: rec.Image, Source: l.e.source, Layer: rec.Layers[l.k.Layer], Created: rec.Created}
 	if l.k.Earlier > 0 {
 		earlier := rec.Earlier[l.k.Earlier-1]
-		out.Layers = make([]LayerRef, 0, len(earlier)+1)
+		out.Layers = make([]resolver.LayerRef, 0, len(earlier)+1)
 		for _, i := range earlier {
 			out.Layers = append(out.Layers, rec.Layers[i])
 		}
@@ -245,14 +264,14 @@ func (l loc) location() Location {
 }
 
 // Has reports whether key is indexed.
-func (ix *Index) Has(key string) bool {
-	s := ix.cur.Load()
+func (cat *Catalog) Has(key string) bool {
+	s := cat.cur.Load()
 	return s != nil && len(s.keys[key]) > 0
 }
 
 // Keys returns every indexed KEY, sorted.
-func (ix *Index) Keys() []string {
-	s := ix.cur.Load()
+func (cat *Catalog) Keys() []string {
+	s := cat.cur.Load()
 	if s == nil {
 		return nil
 	}
@@ -264,9 +283,9 @@ func (ix *Index) Keys() []string {
 	return keys
 }
 
-// Images lists the images of the index in priority order.
-func (ix *Index) Images() []ImageInfo {
-	s := ix.cur.Load()
+// Images lists the images of the catalog in priority order.
+func (cat *Catalog) Images() []ImageInfo {
+	s := cat.cur.Load()
 	if s == nil {
 		return nil
 	}
@@ -281,9 +300,9 @@ func (ix *Index) Images() []ImageInfo {
 
 // Errors returns the last refresh's error per source (by the source as
 // written); sources that succeeded are absent.
-func (ix *Index) Errors() map[string]error {
+func (cat *Catalog) Errors() map[string]error {
 	out := map[string]error{}
-	if s := ix.cur.Load(); s != nil {
+	if s := cat.cur.Load(); s != nil {
 		for k, v := range s.errs {
 			out[k] = v
 		}
@@ -291,21 +310,22 @@ func (ix *Index) Errors() map[string]error {
 	return out
 }
 
-// Stats returns the index's counters.
-func (ix *Index) Stats() IndexStats {
-	st := IndexStats{
-		Refreshes:      ix.refreshes.Load(),
-		RefreshTime:    time.Duration(ix.refreshNS.Load()),
-		LabelLies:      ix.labelLies.Load(),
-		Misfits:        ix.misfits.Load(),
-		EntryHits:      ix.hits.Load(),
-		EntryMisses:    ix.misses.Load(),
-		EntryFallbacks: ix.fallbacks.Load(),
+// Stats returns the catalog's counters.
+func (cat *Catalog) Stats() Stats {
+	st := Stats{
+		Refreshes:      cat.refreshes.Load(),
+		RefreshTime:    time.Duration(cat.refreshNS.Load()),
+		LabelLies:      cat.labelLies.Load(),
+		Misfits:        cat.misfits.Load(),
+		EntryHits:      cat.hits.Load(),
+		EntryMisses:    cat.misses.Load(),
+		EntryFallbacks: cat.fallbacks.Load(),
+		SourceFailures: cat.srcFailures.Load(),
 	}
-	if ns := ix.lastRefresh.Load(); ns != 0 {
+	if ns := cat.lastRefresh.Load(); ns != 0 {
 		st.LastRefresh = time.Unix(0, ns)
 	}
-	if s := ix.cur.Load(); s != nil {
+	if s := cat.cur.Load(); s != nil {
 		st.Images, st.Keys, st.Locations, st.SourceErrs = len(s.entries), len(s.keys), s.nlocs, len(s.errs)
 		for _, e := range s.entries {
 			if e.rec.LabelError != "" {
@@ -320,18 +340,19 @@ func (ix *Index) Stats() IndexStats {
 }
 
 // Run refreshes now and then every IndexConfig.Refresh until ctx ends (once
-// when Refresh is negative). Errors are logged; the index keeps serving.
-// Call Load first: lookups then answer from the persisted index while the
+// when Refresh is negative). Errors are logged; the catalog keeps serving.
+// Call Load first: lookups then answer from the persisted catalog while the
 // first refresh runs.
-func (ix *Index) Run(ctx context.Context) {
+func (cat *Catalog) Run(ctx context.Context) {
 	for {
-		if err := ix.Refresh(ctx); err != nil && ctx.Err() == nil {
-			ix.log.Warn("index refresh", "err", err)
+		if err := cat.Refresh(ctx); err != nil && ctx.Err() == nil {
+			// Each failure was logged and counted where it happened.
+			cat.log.Debug("refresh", "err", err)
 		}
-		if ix.cfg.Refresh < 0 {
+		if cat.cfg.Refresh < 0 {
 			return
 		}
-		t := time.NewTimer(ix.cfg.Refresh)
+		t := time.NewTimer(cat.cfg.Refresh)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -341,16 +362,16 @@ func (ix *Index) Run(ctx context.Context) {
 	}
 }
 
-// install makes s the current snapshot and the index ready.
-func (ix *Index) install(s *snapshot) {
-	ix.cur.Store(s)
-	ix.readyOnce.Do(func() { close(ix.ready) })
+// install makes s the current snapshot and the catalog ready.
+func (cat *Catalog) install(s *snapshot) {
+	cat.cur.Store(s)
+	cat.readyOnce.Do(func() { close(cat.ready) })
 }
 
-// Refresh rebuilds the index from the sources and installs it. An image
+// Refresh rebuilds the catalog from the sources and installs it. An image
 // whose manifest digest is already known costs its manifest GET and nothing
 // more (a digest-pinned ref or a layout entry: nothing); a new image costs
-// its config and, when it fits, its layer indexes (Engine.Index, cached on
+// its config and, when it fits, its layer indexes (fetch.Engine.Index, cached on
 // disk by layer digest).
 //
 // A source that fails keeps what the last good refresh found for it (the
@@ -358,14 +379,14 @@ func (ix *Index) install(s *snapshot) {
 // its error is recorded (Errors) and logged, and the other sources are
 // indexed. Refresh installs what it built even when some sources failed
 // and returns their errors joined; a ctx that ends first installs nothing.
-// The new index is persisted (StateDir) before it is installed.
-func (ix *Index) Refresh(ctx context.Context) error {
-	ix.refreshMu.Lock()
-	defer ix.refreshMu.Unlock()
+// The new catalog is persisted (StateDir) before it is installed.
+func (cat *Catalog) Refresh(ctx context.Context) error {
+	cat.refreshMu.Lock()
+	defer cat.refreshMu.Unlock()
 	start := time.Now()
-	prev := ix.cur.Load()
+	prev := cat.cur.Load()
 
-	b := &builder{ix: ix, memo: map[string]*imageRec{}, inflight: map[string]*build{}}
+	b := &builder{cat: cat, memo: map[string]*imageRec{}, inflight: map[string]*build{}}
 	if prev != nil {
 		for _, e := range prev.entries {
 			b.memo[e.rec.Memo] = e.rec
@@ -373,12 +394,12 @@ func (ix *Index) Refresh(ctx context.Context) error {
 	}
 	results, srcErrs := b.run(ctx)
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("resolver: index refresh: %w", err)
+		return fmt.Errorf("catalog: refresh: %w", err)
 	}
 
 	var entries []*entry
 	errs := map[string]error{}
-	for i, src := range ix.sources {
+	for i, src := range cat.sources {
 		kept := func(keep func(*entry) bool) {
 			if prev == nil {
 				return
@@ -410,22 +431,23 @@ func (ix *Index) Refresh(ctx context.Context) error {
 	s := newSnapshot(entries, errs)
 
 	var errList []error
-	for i, src := range ix.sources {
+	for i, src := range cat.sources {
 		if err := errs[src.raw]; err != nil {
-			ix.log.Warn("index source failed; keeping its last good images", "source", src.raw, "priority", i, "err", err)
+			cat.srcFailures.Add(1)
+			cat.log.Warn("image source failed; keeping its last good images", "source", src.raw, "priority", i, "err", err)
 			errList = append(errList, &SourceError{Source: src.raw, Err: err})
 		}
 	}
-	if err := ix.save(s); err != nil {
-		ix.log.Warn("index not persisted", "dir", ix.cfg.StateDir, "err", err)
+	if err := cat.save(s); err != nil {
+		cat.log.Warn("catalog not persisted", "dir", cat.cfg.StateDir, "err", err)
 		errList = append(errList, err)
 	}
-	ix.install(s)
+	cat.install(s)
 	d := time.Since(start)
-	ix.refreshes.Add(1)
-	ix.refreshNS.Store(int64(d))
-	ix.lastRefresh.Store(time.Now().UnixNano())
-	ix.log.Info("index refreshed", "images", len(s.entries), "keys", len(s.keys), "locations", s.nlocs,
+	cat.refreshes.Add(1)
+	cat.refreshNS.Store(int64(d))
+	cat.lastRefresh.Store(time.Now().UnixNano())
+	cat.log.Info("catalog refreshed", "images", len(s.entries), "keys", len(s.keys), "locations", s.nlocs,
 		"failedSources", len(errs), "took", d)
 	return errors.Join(errList...)
 }
@@ -436,7 +458,7 @@ type SourceError struct {
 	Err    error
 }
 
-func (e *SourceError) Error() string { return fmt.Sprintf("resolver: source %s: %v", e.Source, e.Err) }
+func (e *SourceError) Error() string { return fmt.Sprintf("catalog: source %s: %v", e.Source, e.Err) }
 func (e *SourceError) Unwrap() error { return e.Err }
 
 // newSnapshot orders entries by priority, drops repeated images (an image

@@ -1,4 +1,4 @@
-package resolver_test
+package catalog_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"cargohold/catalog"
 	"cargohold/resolver"
 	"cargohold/test/proxy"
 	"cargohold/triton"
@@ -239,7 +240,7 @@ func TestIndexRestartOffline(t *testing.T) {
 	}
 
 	// Sources are matched by how they are written, not by position.
-	ix2 := ixMustIndex(t, e2, resolver.IndexConfig{Sources: []string{f.ref("cache:c90a"), f.ref("cache:*")},
+	ix2 := ixMustIndex(t, e2, catalog.Config{Sources: []string{f.ref("cache:c90a"), f.ref("cache:*")},
 		Targets: ixTargets(t, "cuda:80:32"), StateDir: state})
 	if err := ix2.Load(); err != nil {
 		t.Fatal(err)
@@ -247,7 +248,7 @@ func TestIndexRestartOffline(t *testing.T) {
 	if l := ix2.Lookup(tt.keysA[1]); len(l) != 1 || l[0].Source != 1 {
 		t.Fatalf("reordered sources: Lookup = %+v, want source 1", l)
 	}
-	ix2 = ixMustIndex(t, e2, resolver.IndexConfig{Sources: []string{f.ref("cache:c90a")},
+	ix2 = ixMustIndex(t, e2, catalog.Config{Sources: []string{f.ref("cache:c90a")},
 		Targets: ixTargets(t, "cuda:80:32"), StateDir: state})
 	if err := ix2.Load(); err != nil || len(ix2.Keys()) != 0 {
 		t.Fatalf("source no longer configured: Load = %v, %d KEYs", err, len(ix2.Keys()))
@@ -257,15 +258,15 @@ func TestIndexRestartOffline(t *testing.T) {
 	}
 
 	// A restart with other targets does not use the file.
-	ix3 := ixMustIndex(t, e2, resolver.IndexConfig{Sources: []string{f.ref("cache:*")}, Targets: ixTargets(t, "cuda:90:32"), StateDir: state})
-	if err := ix3.Load(); !errors.Is(err, resolver.ErrStaleState) {
+	ix3 := ixMustIndex(t, e2, catalog.Config{Sources: []string{f.ref("cache:*")}, Targets: ixTargets(t, "cuda:90:32"), StateDir: state})
+	if err := ix3.Load(); !errors.Is(err, catalog.ErrStaleState) {
 		t.Fatalf("Load for other targets: %v, want ErrStaleState", err)
 	}
 }
 
-func ixMustIndex(t *testing.T, e *ixEnv, cfg resolver.IndexConfig) *resolver.Index {
+func ixMustIndex(t *testing.T, e *ixEnv, cfg catalog.Config) *catalog.Catalog {
 	t.Helper()
-	ix, err := resolver.NewIndex(e.r, e.eng, cfg)
+	ix, err := catalog.New(e.r, e.eng, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,7 +365,7 @@ func TestIndexUnreachable(t *testing.T) {
 	}
 	e := newIxEnv(t, "", ixOptions(t), sources, "cuda:80:32,cuda:90:32")
 	err := e.ix.Refresh(context.Background())
-	var se *resolver.SourceError
+	var se *catalog.SourceError
 	if !errors.As(err, &se) || se.Source != downSrc {
 		t.Fatalf("Refresh = %v, want a SourceError for %s", err, downSrc)
 	}
@@ -478,12 +479,12 @@ func TestEntryNotReady(t *testing.T) {
 func TestNewIndexBadSource(t *testing.T) {
 	e := newIxEnv(t, "", ixOptions(t), []string{"oci:" + t.TempDir()}, "cuda:80:32")
 	for _, src := range []string{"UPPER/case:*", "bad ref", "oci:"} {
-		_, err := resolver.NewIndex(e.r, e.eng, resolver.IndexConfig{Sources: []string{src}})
+		_, err := catalog.New(e.r, e.eng, catalog.Config{Sources: []string{src}})
 		if !errors.Is(err, resolver.ErrInvalidRef) {
 			t.Fatalf("source %q: %v, want ErrInvalidRef", src, err)
 		}
 	}
-	if _, err := resolver.NewIndex(e.r, e.eng, resolver.IndexConfig{}); err == nil {
+	if _, err := catalog.New(e.r, e.eng, catalog.Config{}); err == nil {
 		t.Fatal("no sources accepted")
 	}
 }
@@ -497,13 +498,13 @@ func TestIndexRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newIxEnv(t, "", ixOptions(t), []string{"oci:" + layout}, "cuda:80:32")
-	once := ixMustIndex(t, e, resolver.IndexConfig{Sources: []string{"oci:" + layout}, Targets: ixTargets(t, "cuda:80:32"), Refresh: -1})
+	once := ixMustIndex(t, e, catalog.Config{Sources: []string{"oci:" + layout}, Targets: ixTargets(t, "cuda:80:32"), Refresh: -1})
 	once.Run(context.Background()) // returns
 	if st := once.Stats(); st.Refreshes != 1 || st.Keys != len(es) {
 		t.Fatalf("Run with Refresh -1: %+v", st)
 	}
 
-	ix := ixMustIndex(t, e, resolver.IndexConfig{Sources: []string{"oci:" + layout}, Targets: ixTargets(t, "cuda:80:32"), Refresh: time.Millisecond})
+	ix := ixMustIndex(t, e, catalog.Config{Sources: []string{"oci:" + layout}, Targets: ixTargets(t, "cuda:80:32"), Refresh: time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { ix.Run(ctx); close(done) }()

@@ -1,4 +1,4 @@
-package resolver_test
+package catalog_test
 
 import (
 	"bytes"
@@ -15,6 +15,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
+	"cargohold/catalog"
+	"cargohold/fetch"
 	"cargohold/gpu"
 	"cargohold/image"
 	"cargohold/resolver"
@@ -134,8 +136,8 @@ func ixWithLabels(tb testing.TB, img v1.Image, edit func(map[string]string)) v1.
 type ixEnv struct {
 	r     *resolver.Resolver
 	st    *store.Store
-	eng   *resolver.Engine
-	ix    *resolver.Index
+	eng   *fetch.Engine
+	ix    *catalog.Catalog
 	state string
 }
 
@@ -144,13 +146,13 @@ func newIxEnv(tb testing.TB, state string, opts resolver.Options, sources []stri
 	if state == "" {
 		state = tb.TempDir()
 	}
-	st, err := store.Open(resolver.StoreDir(state), 0)
+	st, err := store.Open(fetch.StoreDir(state), 0)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	r := resolver.New(opts)
-	eng := resolver.NewEngine(r, st, state)
-	ix, err := resolver.NewIndex(r, eng, resolver.IndexConfig{Sources: sources, Targets: ixTargets(tb, ts), StateDir: state})
+	eng := fetch.NewEngine(r, st, state)
+	ix, err := catalog.New(r, eng, catalog.Config{Sources: sources, Targets: ixTargets(tb, ts), StateDir: state})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -164,7 +166,7 @@ func (e *ixEnv) close() {
 	e.st.Close()
 }
 
-func ixRefresh(tb testing.TB, ix *resolver.Index) {
+func ixRefresh(tb testing.TB, ix *catalog.Catalog) {
 	tb.Helper()
 	if err := ix.Refresh(context.Background()); err != nil {
 		tb.Fatal(err)
@@ -172,7 +174,7 @@ func ixRefresh(tb testing.TB, ix *resolver.Index) {
 }
 
 // ixImages lists the Image of each location of key.
-func ixImages(ix *resolver.Index, key string) []string {
+func ixImages(ix *catalog.Catalog, key string) []string {
 	var out []string
 	for _, l := range ix.Lookup(key) {
 		out = append(out, l.Image)
@@ -182,7 +184,7 @@ func ixImages(ix *resolver.Index, key string) []string {
 
 // ixEntryFiles calls Entry and checks that every file is stored with the
 // content of want/KEY/<name>; it returns the files.
-func ixEntryFiles(t *testing.T, e *ixEnv, key, want string) []resolver.KeyFile {
+func ixEntryFiles(t *testing.T, e *ixEnv, key, want string) []fetch.KeyFile {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -200,7 +202,7 @@ type ixContentError struct{ msg string }
 
 func (e *ixContentError) Error() string { return e.msg }
 
-func ixSameContent(st *store.Store, files []resolver.KeyFile, dir string) error {
+func ixSameContent(st *store.Store, files []fetch.KeyFile, dir string) error {
 	des, err := os.ReadDir(dir)
 	if err != nil {
 		return err

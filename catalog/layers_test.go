@@ -1,4 +1,4 @@
-package resolver_test
+package catalog_test
 
 import (
 	"context"
@@ -12,7 +12,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"cargohold/fetch"
 	"cargohold/resolver"
+	"cargohold/test/cachetest"
 	"cargohold/test/proxy"
 	"cargohold/triton"
 	"cargohold/triton/gen"
@@ -73,7 +75,7 @@ func TestIndexLayersMerge(t *testing.T) {
 		ixWrite(t, filepath.Join(over, whole, de.Name()), data)
 	}
 	img, err := mutate.Append(ixPack(t, dir), mutate.Addendum{
-		Layer:     static.NewLayer(lzLegacyTar(t, over, []string{partial, whole}), types.OCIUncompressedLayer),
+		Layer:     static.NewLayer(cachetest.KeyDirTar(t, over, []string{partial, whole}), types.OCIUncompressedLayer),
 		MediaType: types.OCIUncompressedLayer,
 	})
 	if err != nil {
@@ -97,13 +99,13 @@ func TestIndexLayersMerge(t *testing.T) {
 		t.Fatalf("Lookup(%s) = %+v, want the first layer alone", untouched, ls)
 	}
 	layerReqs := func(l resolver.LayerRef) int {
-		lzSettle(t, f.p)
+		f.p.Settle(t)
 		return f.p.Count(func(r proxy.Req) bool { return r.IsBlob() && strings.Contains(r.Path, l.Desc.Digest.String()) })
 	}
 
 	f.p.Reset()
 	files := ixEntryFiles(t, e, partial, want)
-	if !slices.IsSortedFunc(files, func(a, b resolver.KeyFile) int { return strings.Compare(a.Name, b.Name) }) {
+	if !slices.IsSortedFunc(files, func(a, b fetch.KeyFile) int { return strings.Compare(a.Name, b.Name) }) {
 		t.Errorf("Entry(%s): files not sorted by name: %+v", partial, files)
 	}
 	if n1, n2 := layerReqs(first), layerReqs(second); n1 != 1 || n2 != 1 {
@@ -121,7 +123,7 @@ func TestIndexLayersMerge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, l, err := e.eng.FetchKey(context.Background(), im, partial)
+	files, l, err := e.eng.ImageKey(context.Background(), im, partial)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +145,7 @@ func TestIndexLayersMerge(t *testing.T) {
 		t.Fatalf("loaded Lookup(%s) = %+v, want both layers", partial, ls)
 	}
 	ixEntryFiles(t, e2, partial, want)
-	lzSettle(t, f.p)
+	f.p.Settle(t)
 	if n := f.p.Count(nil); n != 0 {
 		t.Errorf("restart: %d requests, want 0 (fetched before)", n)
 	}

@@ -1,4 +1,4 @@
-package resolver
+package catalog
 
 import (
 	"bufio"
@@ -12,8 +12,9 @@ import (
 	"cargohold/gpu"
 )
 
-// IndexFile is the name of the persisted index in IndexConfig.StateDir.
-const IndexFile = "index.json"
+// StateFile is the name of the persisted catalog in Config.StateDir. (The
+// name is kept from when the catalog was called the KEY index.)
+const StateFile = "index.json"
 
 // stateVersion changes whenever stateFile changes incompatibly; a file of
 // another version is not loaded (the next refresh rebuilds it). 2: records
@@ -22,9 +23,9 @@ const IndexFile = "index.json"
 // the others.
 const stateVersion = 2
 
-// ErrStaleState says the persisted index was built for other local targets
+// ErrStaleState says the persisted catalog was built for other local targets
 // or in another format; it is not used.
-var ErrStaleState = errors.New("persisted index does not match this configuration")
+var ErrStaleState = errors.New("persisted catalog does not match this configuration")
 
 // stateFile is index.json: the images (records, shared by memo key) and the
 // entries listing them, by source as written so that a reordered or
@@ -44,24 +45,24 @@ type stateEntry struct {
 
 // save writes s to StateDir/index.json atomically (temp file, fsync,
 // rename); no StateDir, nothing to do.
-func (ix *Index) save(s *snapshot) error {
-	if ix.cfg.StateDir == "" {
+func (cat *Catalog) save(s *snapshot) error {
+	if cat.cfg.StateDir == "" {
 		return nil
 	}
-	st := stateFile{Version: stateVersion, Targets: ix.cfg.Targets}
+	st := stateFile{Version: stateVersion, Targets: cat.cfg.Targets}
 	seen := map[*imageRec]bool{}
 	for _, e := range s.entries {
-		st.Entries = append(st.Entries, stateEntry{Ref: e.ref, Source: ix.sources[e.source].raw, Memo: e.rec.Memo})
+		st.Entries = append(st.Entries, stateEntry{Ref: e.ref, Source: cat.sources[e.source].raw, Memo: e.rec.Memo})
 		if !seen[e.rec] {
 			seen[e.rec] = true
 			st.Images = append(st.Images, e.rec)
 		}
 	}
-	fail := func(err error) error { return fmt.Errorf("resolver: save index to %s: %w", ix.cfg.StateDir, err) }
-	if err := os.MkdirAll(ix.cfg.StateDir, 0o755); err != nil {
+	fail := func(err error) error { return fmt.Errorf("catalog: save to %s: %w", cat.cfg.StateDir, err) }
+	if err := os.MkdirAll(cat.cfg.StateDir, 0o755); err != nil {
 		return fail(err)
 	}
-	tmp, err := os.CreateTemp(ix.cfg.StateDir, "."+IndexFile+".*")
+	tmp, err := os.CreateTemp(cat.cfg.StateDir, "."+StateFile+".*")
 	if err != nil {
 		return fail(err)
 	}
@@ -80,52 +81,52 @@ func (ix *Index) save(s *snapshot) error {
 	if err != nil {
 		return fail(err)
 	}
-	if err := os.Rename(tmp.Name(), filepath.Join(ix.cfg.StateDir, IndexFile)); err != nil {
+	if err := os.Rename(tmp.Name(), filepath.Join(cat.cfg.StateDir, StateFile)); err != nil {
 		return fail(err)
 	}
 	return nil
 }
 
-// Load reads the persisted index (StateDir/index.json) and installs it,
+// Load reads the persisted catalog (StateDir/index.json) and installs it,
 // without any network request; lookups then answer at once and the next
 // Refresh reuses every image record whose manifest digest is unchanged.
 // Entries of sources no longer configured are dropped. A missing file is an
 // error matching fs.ErrNotExist; a file built for other targets or in
-// another format matches ErrStaleState. Load does not replace an index a
+// another format matches ErrStaleState. Load does not replace a catalog a
 // Refresh already installed.
-func (ix *Index) Load() error {
-	ix.refreshMu.Lock()
-	defer ix.refreshMu.Unlock()
-	if ix.cfg.StateDir == "" {
-		return fmt.Errorf("resolver: load index: no state dir: %w", os.ErrNotExist)
+func (cat *Catalog) Load() error {
+	cat.refreshMu.Lock()
+	defer cat.refreshMu.Unlock()
+	if cat.cfg.StateDir == "" {
+		return fmt.Errorf("catalog: load: no state dir: %w", os.ErrNotExist)
 	}
-	p := filepath.Join(ix.cfg.StateDir, IndexFile)
+	p := filepath.Join(cat.cfg.StateDir, StateFile)
 	f, err := os.Open(p)
 	if err != nil {
-		return fmt.Errorf("resolver: load index: %w", err)
+		return fmt.Errorf("catalog: load: %w", err)
 	}
 	defer f.Close()
 	var st stateFile
 	if err := json.NewDecoder(bufio.NewReaderSize(f, 1<<20)).Decode(&st); err != nil {
-		return fmt.Errorf("resolver: load index %s: %w", p, err)
+		return fmt.Errorf("catalog: load %s: %w", p, err)
 	}
 	if st.Version != stateVersion {
-		return fmt.Errorf("resolver: load index %s: version %d, want %d: %w", p, st.Version, stateVersion, ErrStaleState)
+		return fmt.Errorf("catalog: load %s: version %d, want %d: %w", p, st.Version, stateVersion, ErrStaleState)
 	}
-	if !slices.Equal(gpu.Dedup(st.Targets), ix.cfg.Targets) {
-		return fmt.Errorf("resolver: load index %s: built for targets %q, local targets are %q: %w", p,
-			gpu.FormatList(st.Targets), gpu.FormatList(ix.cfg.Targets), ErrStaleState)
+	if !slices.Equal(gpu.Dedup(st.Targets), cat.cfg.Targets) {
+		return fmt.Errorf("catalog: load %s: built for targets %q, local targets are %q: %w", p,
+			gpu.FormatList(st.Targets), gpu.FormatList(cat.cfg.Targets), ErrStaleState)
 	}
 	recs := make(map[string]*imageRec, len(st.Images))
 	for _, rec := range st.Images {
 		if err := rec.check(); err != nil {
-			return fmt.Errorf("resolver: load index %s: %w", p, err)
+			return fmt.Errorf("catalog: load %s: %w", p, err)
 		}
 		recs[rec.Memo] = rec
 	}
 	srcIdx := map[string]int{}
-	for i := len(ix.sources) - 1; i >= 0; i-- {
-		srcIdx[ix.sources[i].raw] = i
+	for i := len(cat.sources) - 1; i >= 0; i-- {
+		srcIdx[cat.sources[i].raw] = i
 	}
 	var entries []*entry
 	for _, se := range st.Entries {
@@ -136,12 +137,12 @@ func (ix *Index) Load() error {
 		}
 		entries = append(entries, &entry{ref: se.Ref, source: i, rec: rec})
 	}
-	if ix.cur.Load() != nil {
+	if cat.cur.Load() != nil {
 		return nil
 	}
 	s := newSnapshot(entries, map[string]error{})
-	ix.install(s)
-	ix.log.Info("index loaded", "file", p, "images", len(s.entries), "keys", len(s.keys))
+	cat.install(s)
+	cat.log.Info("catalog loaded", "file", p, "images", len(s.entries), "keys", len(s.keys))
 	return nil
 }
 

@@ -1,4 +1,4 @@
-package resolver
+package fetch
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"cargohold/layer"
+	"cargohold/resolver"
 	"cargohold/store"
 	"cargohold/triton"
 )
@@ -23,7 +24,7 @@ import (
 // (a hostile index) is refused before anything is allocated for it.
 const maxSpan = 1 << 30
 
-// FetchDir makes every file of KEY dir key of layer l present in the content
+// Dir makes every file of KEY dir key of layer l present in the content
 // store and returns them. Files already stored cost no request. Otherwise
 // the dir's contiguous span is read with one ranged request (for a legacy
 // gzip layer: from its local tar, no request), every file is decompressed
@@ -41,37 +42,35 @@ const maxSpan = 1 << 30
 //
 // A key the layer does not hold gives an error wrapping fs.ErrNotExist.
 // Concurrent calls for the same layer and key share one fetch. The files are
-// in the store when FetchDir returns; an LRU-bounded store may evict them
+// in the store when Dir returns; an LRU-bounded store may evict them
 // later, when a caller that has not opened them yet calls again.
-func (e *Engine) FetchDir(ctx context.Context, l LayerRef, key string) ([]KeyFile, error) {
-	idx, err := e.Index(ctx, l)
+func (e *Engine) Dir(ctx context.Context, l resolver.LayerRef, key string) ([]KeyFile, error) {
+	ix, err := e.index(ctx, l)
 	if err != nil {
 		return nil, err
 	}
-	d := idx.Dirs[key]
+	d := ix.Dirs[key]
 	if d == nil {
-		return nil, fmt.Errorf("resolver: layer %s: KEY %s: %w", l, key, fs.ErrNotExist)
+		return nil, fmt.Errorf("fetch: layer %s: KEY %s: %w", l, key, fs.ErrNotExist)
 	}
 	if files, ok := e.stored(l, d); ok {
-		e.bump(func(s *EngineStats) { s.Hits++ })
+		e.bump(func(s *Stats) { s.Hits++ })
 		return files, nil
 	}
 	files, err := e.dirs.do(ctx, e.life, dirKey(l, key), func(ctx context.Context) ([]KeyFile, error) {
-		return e.fetchDir(ctx, l, idx, d)
+		return e.fetchDir(ctx, l, ix, d)
 	})
 	if err != nil {
-		err = fmt.Errorf("resolver: fetch KEY %s from layer %s: %w", key, l, err)
-		e.recordErr(err)
-		return nil, err
+		return nil, fmt.Errorf("fetch: KEY %s from layer %s: %w", key, l, err)
 	}
 	return files, nil
 }
 
-func dirKey(l LayerRef, key string) string { return l.Desc.Digest.String() + "/" + key }
+func dirKey(l resolver.LayerRef, key string) string { return l.Desc.Digest.String() + "/" + key }
 
 // stored returns d's files when each has a known digest that the store
 // holds.
-func (e *Engine) stored(l LayerRef, d *layer.Dir) ([]KeyFile, bool) {
+func (e *Engine) stored(l resolver.LayerRef, d *layer.Dir) ([]KeyFile, bool) {
 	files := keyFiles(d)
 	for i := range files {
 		if files[i].Digest == "" {
@@ -114,8 +113,8 @@ func keyFiles(d *layer.Dir) []KeyFile {
 	return files
 }
 
-// fetchDir reads, verifies and stores d (see FetchDir).
-func (e *Engine) fetchDir(ctx context.Context, l LayerRef, idx *layer.Index, d *layer.Dir) ([]KeyFile, error) {
+// fetchDir reads, verifies and stores d (see Dir).
+func (e *Engine) fetchDir(ctx context.Context, l resolver.LayerRef, ix *indexed, d *layer.Dir) ([]KeyFile, error) {
 	// A fetch that ended just before this one started may have stored it.
 	if files, ok := e.stored(l, d); ok {
 		return files, nil
@@ -127,11 +126,11 @@ func (e *Engine) fetchDir(ctx context.Context, l LayerRef, idx *layer.Index, d *
 	start := time.Now()
 	span := make([]byte, n)
 	if n > 0 {
-		if err := e.readSpan(ctx, l, idx, span, d.Offset); err != nil {
+		if err := e.readSpan(ctx, l, ix.src, span, d.Offset); err != nil {
 			return nil, err
 		}
 	}
-	e.bump(func(s *EngineStats) { s.Fetches++ })
+	e.bump(func(s *Stats) { s.Fetches++ })
 	read := time.Since(start)
 	contents, err := d.Read(span)
 	if err != nil {
@@ -165,49 +164,57 @@ func (e *Engine) fetchDir(ctx context.Context, l LayerRef, idx *layer.Index, d *
 	if learnt {
 		e.learn(l, d.Key, files)
 	}
-	e.res.opts.Logger.Debug("fetched KEY dir", "layer", l.String(), "key", d.Key, "files", len(files), "span", n,
+	e.log.Debug("fetched KEY dir", "layer", l.String(), "key", d.Key, "files", len(files), "span", n,
 		"read", read, "verify", verified-read, "commit", time.Since(start)-verified)
 	return files, nil
 }
 
-// readSpan fills span from offset off of l's blob with one ranged read, or
-// from the local tar of a gzip layer.
-func (e *Engine) readSpan(ctx context.Context, l LayerRef, idx *layer.Index, span []byte, off int64) error {
-	if idx.Format == layer.FormatGzip {
+// readSpan fills span from offset off of l's bytes in src with one ranged
+// read: the layer blob, or the local tar of a gzip layer.
+func (e *Engine) readSpan(ctx context.Context, l resolver.LayerRef, src source, span []byte, off int64) error {
+	var r interface {
+		ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+	}
+	switch src {
+	case fromDiff:
 		f, err := e.openDiff(ctx, l)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		if n, err := f.ReadAt(span, off); n < len(span) {
-			if err == nil || errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return fmt.Errorf("local tar %s: read [%d,%d): %w", l.DiffID, off, off+int64(len(span)), err)
+		r = contextFree{f}
+	default:
+		b, err := e.res.Blob(ctx, l)
+		if err != nil {
+			return err
 		}
-		return nil
+		defer b.Close()
+		defer e.account(ctx, b.Counters())
+		r = b
 	}
-	b, err := e.openBlob(ctx, l)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	defer e.account(ctx, b.Counters())
-	if n, err := b.ReadAtContext(ctx, span, off); n < len(span) {
+	if n, err := r.ReadAtContext(ctx, span, off); n < len(span) {
 		if err == nil || errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return err
+		return fmt.Errorf("%s: read [%d,%d) of its %s: %w", l, off, off+int64(len(span)), src, err)
 	}
 	return nil
 }
 
-func (e *Engine) learntPath(l LayerRef, key string) string {
+// contextFree reads a local file, where a read does not block on the
+// network.
+type contextFree struct{ io.ReaderAt }
+
+func (c contextFree) ReadAtContext(_ context.Context, p []byte, off int64) (int, error) {
+	return c.ReadAt(p, off)
+}
+
+func (e *Engine) learntPath(l resolver.LayerRef, key string) string {
 	return filepath.Join(e.state, "layers", l.Desc.Digest.String()+".keys", key+".json")
 }
 
 // learnt returns the digests a fetch learnt for a dir, from memory or disk.
-func (e *Engine) learnt(l LayerRef, key string) ([]KeyFile, bool) {
+func (e *Engine) learnt(l resolver.LayerRef, key string) ([]KeyFile, bool) {
 	e.mu.Lock()
 	files, ok := e.known[dirKey(l, key)]
 	e.mu.Unlock()
@@ -232,7 +239,7 @@ func (e *Engine) learnt(l LayerRef, key string) ([]KeyFile, bool) {
 	return files, true
 }
 
-func (e *Engine) learn(l LayerRef, key string, files []KeyFile) {
+func (e *Engine) learn(l resolver.LayerRef, key string, files []KeyFile) {
 	e.mu.Lock()
 	e.known[dirKey(l, key)] = files
 	e.mu.Unlock()
@@ -242,31 +249,6 @@ func (e *Engine) learn(l LayerRef, key string, files []KeyFile) {
 	}
 	if err != nil {
 		// Costs a refetch after a restart, nothing more.
-		e.res.opts.Logger.Warn("cannot record fetched digests", "layer", l.String(), "key", key, "err", err)
+		e.log.Warn("cannot record fetched digests", "layer", l.String(), "key", key, "err", err)
 	}
-}
-
-// FetchKey fetches KEY dir key of im as unpacking im would make it: every
-// layer is indexed, and the dirs of the layers holding key are merged file
-// by file, a later layer's file winning. It returns the files and the last
-// layer holding key. An image without key gives an error wrapping
-// fs.ErrNotExist.
-func (e *Engine) FetchKey(ctx context.Context, im *Image, key string) ([]KeyFile, LayerRef, error) {
-	var held []LayerRef
-	for i := range im.Layers {
-		l := im.LayerRef(i)
-		idx, err := e.Index(ctx, l)
-		if err != nil {
-			return nil, l, err
-		}
-		if idx.Dirs[key] != nil {
-			held = append(held, l)
-		}
-	}
-	if len(held) == 0 {
-		return nil, LayerRef{}, fmt.Errorf("resolver: image %s: no KEY dir %s in its %d layer(s): %w", im.Ref, key, len(im.Layers), fs.ErrNotExist)
-	}
-	last := held[len(held)-1]
-	files, err := e.fetchMerged(ctx, held, key)
-	return files, last, err
 }

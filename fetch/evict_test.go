@@ -1,4 +1,4 @@
-package resolver_test
+package fetch_test
 
 import (
 	"sync"
@@ -101,8 +101,8 @@ func TestLazyEviction(t *testing.T) {
 		t.Errorf("nothing evicted: the test tested nothing")
 	}
 	// An evicted dir comes back with one request.
-	if _, c := lzFetch(t, eng, l, order[1]); c.Requests.Load() != 1 {
-		t.Errorf("refetch of an evicted dir: %d requests, want 1", c.Requests.Load())
+	if _, c := lzFetch(t, eng, l, order[1]); c.Requests() != 1 {
+		t.Errorf("refetch of an evicted dir: %d requests, want 1", c.Requests())
 	}
 	for _, p := range pins {
 		p.Close()

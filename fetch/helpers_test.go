@@ -1,10 +1,9 @@
-package resolver_test
+package fetch_test
 
 // External test package: these tests build images with cargohold/image,
 // which imports resolver.
 
 import (
-	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -28,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"cargohold/fetch"
 	"cargohold/gpu"
 	"cargohold/image"
 	"cargohold/layer"
@@ -179,9 +179,9 @@ func (e *lzEnv) image(t *testing.T, ref string, i int) (*resolver.Image, resolve
 
 // engine is a new Engine over st and state with a fresh Resolver (and a
 // fresh transport cache) through the proxy.
-func (e *lzEnv) engine(t *testing.T, st *store.Store, state string) *resolver.Engine {
+func (e *lzEnv) engine(t *testing.T, st *store.Store, state string) *fetch.Engine {
 	t.Helper()
-	eng := resolver.NewEngine(resolver.New(lzOptions(t, e.rt)), st, state)
+	eng := fetch.NewEngine(resolver.New(lzOptions(t, e.rt)), st, state)
 	t.Cleanup(func() { eng.Close() })
 	return eng
 }
@@ -219,43 +219,6 @@ func lzPackImage(t *testing.T) v1.Image {
 		t.Fatal(lzPacked.err)
 	}
 	return lzPacked.img
-}
-
-// lzLegacyTar is a plain tar of dir's KEY dirs under io.triton.cache/, files
-// as they are on disk (group files keep their absolute child paths, as a
-// docker build of a cache dir would have them).
-func lzLegacyTar(t *testing.T, dir string, keys []string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	hdr := func(h *tar.Header) {
-		h.ModTime, h.Format = time.Unix(0, 0), tar.FormatPAX
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-	}
-	hdr(&tar.Header{Name: layer.Prefix, Typeflag: tar.TypeDir, Mode: 0o755})
-	for _, k := range keys {
-		hdr(&tar.Header{Name: layer.Prefix + k + "/", Typeflag: tar.TypeDir, Mode: 0o755})
-		des, err := os.ReadDir(filepath.Join(dir, k))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, de := range des {
-			data, err := os.ReadFile(filepath.Join(dir, k, de.Name()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			hdr(&tar.Header{Name: layer.Prefix + k + "/" + de.Name(), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(data))})
-			if _, err := tw.Write(data); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
 }
 
 // lzTarImage is a one-layer OCI image whose layer is the uncompressed tar b.
@@ -296,7 +259,7 @@ func lzGzipImage(t *testing.T, b []byte) v1.Image {
 // checkFiles checks that files are dir/key of the source cache, in the
 // store, byte for byte; image-form is true when group files were stored
 // with child paths rewritten to triton.ImageRoot (cargohold's own images).
-func lzCheckFiles(t *testing.T, st *store.Store, src, key string, files []resolver.KeyFile, imageForm bool) {
+func lzCheckFiles(t *testing.T, st *store.Store, src, key string, files []fetch.KeyFile, imageForm bool) {
 	t.Helper()
 	des, err := os.ReadDir(filepath.Join(src, key))
 	if err != nil {
@@ -331,7 +294,7 @@ func lzCheckFiles(t *testing.T, st *store.Store, src, key string, files []resolv
 	}
 }
 
-func lzReadStored(t *testing.T, st *store.Store, f resolver.KeyFile) []byte {
+func lzReadStored(t *testing.T, st *store.Store, f fetch.KeyFile) []byte {
 	t.Helper()
 	sf, err := st.Open(f.Digest)
 	if err != nil {
@@ -360,36 +323,22 @@ func lzBlobReqs(px *proxy.Proxy, l resolver.LayerRef) int {
 }
 
 // fetch is FetchDir with its own counters.
-func lzFetch(t *testing.T, eng *resolver.Engine, l resolver.LayerRef, key string) ([]resolver.KeyFile, *resolver.Counters) {
+func lzFetch(t *testing.T, eng *fetch.Engine, l resolver.LayerRef, key string) ([]fetch.KeyFile, *resolver.Counters) {
 	t.Helper()
 	var c resolver.Counters
-	files, err := eng.FetchDir(resolver.WithCounters(context.Background(), &c), l, key)
+	files, err := eng.Dir(fetch.WithCounters(context.Background(), &c), l, key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return files, &c
 }
 
-func lzIndex(t *testing.T, eng *resolver.Engine, l resolver.LayerRef) (*layer.Index, *resolver.Counters) {
+func lzIndex(t *testing.T, eng *fetch.Engine, l resolver.LayerRef) (*layer.Index, *resolver.Counters) {
 	t.Helper()
 	var c resolver.Counters
-	idx, err := eng.Index(resolver.WithCounters(context.Background(), &c), l)
+	idx, err := eng.Index(fetch.WithCounters(context.Background(), &c), l)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return idx, &c
-}
-
-// lzSettle waits until px has no request pending: it logs a request when
-// its handler ends, which may be after the client has read the whole
-// answer, so counts taken right after a call may miss its last request.
-func lzSettle(t *testing.T, px *proxy.Proxy) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for px.Pending() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("proxy: %d requests still pending", px.Pending())
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }

@@ -1,4 +1,4 @@
-package resolver
+package fetch
 
 import (
 	"context"
@@ -12,78 +12,103 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"cargohold/layer"
+	"cargohold/resolver"
 )
 
-// layerIndexVersion changes whenever the cached index format does.
-const layerIndexVersion = 1
+// layerIndexVersion changes whenever the cached index format does. 2: the
+// byte source is recorded (source).
+const layerIndexVersion = 2
+
+// source is where the offsets of a layer's index point: the engine reads a
+// KEY dir's span from there.
+type source string
+
+const (
+	fromBlob source = "blob" // the layer blob itself, by range (Resolver.Blob)
+	fromDiff source = "diff" // the layer's uncompressed tar in the content store, under its DiffID (legacy.go)
+)
+
+// indexed is a layer's index and the byte source its offsets point into.
+// Immutable.
+type indexed struct {
+	*layer.Index
+	src source
+}
 
 // layerIndexFile is the disk cache of one layer's index.
 type layerIndexFile struct {
 	Version int          `json:"version"`
 	Layer   v1.Hash      `json:"layer"`
 	Size    int64        `json:"size"`
-	DiffID  v1.Hash      `json:"diff_id,omitzero"` // gzip: the store key of the local tar
+	Source  source       `json:"source"`
+	DiffID  v1.Hash      `json:"diff_id,omitzero"` // fromDiff: the store key of the local tar
 	Index   *layer.Index `json:"index"`
 }
 
-// Index returns the index of layer l: from memory (the
+// Index returns the index of layer l: from memory (the resolver's
 // Options.LayerIndexes most recently used ones), else from the disk cache
 // (no request), else built from the blob. An eStargz layer costs two ranged
-// reads (footer, TOC). Any other layer first costs the same footer read and a
-// 512-byte probe; an uncompressed tar is then read in blocks of
+// reads (footer, TOC). Any other layer first costs the same footer read and
+// a 512-byte probe; an uncompressed tar is then read in blocks of
 // layer.DefaultBlockSize that skip bodies larger than a block; a gzip layer
 // that is not eStargz has no random access and is downloaded once in full,
 // verified, decompressed into the content store under its DiffID and indexed
-// there (layer.FormatGzip: offsets are into that local tar).
+// there (legacy.go).
 //
 // Concurrent calls for one layer share one load.
-func (e *Engine) Index(ctx context.Context, l LayerRef) (*layer.Index, error) {
-	if err := l.check(); err != nil {
+func (e *Engine) Index(ctx context.Context, l resolver.LayerRef) (*layer.Index, error) {
+	ix, err := e.index(ctx, l)
+	if err != nil {
+		return nil, err
+	}
+	return ix.Index, nil
+}
+
+func (e *Engine) index(ctx context.Context, l resolver.LayerRef) (*indexed, error) {
+	if err := l.Validate(); err != nil {
 		return nil, err
 	}
 	e.mu.Lock()
-	idx := e.idx.get(l.Desc.Digest)
+	ix := e.idx.get(l.Desc.Digest)
 	e.mu.Unlock()
-	if idx != nil {
-		return idx, nil
+	if ix != nil {
+		return ix, nil
 	}
-	idx, err := e.indexes.do(ctx, e.life, l.Desc.Digest.String(), func(ctx context.Context) (*layer.Index, error) {
+	ix, err := e.indexes.do(ctx, e.life, l.Desc.Digest.String(), func(ctx context.Context) (*indexed, error) {
 		return e.loadIndex(ctx, l)
 	})
 	if err != nil {
-		err = fmt.Errorf("resolver: index layer %s: %w", l, err)
-		e.recordErr(err)
-		return nil, err
+		return nil, fmt.Errorf("fetch: index layer %s: %w", l, err)
 	}
-	return idx, nil
+	return ix, nil
 }
 
-func (e *Engine) loadIndex(ctx context.Context, l LayerRef) (*layer.Index, error) {
-	idx, err := e.readIndexCache(l)
+func (e *Engine) loadIndex(ctx context.Context, l resolver.LayerRef) (*indexed, error) {
+	ix, err := e.readIndexCache(l)
 	if err != nil {
-		e.res.opts.Logger.Warn("ignoring cached layer index", "layer", l.String(), "err", err)
+		e.log.Warn("ignoring cached layer index", "layer", l.String(), "err", err)
 	}
-	if idx != nil {
-		e.bump(func(s *EngineStats) { s.IndexCacheHits++ })
+	if ix != nil {
+		e.bump(func(s *Stats) { s.IndexCacheHits++ })
 	} else {
-		if idx, err = e.buildIndex(ctx, l); err != nil {
+		if ix, err = e.buildIndex(ctx, l); err != nil {
 			return nil, err
 		}
-		e.bump(func(s *EngineStats) { s.Indexes++ })
-		if err := e.writeIndexCache(l, idx); err != nil {
+		e.bump(func(s *Stats) { s.Indexes++ })
+		if err := e.writeIndexCache(l, ix); err != nil {
 			// The index still serves this process; the next one rebuilds it.
-			e.res.opts.Logger.Warn("cannot cache layer index", "layer", l.String(), "err", err)
+			e.log.Warn("cannot cache layer index", "layer", l.String(), "err", err)
 		}
 	}
 	e.mu.Lock()
-	e.idx.put(l.Desc.Digest, idx)
+	e.idx.put(l.Desc.Digest, ix)
 	e.mu.Unlock()
-	return idx, nil
+	return ix, nil
 }
 
 // buildIndex reads the blob (see Index).
-func (e *Engine) buildIndex(ctx context.Context, l LayerRef) (*layer.Index, error) {
-	b, err := e.openBlob(ctx, l)
+func (e *Engine) buildIndex(ctx context.Context, l resolver.LayerRef) (*indexed, error) {
+	b, err := e.res.Blob(ctx, l)
 	if err != nil {
 		return nil, err
 	}
@@ -96,16 +121,19 @@ func (e *Engine) buildIndex(ctx context.Context, l LayerRef) (*layer.Index, erro
 		}
 		return e.indexGzip(ctx, l)
 	}
-	return idx, err
+	if err != nil {
+		return nil, err
+	}
+	return &indexed{Index: idx, src: fromBlob}, nil
 }
 
-func (e *Engine) indexPath(l LayerRef) string {
+func (e *Engine) indexPath(l resolver.LayerRef) string {
 	return filepath.Join(e.state, "layers", l.Desc.Digest.String()+".json")
 }
 
 // readIndexCache returns the cached index of l, nil when there is none. An
 // error says why a cached file was not used (it is then rebuilt).
-func (e *Engine) readIndexCache(l LayerRef) (*layer.Index, error) {
+func (e *Engine) readIndexCache(l resolver.LayerRef) (*indexed, error) {
 	p := e.indexPath(l)
 	data, err := os.ReadFile(p)
 	if errors.Is(err, os.ErrNotExist) {
@@ -123,12 +151,15 @@ func (e *Engine) readIndexCache(l LayerRef) (*layer.Index, error) {
 		return nil, fmt.Errorf("%s: version %d, want %d", p, f.Version, layerIndexVersion)
 	case f.Index == nil || f.Layer != l.Desc.Digest || f.Size != l.Desc.Size:
 		return nil, fmt.Errorf("%s: not the index of this layer", p)
-	case f.Index.Format == layer.FormatGzip && f.DiffID != l.DiffID:
+	case f.Source == fromDiff && f.DiffID != l.DiffID:
 		return nil, fmt.Errorf("%s: for diff_id %s, the layer says %s", p, f.DiffID, l.DiffID)
-	case f.Index.Format != layer.FormatGzip && f.Index.Size != l.Desc.Size:
-		return nil, fmt.Errorf("%s: index of a %d-byte blob, the layer has %d", p, f.Index.Size, l.Desc.Size)
-	case f.Index.Format == layer.FormatEStargz && l.TOCDigest != "" && f.Index.TOCDigest != l.TOCDigest:
-		return nil, fmt.Errorf("%s: TOC digest %s, the layer says %s", p, f.Index.TOCDigest, l.TOCDigest)
+	case f.Source != fromDiff && f.Source != fromBlob:
+		return nil, fmt.Errorf("%s: unknown source %q", p, f.Source)
+	}
+	if f.Source == fromBlob {
+		if err := f.Index.Describes(l.Desc.Size, l.TOCDigest); err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
 	}
 	for key, d := range f.Index.Dirs {
 		if d == nil || d.Key != key || !plainFileName(key) {
@@ -140,13 +171,13 @@ func (e *Engine) readIndexCache(l LayerRef) (*layer.Index, error) {
 			}
 		}
 	}
-	return f.Index, nil
+	return &indexed{Index: f.Index, src: f.Source}, nil
 }
 
-// writeIndexCache saves idx atomically (temp file, rename).
-func (e *Engine) writeIndexCache(l LayerRef, idx *layer.Index) error {
-	f := layerIndexFile{Version: layerIndexVersion, Layer: l.Desc.Digest, Size: l.Desc.Size, Index: idx}
-	if idx.Format == layer.FormatGzip {
+// writeIndexCache saves ix atomically (temp file, rename).
+func (e *Engine) writeIndexCache(l resolver.LayerRef, ix *indexed) error {
+	f := layerIndexFile{Version: layerIndexVersion, Layer: l.Desc.Digest, Size: l.Desc.Size, Source: ix.src, Index: ix.Index}
+	if ix.src == fromDiff {
 		f.DiffID = l.DiffID
 	}
 	data, err := json.Marshal(f)

@@ -1,4 +1,4 @@
-package resolver
+package fetch
 
 import (
 	"fmt"
@@ -18,36 +18,36 @@ import (
 // 0755 when the image gave them an executable bit, else 0644.
 func (e *Engine) Install(dir, key string, files []KeyFile) error {
 	if !plainFileName(key) {
-		return fmt.Errorf("resolver: install KEY %q: not a plain name", key)
+		return fmt.Errorf("fetch: install KEY %q: not a plain name", key)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return fmt.Errorf("resolver: install KEY %s: %w", key, err)
+		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
 	}
 	dst := filepath.Join(abs, key)
 	if _, err := os.Lstat(dst); err == nil {
-		return fmt.Errorf("resolver: install KEY %s: %s: %w", key, dst, fs.ErrExist)
+		return fmt.Errorf("fetch: install KEY %s: %s: %w", key, dst, fs.ErrExist)
 	}
 	if err := os.MkdirAll(abs, 0o755); err != nil {
-		return fmt.Errorf("resolver: install KEY %s: %w", key, err)
+		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
 	}
 	// Its name is not a KEY, so Triton never looks at it.
 	stage, err := os.MkdirTemp(abs, ".cargohold-fetch-")
 	if err != nil {
-		return fmt.Errorf("resolver: install KEY %s: %w", key, err)
+		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
 	}
 	defer os.RemoveAll(stage)
 	kd := filepath.Join(stage, key)
 	if err := os.Mkdir(kd, 0o755); err != nil {
-		return fmt.Errorf("resolver: install KEY %s: %w", key, err)
+		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
 	}
 	for _, f := range files {
 		if err := e.installFile(kd, f); err != nil {
-			return fmt.Errorf("resolver: install KEY %s: %s: %w", key, f.Name, err)
+			return fmt.Errorf("fetch: install KEY %s: %s: %w", key, f.Name, err)
 		}
 	}
 	if err := triton.InstallEntry(kd, abs); err != nil {
-		return fmt.Errorf("resolver: install KEY %s: %w", key, err)
+		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
 	}
 	return nil
 }

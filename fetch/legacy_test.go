@@ -1,4 +1,4 @@
-package resolver_test
+package fetch_test
 
 import (
 	"context"
@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"cargohold/fetch"
 	"cargohold/layer"
 	"cargohold/resolver"
+	"cargohold/test/cachetest"
 	"cargohold/test/proxy"
 )
 
@@ -19,7 +21,7 @@ import (
 func TestLazyLegacyTar(t *testing.T) {
 	src, keys := lzBigCache(t)
 	e := newLzEnv(t)
-	ref := e.push(t, "legacy:tar", lzTarImage(t, lzLegacyTar(t, src, keys)))
+	ref := e.push(t, "legacy:tar", lzTarImage(t, cachetest.KeyDirTar(t, src, keys)))
 	_, l := e.image(t, ref, 0)
 	st := lzStore(t, 0)
 	state := t.TempDir()
@@ -30,8 +32,8 @@ func TestLazyLegacyTar(t *testing.T) {
 	if idx.Format != layer.FormatTar || len(idx.Dirs) != len(keys) {
 		t.Fatalf("index: format %s with %d dirs, want tar with %d", idx.Format, len(idx.Dirs), len(keys))
 	}
-	received := ic.Bytes.Load()
-	t.Logf("index: %d requests, %d bytes of a %d-byte blob", ic.Requests.Load(), received, l.Desc.Size)
+	received := ic.Bytes()
+	t.Logf("index: %d requests, %d bytes of a %d-byte blob", ic.Requests(), received, l.Desc.Size)
 	unknown := 0
 	fetched := lzPick(keys, 5)
 	for _, key := range fetched {
@@ -42,14 +44,14 @@ func TestLazyLegacyTar(t *testing.T) {
 		}
 		files, c := lzFetch(t, eng, l, key)
 		lzCheckFiles(t, st, src, key, files, false)
-		if c.Requests.Load() != 1 {
-			t.Errorf("KEY %s: %d requests, want 1", key, c.Requests.Load())
+		if c.Requests() != 1 {
+			t.Errorf("KEY %s: %d requests, want 1", key, c.Requests())
 		}
 		d := idx.Dirs[key]
-		if b := c.Bytes.Load(); b > d.End-d.Offset+4096 {
+		if b := c.Bytes(); b > d.End-d.Offset+4096 {
 			t.Errorf("KEY %s: %d bytes for a span of %d", key, b, d.End-d.Offset)
 		}
-		received += c.Bytes.Load()
+		received += c.Bytes()
 	}
 	if unknown == 0 {
 		t.Errorf("no file body was skipped while indexing: the large-body path went untested")
@@ -57,8 +59,8 @@ func TestLazyLegacyTar(t *testing.T) {
 	if received > l.Desc.Size/2 {
 		t.Errorf("index and %d dirs took %d bytes of a %d-byte blob, want well under half", len(fetched), received, l.Desc.Size)
 	}
-	if n := lzBlobReqs(e.px, l); int64(n) != ic.Requests.Load()+int64(len(fetched)) {
-		t.Errorf("proxy saw %d blob requests, want %d", n, ic.Requests.Load()+int64(len(fetched)))
+	if n := lzBlobReqs(e.px, l); int64(n) != ic.Requests()+int64(len(fetched)) {
+		t.Errorf("proxy saw %d blob requests, want %d", n, ic.Requests()+int64(len(fetched)))
 	}
 
 	// Digests learnt while fetching survive a restart: nothing to fetch.
@@ -66,8 +68,8 @@ func TestLazyLegacyTar(t *testing.T) {
 	e.px.Reset()
 	for _, key := range fetched {
 		files, c := lzFetch(t, eng2, l, key)
-		if c.Requests.Load() != 0 {
-			t.Errorf("KEY %s after restart: %d requests, want 0", key, c.Requests.Load())
+		if c.Requests() != 0 {
+			t.Errorf("KEY %s after restart: %d requests, want 0", key, c.Requests())
 		}
 		lzCheckFiles(t, st, src, key, files, false)
 	}
@@ -81,7 +83,7 @@ func TestLazyLegacyTar(t *testing.T) {
 func TestLazyLegacyGzip(t *testing.T) {
 	src, keys := lzBigCache(t)
 	e := newLzEnv(t)
-	ref := e.push(t, "legacy:gzip", lzGzipImage(t, lzLegacyTar(t, src, keys)))
+	ref := e.push(t, "legacy:gzip", lzGzipImage(t, cachetest.KeyDirTar(t, src, keys)))
 	_, l := e.image(t, ref, 0)
 	st := lzStore(t, 0)
 	state := t.TempDir()
@@ -96,8 +98,8 @@ func TestLazyLegacyGzip(t *testing.T) {
 	if whole != 1 {
 		t.Errorf("%d whole-blob downloads, want 1", whole)
 	}
-	t.Logf("index: %d requests (%d whole), %d bytes of a %d-byte blob", ic.Requests.Load(), whole, ic.Bytes.Load(), l.Desc.Size)
-	if b := ic.Bytes.Load(); b < l.Desc.Size || b > l.Desc.Size+4096 {
+	t.Logf("index: %d requests (%d whole), %d bytes of a %d-byte blob", ic.Requests(), whole, ic.Bytes(), l.Desc.Size)
+	if b := ic.Bytes(); b < l.Desc.Size || b > l.Desc.Size+4096 {
 		t.Errorf("index: %d bytes received, want the %d-byte blob once", b, l.Desc.Size)
 	}
 	if s := eng.Stats(); s.Downloads != 1 {
@@ -108,8 +110,8 @@ func TestLazyLegacyGzip(t *testing.T) {
 	for _, key := range keys {
 		files, c := lzFetch(t, eng, l, key)
 		lzCheckFiles(t, st, src, key, files, false)
-		if c.Requests.Load() != 0 {
-			t.Errorf("KEY %s: %d requests, want 0", key, c.Requests.Load())
+		if c.Requests() != 0 {
+			t.Errorf("KEY %s: %d requests, want 0", key, c.Requests())
 		}
 	}
 	if n := e.px.Count(nil); n != 0 {
@@ -121,8 +123,8 @@ func TestLazyLegacyGzip(t *testing.T) {
 	lzIndex(t, eng2, l)
 	files, c := lzFetch(t, eng2, l, keys[3])
 	lzCheckFiles(t, st, src, keys[3], files, false)
-	if c.Requests.Load() != 0 || e.px.Count(nil) != 0 {
-		t.Errorf("after restart: %d requests (proxy %d), want 0", c.Requests.Load(), e.px.Count(nil))
+	if c.Requests() != 0 || e.px.Count(nil) != 0 {
+		t.Errorf("after restart: %d requests (proxy %d), want 0", c.Requests(), e.px.Count(nil))
 	}
 }
 
@@ -133,11 +135,11 @@ func TestLazyLegacyGzipGiveUp(t *testing.T) {
 	src, keys := lzCache(t)
 	keys = keys[:40]
 	e := newLzEnv(t)
-	ref := e.push(t, "legacy:gzip", lzGzipImage(t, lzLegacyTar(t, src, keys)))
+	ref := e.push(t, "legacy:gzip", lzGzipImage(t, cachetest.KeyDirTar(t, src, keys)))
 	_, l := e.image(t, ref, 0)
 	st := lzStore(t, 0)
 	w := &lzWholeWatch{base: e.rt, started: make(chan struct{})}
-	eng := resolver.NewEngine(resolver.New(lzOptions(t, w)), st, t.TempDir())
+	eng := fetch.NewEngine(resolver.New(lzOptions(t, w)), st, t.TempDir())
 	t.Cleanup(func() { eng.Close() })
 	// The download waits at the proxy: it is surely in flight, not done,
 	// when the first lookup gives up.
@@ -152,13 +154,13 @@ func TestLazyLegacyGzipGiveUp(t *testing.T) {
 		case <-ctx.Done():
 		}
 	}()
-	if _, err := eng.FetchDir(ctx, l, keys[0]); !errors.Is(err, context.Canceled) {
+	if _, err := eng.Dir(ctx, l, keys[0]); !errors.Is(err, context.Canceled) {
 		t.Fatalf("first FetchDir: %v, want context.Canceled", err)
 	}
 
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel2()
-	files, err := eng.FetchDir(ctx2, l, keys[0])
+	files, err := eng.Dir(ctx2, l, keys[0])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,9 @@
-package resolver
+package fetch
 
 import (
 	"container/list"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-
-	"cargohold/layer"
 )
 
 // indexLRU keeps the most recently used layer indexes in memory. A layer
@@ -21,7 +19,7 @@ type indexLRU struct {
 
 type lruItem struct {
 	layer v1.Hash
-	idx   *layer.Index
+	ix    *indexed
 }
 
 // newIndexLRU keeps up to n indexes; none when n <= 0.
@@ -30,27 +28,27 @@ func newIndexLRU(n int) *indexLRU {
 }
 
 // get returns the index of layer d, nil when not kept, and marks it used.
-func (c *indexLRU) get(d v1.Hash) *layer.Index {
+func (c *indexLRU) get(d v1.Hash) *indexed {
 	el := c.items[d]
 	if el == nil {
 		return nil
 	}
 	c.order.MoveToFront(el)
-	return el.Value.(*lruItem).idx
+	return el.Value.(*lruItem).ix
 }
 
-// put keeps idx as layer d's, dropping the least recently used index when
+// put keeps ix as layer d's, dropping the least recently used index when
 // over max.
-func (c *indexLRU) put(d v1.Hash, idx *layer.Index) {
+func (c *indexLRU) put(d v1.Hash, ix *indexed) {
 	if c.max <= 0 {
 		return
 	}
 	if el := c.items[d]; el != nil {
-		el.Value.(*lruItem).idx = idx
+		el.Value.(*lruItem).ix = ix
 		c.order.MoveToFront(el)
 		return
 	}
-	c.items[d] = c.order.PushFront(&lruItem{layer: d, idx: idx})
+	c.items[d] = c.order.PushFront(&lruItem{layer: d, ix: ix})
 	for c.order.Len() > c.max {
 		old := c.order.Back()
 		c.order.Remove(old)

@@ -1,9 +1,11 @@
-package resolver_test
+package fetch_test
 
 import (
 	"testing"
 
+	"cargohold/fetch"
 	"cargohold/resolver"
+	"cargohold/test/cachetest"
 )
 
 // TestLazyIndexMemoryBound: an Engine keeps at most Options.LayerIndexes
@@ -13,13 +15,13 @@ func TestLazyIndexMemoryBound(t *testing.T) {
 	src, keys := lzCache(t)
 	e := newLzEnv(t)
 	_, a := e.image(t, e.push(t, "cache:v1", lzPackImage(t)), 0)
-	_, b := e.image(t, e.push(t, "legacy:tar", lzTarImage(t, lzLegacyTar(t, src, keys[:20]))), 0)
+	_, b := e.image(t, e.push(t, "legacy:tar", lzTarImage(t, cachetest.KeyDirTar(t, src, keys[:20]))), 0)
 	st := lzStore(t, 0)
 	state := t.TempDir()
 
 	opts := lzOptions(t, e.rt)
 	opts.LayerIndexes = 1
-	eng := resolver.NewEngine(resolver.New(opts), st, state)
+	eng := fetch.NewEngine(resolver.New(opts), st, state)
 	t.Cleanup(func() { eng.Close() })
 	lzIndex(t, eng, a)
 	lzIndex(t, eng, b) // a drops out
@@ -43,7 +45,7 @@ func TestLazyIndexMemoryBound(t *testing.T) {
 	if s := eng.Stats(); s.IndexCacheHits != 2 {
 		t.Fatalf("stats %+v: want b reloaded from the disk cache", s)
 	}
-	lzSettle(t, e.px)
+	e.px.Settle(t)
 	if n, want := e.px.Count(nil), lzBlobReqs(e.px, b); n != 1 || want != 1 {
 		t.Errorf("%d requests (%d for b's blob), want only the dir's read", n, want)
 	}

@@ -1,4 +1,4 @@
-package resolver
+package fetch
 
 import (
 	"cmp"
@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"slices"
 	"sync"
+
+	"cargohold/resolver"
 )
 
 // A KEY dir may be spread over several layers of an image: unpacking takes
@@ -14,18 +16,21 @@ import (
 // dir a reader sees is the union of the layers' dirs with each file taken
 // from the last layer that holds it.
 
-// fetchMerged fetches KEY dir key as layers (in layer order, each holding
-// it) make it up: the layers that contribute a file the later ones do not
-// override are fetched (concurrently) and merged, a later layer's file
-// winning. One failed fetch fails the whole: a partial kernel dir is worse
-// than none. The files are sorted by name.
-func (e *Engine) fetchMerged(ctx context.Context, layers []LayerRef, key string) ([]KeyFile, error) {
+// Key fetches KEY dir key as layers (in layer order, each holding it) make
+// it up: the layers that contribute a file the later ones do not override
+// are fetched (concurrently, Dir) and merged, a later layer's file winning.
+// One failed fetch fails the whole: a partial kernel dir is worse than none.
+// The files are sorted by name.
+func (e *Engine) Key(ctx context.Context, layers []resolver.LayerRef, key string) ([]KeyFile, error) {
+	if len(layers) == 0 {
+		return nil, fmt.Errorf("fetch: KEY %s: no layers: %w", key, fs.ErrNotExist)
+	}
 	if len(layers) == 1 {
-		return e.FetchDir(ctx, layers[0], key)
+		return e.Dir(ctx, layers[0], key)
 	}
 	// Which layers contribute: from the last one back, a layer whose every
 	// file a later layer overrides is not fetched.
-	var use []LayerRef
+	var use []resolver.LayerRef
 	seen := map[string]bool{}
 	for i := len(layers) - 1; i >= 0; i-- {
 		idx, err := e.Index(ctx, layers[i])
@@ -34,7 +39,7 @@ func (e *Engine) fetchMerged(ctx context.Context, layers []LayerRef, key string)
 		}
 		d := idx.Dirs[key]
 		if d == nil {
-			return nil, fmt.Errorf("resolver: layer %s: KEY %s: %w", layers[i], key, fs.ErrNotExist)
+			return nil, fmt.Errorf("fetch: layer %s: KEY %s: %w", layers[i], key, fs.ErrNotExist)
 		}
 		adds := i == len(layers)-1
 		for _, f := range d.Files {
@@ -52,7 +57,7 @@ func (e *Engine) fetchMerged(ctx context.Context, layers []LayerRef, key string)
 	errs := make([]error, len(use))
 	var wg sync.WaitGroup
 	for i, l := range use {
-		wg.Go(func() { got[i], errs[i] = e.FetchDir(ctx, l, key) })
+		wg.Go(func() { got[i], errs[i] = e.Dir(ctx, l, key) })
 	}
 	wg.Wait()
 	byName := map[string]KeyFile{}
@@ -70,4 +75,28 @@ func (e *Engine) fetchMerged(ctx context.Context, layers []LayerRef, key string)
 	}
 	slices.SortFunc(files, func(a, b KeyFile) int { return cmp.Compare(a.Name, b.Name) })
 	return files, nil
+}
+
+// ImageKey fetches KEY dir key of im as unpacking im would make it: every
+// layer is indexed, and the dirs of the layers holding key are merged (Key).
+// It returns the files and the last layer holding key. An image without
+// key gives an error wrapping fs.ErrNotExist.
+func (e *Engine) ImageKey(ctx context.Context, im *resolver.Image, key string) ([]KeyFile, resolver.LayerRef, error) {
+	var held []resolver.LayerRef
+	for i := range im.Layers {
+		l := im.LayerRef(i)
+		idx, err := e.Index(ctx, l)
+		if err != nil {
+			return nil, l, err
+		}
+		if idx.Dirs[key] != nil {
+			held = append(held, l)
+		}
+	}
+	if len(held) == 0 {
+		return nil, resolver.LayerRef{}, fmt.Errorf("fetch: image %s: no KEY dir %s in its %d layer(s): %w", im.Ref, key, len(im.Layers), fs.ErrNotExist)
+	}
+	last := held[len(held)-1]
+	files, err := e.Key(ctx, held, key)
+	return files, last, err
 }

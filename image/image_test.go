@@ -37,6 +37,9 @@ func targets(t *testing.T, s string) []gpu.Target {
 
 // save stores img in a fresh local store and fetches it back as the
 // extract path sees it.
+// testResolver streams the layers of images in local layouts.
+var testResolver = resolver.New(resolver.Options{})
+
 func save(t *testing.T, img v1.Image) *resolver.Image {
 	t.Helper()
 	ctx := context.Background()
@@ -102,7 +105,7 @@ func TestPackUnpackRoundTrip(t *testing.T) {
 			defer p.Close()
 			im := save(t, p.Image)
 			out := filepath.Join(t.TempDir(), "cache")
-			res, err := Unpack(ctx, im, out, targets(t, c.gpu), nil)
+			res, err := Unpack(ctx, testResolver, im, out, targets(t, c.gpu), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -115,13 +118,13 @@ func TestPackUnpackRoundTrip(t *testing.T) {
 				t.Fatalf("left in dir: %v", des)
 			}
 			// A second extract keeps the local dir and installs nothing.
-			res, err = Unpack(ctx, im, out, targets(t, c.gpu), nil)
+			res, err = Unpack(ctx, testResolver, im, out, targets(t, c.gpu), nil)
 			if err != nil || len(res.Kept) != 1 || len(res.Installed) != 0 {
 				t.Fatalf("second unpack: %+v %v", res, err)
 			}
 			// A GPU that does not fit extracts nothing and says why.
 			none := filepath.Join(t.TempDir(), "none")
-			res, err = Unpack(ctx, im, none, targets(t, "cuda:90:32"), nil)
+			res, err = Unpack(ctx, testResolver, im, none, targets(t, "cuda:90:32"), nil)
 			if err != nil || len(res.Installed) != 0 || !strings.Contains(res.Reason, "fits") {
 				t.Fatalf("unfit: %+v %v", res, err)
 			}
@@ -183,7 +186,7 @@ func TestUnpackForeignImages(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			im := save(t, img)
 			out := t.TempDir()
-			res, err := Unpack(context.Background(), im, out, targets(t, "cuda:75:32"), nil)
+			res, err := Unpack(context.Background(), testResolver, im, out, targets(t, "cuda:75:32"), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -217,7 +220,7 @@ func TestUnpackHostile(t *testing.T) {
 			root := t.TempDir()
 			out := filepath.Join(root, "cache")
 			im := save(t, imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(cachetest.Gzip(t, cachetest.Tar(t, es...)), types.OCILayer)))
-			_, err := Unpack(context.Background(), im, out, targets(t, "cuda:75:32"), nil)
+			_, err := Unpack(context.Background(), testResolver, im, out, targets(t, "cuda:75:32"), nil)
 			var ue *layer.UnsafeEntryError
 			if !errors.As(err, &ue) {
 				t.Fatalf("want UnsafeEntryError, got %v", err)
@@ -241,7 +244,7 @@ func TestUnpackLabelsMalformed(t *testing.T) {
 	src := cachetest.Testdata(t, "vector-add-cache")
 	plain := cachetest.Tar(t, cacheTar(t, src)...)
 	img := imageOf(t, types.OCIManifestSchema1, map[string]string{triton.LabelSummary: "{broken"}, static.NewLayer(cachetest.Gzip(t, plain), types.OCILayer))
-	res, err := Unpack(context.Background(), save(t, img), t.TempDir(), targets(t, "cuda:75:32"), nil)
+	res, err := Unpack(context.Background(), testResolver, save(t, img), t.TempDir(), targets(t, "cuda:75:32"), nil)
 	if err != nil || len(res.Installed) != 1 {
 		t.Fatalf("%+v %v", res, err)
 	}
@@ -305,7 +308,7 @@ func TestUnpackCorruptBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := t.TempDir()
-	if _, err := Unpack(context.Background(), im, out, targets(t, "cuda:75:32"), nil); !errors.Is(err, resolver.ErrDigest) {
+	if _, err := Unpack(context.Background(), testResolver, im, out, targets(t, "cuda:75:32"), nil); !errors.Is(err, resolver.ErrDigest) {
 		t.Fatalf("want a digest error, got %v", err)
 	}
 	if des, _ := os.ReadDir(out); len(des) != 0 {

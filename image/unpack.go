@@ -25,10 +25,15 @@ type Unpacked struct {
 	Reason    string       // why nothing was extracted, when nothing was
 }
 
-// Unpack extracts the entries of im that fit the local targets into dir.
-// Group files are rewritten to dir. An image whose labels name no fitting
-// target is not downloaded at all.
-func Unpack(ctx context.Context, im *resolver.Image, dir string, local []gpu.Target, log *slog.Logger) (*Unpacked, error) {
+// Streamer opens a layer's whole blob, verified (*resolver.Resolver).
+type Streamer interface {
+	Stream(ctx context.Context, l resolver.LayerRef) (*resolver.Stream, error)
+}
+
+// Unpack extracts the entries of im that fit the local targets into dir,
+// streaming its layers through r. Group files are rewritten to dir. An
+// image whose labels name no fitting target is not downloaded at all.
+func Unpack(ctx context.Context, r Streamer, im *resolver.Image, dir string, local []gpu.Target, log *slog.Logger) (*Unpacked, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -61,7 +66,7 @@ func Unpack(ctx context.Context, im *resolver.Image, dir string, local []gpu.Tar
 	}
 	defer os.RemoveAll(stage)
 	for i := range im.Layers {
-		if err := stageLayer(ctx, im, i, stage); err != nil {
+		if err := stageLayer(ctx, r, im, i, stage); err != nil {
 			return nil, err
 		}
 	}
@@ -70,8 +75,8 @@ func Unpack(ctx context.Context, im *resolver.Image, dir string, local []gpu.Tar
 
 // stageLayer writes every cache file of layer i under stage/KEY/. Later
 // layers overwrite earlier ones, as in any image.
-func stageLayer(ctx context.Context, im *resolver.Image, i int, stage string) error {
-	rc, err := im.LayerReader(ctx, i)
+func stageLayer(ctx context.Context, r Streamer, im *resolver.Image, i int, stage string) error {
+	rc, err := r.Stream(ctx, im.LayerRef(i))
 	if err != nil {
 		return fmt.Errorf("image: unpack layer %d: %w", i, err)
 	}

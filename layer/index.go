@@ -15,7 +15,7 @@ type Format string
 const (
 	FormatEStargz Format = "estargz" // gzip members per file, TOC, footer
 	FormatTar     Format = "tar"     // uncompressed tar
-	FormatGzip    Format = "gzip"    // a tar+gzip without index (decompressed locally, then OpenTar)
+	FormatGzip    Format = "gzip"    // a tar+gzip without index, decompressed locally (OpenGunzipped)
 )
 
 // File is one cache file in a layer.
@@ -90,6 +90,35 @@ func Open(ra io.ReaderAt, size int64, tocDigest string) (*Index, error) {
 		return nil, fmt.Errorf("layer: open: zstd: %w", ErrNotIndexable)
 	}
 	return OpenTar(ra, size, 0)
+}
+
+// OpenGunzipped indexes the uncompressed tar of a gzip layer that has no
+// index of its own (Open says ErrNotIndexable), read from a local copy: the
+// index says FormatGzip, and its offsets are into that tar, not the blob.
+func OpenGunzipped(ra io.ReaderAt, size int64) (*Index, error) {
+	idx, err := OpenTar(ra, size, 0)
+	if err != nil {
+		return nil, err
+	}
+	idx.Format = FormatGzip
+	return idx, nil
+}
+
+// Describes checks that idx (from a cache, say) is the index of a blob of
+// the given size and TOC digest ("" for none known). The index of a gzip
+// layer describes its local tar, not the blob: only its format is checked.
+func (idx *Index) Describes(size int64, tocDigest string) error {
+	switch {
+	case idx.Format == FormatGzip:
+		return nil
+	case idx.Size != size:
+		return fmt.Errorf("layer: index of a %d-byte blob, the layer has %d", idx.Size, size)
+	case idx.Format == FormatEStargz && tocDigest != "" && idx.TOCDigest != tocDigest:
+		return fmt.Errorf("layer: index of TOC %s, the layer says %s", idx.TOCDigest, tocDigest)
+	case idx.Format != FormatEStargz && idx.Format != FormatTar:
+		return fmt.Errorf("layer: index of unknown format %q", idx.Format)
+	}
+	return nil
 }
 
 // readFullAt reads len(p) bytes at off; io.EOF with a full read is success,

@@ -81,7 +81,7 @@ func TestBearerTokenRegistry(t *testing.T) {
 	if got := auth.issued.Load(); got != 1 {
 		t.Fatalf("tokens issued = %d, want 1 (one handshake per repository)", got)
 	}
-	b, err := im.Blob(context.Background(), 0)
+	b, err := res.Blob(context.Background(), im.LayerRef(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestBearerTokenRegistry(t *testing.T) {
 	// new token and repeats the request; the reader sees one request.
 	auth.revoke()
 	rb := b.(*RegistryBlob)
-	r0, d0 := rb.Counters().Requests.Load(), auth.denied.Load()
+	r0, d0 := rb.Counters().Requests(), auth.denied.Load()
 	p := make([]byte, 100)
 	if n, err := b.ReadAt(p, 100); n != 100 || err != nil {
 		t.Fatalf("ReadAt after revoke = %d, %v", n, err)
@@ -109,8 +109,8 @@ func TestBearerTokenRegistry(t *testing.T) {
 	if auth.issued.Load() != 2 || auth.denied.Load()-d0 != 1 {
 		t.Fatalf("issued %d denied %d; want a refresh after one 401", auth.issued.Load(), auth.denied.Load()-d0)
 	}
-	if got := rb.Counters().Requests.Load() - r0; got != 1 || rb.Counters().Errors.Load() != 0 {
-		t.Fatalf("requests %d errors %d; want 1 0", got, rb.Counters().Errors.Load())
+	if got := rb.Counters().Requests() - r0; got != 1 || rb.Counters().Errors() != 0 {
+		t.Fatalf("requests %d errors %d; want 1 0", got, rb.Counters().Errors())
 	}
 }
 
@@ -176,11 +176,12 @@ func TestRegistryBlobRedirect(t *testing.T) {
 	blobs.on.Store(true)
 	auth.enabled.Store(true)
 
-	im, err := Fetch(context.Background(), ref, opts)
+	res := New(opts)
+	im, err := res.Fetch(context.Background(), ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := im.Blob(context.Background(), 0)
+	b, err := res.Blob(context.Background(), im.LayerRef(0))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,24 +20,19 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
-// Blob is a layer blob read by offset. Close releases what the blob holds
-// (a file descriptor, a cached body); reads after Close fail.
+// Blob is a layer blob read by offset (Resolver.Blob). ReadAt honours
+// io.ReaderAt under the ctx the blob was opened with; ReadAtContext takes
+// its own. Counters are this use's own counts. Close releases what the blob
+// holds (a file descriptor, a cached body); reads after Close fail.
 type Blob interface {
 	io.ReaderAt
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
 	Size() int64
+	Counters() *Counters
 	Close() error
 }
 
-// ContextReaderAt is the extension of Blob whose reads take their own ctx;
-// both RegistryBlob and FileBlob implement it.
-type ContextReaderAt interface {
-	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
-}
-
-var (
-	_ Blob            = (*RegistryBlob)(nil)
-	_ ContextReaderAt = (*RegistryBlob)(nil)
-)
+var _ Blob = (*RegistryBlob)(nil)
 
 // RegistryBlob reads byte ranges of one registry blob with
 // GET /v2/<repo>/blobs/<digest> and a closed Range header.
@@ -59,16 +54,18 @@ type RegistryBlob struct {
 	size     int64
 	opts     Options
 	counters Counters
+	m        meter
 
 	mu     sync.Mutex
 	whole  []byte // guarded by mu: the whole blob, after a 200 answer
 	closed bool   // guarded by mu
 }
 
-// NewRegistryBlob returns a reader for blob d of repo through rt, which
-// should be the repository's authenticated transport (Resolver.Transport).
-// ReadAt uses ctx; ReadAtContext takes its own. d.Size must be known.
-func NewRegistryBlob(ctx context.Context, rt http.RoundTripper, repo name.Repository, d v1.Descriptor, opts Options) (*RegistryBlob, error) {
+// newRegistryBlob returns a reader for blob d of repo through rt, the
+// repository's authenticated transport (Resolver.Transport). ReadAt uses
+// ctx; ReadAtContext takes its own. d.Size must be known. opts have their
+// defaults already (Resolver.Options).
+func newRegistryBlob(ctx context.Context, rt http.RoundTripper, repo name.Repository, d v1.Descriptor, opts Options) (*RegistryBlob, error) {
 	label := repo.Name() + "@" + d.Digest.String()
 	if d.Size < 0 {
 		return nil, fmt.Errorf("resolver: blob %s: unknown size", label)
@@ -76,10 +73,9 @@ func NewRegistryBlob(ctx context.Context, rt http.RoundTripper, repo name.Reposi
 	if d.Digest.Algorithm == "" || d.Digest.Hex == "" {
 		return nil, fmt.Errorf("resolver: blob %s: no digest", label)
 	}
-	opts = opts.withDefaults()
 	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", repo.Registry.Scheme(), repo.RegistryStr(),
 		repo.RepositoryStr(), d.Digest)
-	return &RegistryBlob{
+	b := &RegistryBlob{
 		ctx:    ctx,
 		client: &http.Client{Transport: rt, CheckRedirect: checkRedirect},
 		url:    u,
@@ -87,7 +83,9 @@ func NewRegistryBlob(ctx context.Context, rt http.RoundTripper, repo name.Reposi
 		digest: d.Digest,
 		size:   d.Size,
 		opts:   opts,
-	}, nil
+	}
+	b.m = meter{own: &b.counters, shared: opts.Counters}
+	return b, nil
 }
 
 // Size is the blob size from its descriptor.
@@ -145,14 +143,14 @@ func (b *RegistryBlob) fetch(ctx context.Context, p []byte, off int64) error {
 	wait := b.opts.Backoff
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
-			b.counters.add(b.opts.Counters, 0, 0, 0, 1)
+			b.m.retried()
 		}
 		err := b.attempt(ctx, p, off)
 		if err == nil {
 			return nil
 		}
-		b.counters.add(b.opts.Counters, 0, 0, 1, 0)
-		if ctx.Err() != nil || !retryable(err) || attempt >= b.opts.Retries {
+		b.m.failed()
+		if ctx.Err() != nil || !retryable(err) || attempt >= max(b.opts.Retries, 0) {
 			if attempt > 0 {
 				err = fmt.Errorf("after %d attempts: %w", attempt+1, err)
 			}
@@ -182,13 +180,13 @@ func (b *RegistryBlob) attempt(ctx context.Context, p []byte, off int64) error {
 	}
 	last := off + int64(len(p)) - 1
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, last))
-	b.counters.add(b.opts.Counters, 1, 0, 0, 0)
+	b.m.request()
 	resp, err := b.client.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	body := &countingReader{r: resp.Body, c: &b.counters, shared: b.opts.Counters}
+	body := &countingReader{r: resp.Body, m: b.m}
 
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
@@ -205,7 +203,7 @@ func (b *RegistryBlob) attempt(ctx context.Context, p []byte, off int64) error {
 			return fmt.Errorf("%w: 200 with Content-Length %d for a blob of %d bytes", ErrBadResponse, resp.ContentLength, b.size)
 		}
 		b.opts.Logger.Debug("registry ignored Range", slog.String("blob", b.label))
-		if b.size <= b.opts.WholeBlobLimit {
+		if b.size <= max(b.opts.WholeBlobLimit, 0) {
 			return b.keepWhole(body, p, off)
 		}
 		if _, err := io.CopyN(io.Discard, body, off); err != nil {
@@ -350,18 +348,15 @@ func retryable(err error) bool {
 	return true
 }
 
-// countingReader counts body bytes into a blob's counters.
+// countingReader counts body bytes.
 type countingReader struct {
-	r      io.Reader
-	c      *Counters
-	shared *Counters
+	r io.Reader
+	m meter
 }
 
 func (cr *countingReader) Read(p []byte) (int, error) {
 	n, err := cr.r.Read(p)
-	if n > 0 {
-		cr.c.add(cr.shared, 0, int64(n), 0, 0)
-	}
+	cr.m.received(n)
 	return n, err
 }
 

@@ -32,7 +32,7 @@ func registryBlob(t *testing.T, tr *testRegistry, opts Options) (*RegistryBlob, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := im.Blob(context.Background(), 0)
+	b, err := res.Blob(context.Background(), im.LayerRef(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,8 +52,8 @@ func TestRegistryBlobRanges(t *testing.T) {
 
 	// Exactly one request and exactly the bytes asked for, per read.
 	before := tr.blobGets.Load()
-	c0 := b.Counters().Requests.Load()
-	bytes0 := b.Counters().Bytes.Load()
+	c0 := b.Counters().Requests()
+	bytes0 := b.Counters().Bytes()
 	p := make([]byte, 1000)
 	if n, err := b.ReadAt(p, 5000); n != 1000 || err != nil {
 		t.Fatalf("ReadAt = %d, %v", n, err)
@@ -61,28 +61,28 @@ func TestRegistryBlobRanges(t *testing.T) {
 	if !bytes.Equal(p, want[5000:6000]) {
 		t.Fatal("wrong bytes")
 	}
-	if got := b.Counters().Requests.Load() - c0; got != 1 {
+	if got := b.Counters().Requests() - c0; got != 1 {
 		t.Fatalf("requests = %d, want 1", got)
 	}
 	if got := tr.blobGets.Load() - before; got != 1 {
 		t.Fatalf("registry saw %d blob GETs, want 1", got)
 	}
-	if got := b.Counters().Bytes.Load() - bytes0; got != 1000 {
+	if got := b.Counters().Bytes() - bytes0; got != 1000 {
 		t.Fatalf("bytes = %d, want 1000", got)
 	}
-	if b.Counters().Errors.Load() != 0 || b.Counters().Retries.Load() != 0 {
-		t.Fatalf("errors %d retries %d, want 0", b.Counters().Errors.Load(), b.Counters().Retries.Load())
+	if b.Counters().Errors() != 0 || b.Counters().Retries() != 0 {
+		t.Fatalf("errors %d retries %d, want 0", b.Counters().Errors(), b.Counters().Retries())
 	}
 	// The resolver's counters saw the same traffic.
-	if res.Counters().Requests.Load() != b.Counters().Requests.Load() {
-		t.Fatalf("resolver requests %d != blob requests %d", res.Counters().Requests.Load(), b.Counters().Requests.Load())
+	if res.Counters().Requests() != b.Counters().Requests() {
+		t.Fatalf("resolver requests %d != blob requests %d", res.Counters().Requests(), b.Counters().Requests())
 	}
 	// Reads past the end and empty reads send nothing.
-	c1 := b.Counters().Requests.Load()
+	c1 := b.Counters().Requests()
 	b.ReadAt(make([]byte, 10), b.Size())
 	b.ReadAt(nil, 0)
 	b.ReadAt(make([]byte, 10), -3)
-	if got := b.Counters().Requests.Load(); got != c1 {
+	if got := b.Counters().Requests(); got != c1 {
 		t.Fatalf("out-of-range reads sent %d requests", got-c1)
 	}
 }
@@ -115,7 +115,7 @@ func TestRegistryBlobParallel(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	if got := b.Counters().Requests.Load(); got != 8*20 {
+	if got := b.Counters().Requests(); got != 8*20 {
 		t.Fatalf("requests = %d, want %d", got, 8*20)
 	}
 }
@@ -147,7 +147,7 @@ func TestRegistryBlobIgnoresRange(t *testing.T) {
 			if limit == 0 {
 				wantReq = 1 // kept after the first answer
 			}
-			if got := b.Counters().Requests.Load(); got != wantReq {
+			if got := b.Counters().Requests(); got != wantReq {
 				t.Fatalf("requests = %d, want %d", got, wantReq)
 			}
 		})
@@ -207,7 +207,7 @@ func TestRegistryBlobWrongContentRange(t *testing.T) {
 	if !strings.Contains(err.Error(), "range [10,110)") {
 		t.Fatalf("error does not name the range: %v", err)
 	}
-	if got := b.Counters().Requests.Load(); got != 1 {
+	if got := b.Counters().Requests(); got != 1 {
 		t.Fatalf("requests = %d, want 1 (protocol errors are not retried)", got)
 	}
 }
@@ -221,11 +221,43 @@ func TestRegistryBlobShortBody(t *testing.T) {
 	if n != 0 || !errors.Is(err, ErrShortBody) {
 		t.Fatalf("ReadAt = %d, %v; want ErrShortBody", n, err)
 	}
-	if got := b.Counters().Requests.Load(); got != 3 {
+	if got := b.Counters().Requests(); got != 3 {
 		t.Fatalf("requests = %d, want 3 (short bodies are retried)", got)
 	}
-	if got := b.Counters().Errors.Load(); got != 3 {
+	if got := b.Counters().Errors(); got != 3 {
 		t.Fatalf("errors = %d, want 3", got)
+	}
+}
+
+// Retries < 0 means none, however often the options pass through
+// defaulting (New, then the blob; or Resolver.Options given to New again).
+func TestRegistryBlobNoRetries(t *testing.T) {
+	var fail atomic.Bool
+	mw := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if isBlobGet(r) && fail.Load() {
+				http.Error(w, "busy", http.StatusServiceUnavailable)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	tr := newTestRegistry(t, mw)
+	opts := testOptions(t)
+	opts.Retries = -1
+	b, _, res := registryBlob(t, tr, opts)
+	if got := res.Options().Retries; got >= 0 {
+		t.Fatalf("Options().Retries = %d after defaulting, want negative (none)", got)
+	}
+	if got := New(res.Options()).Options().Retries; got >= 0 {
+		t.Fatalf("Retries = %d after defaulting twice, want negative (none)", got)
+	}
+	fail.Store(true)
+	if _, err := b.ReadAt(make([]byte, 64), 0); err == nil {
+		t.Fatal("ReadAt against a failing registry: no error")
+	}
+	if c := b.Counters(); c.Requests() != 1 || c.Retries() != 0 {
+		t.Fatalf("Retries -1: %d requests, %d retries; want 1 and 0", c.Requests(), c.Retries())
 	}
 }
 
@@ -257,8 +289,8 @@ func TestRegistryBlobRetries5xx(t *testing.T) {
 		t.Fatal("wrong bytes")
 	}
 	c := b.Counters()
-	if c.Requests.Load() != 3 || c.Retries.Load() != 2 || c.Errors.Load() != 2 {
-		t.Fatalf("requests %d retries %d errors %d; want 3 2 2", c.Requests.Load(), c.Retries.Load(), c.Errors.Load())
+	if c.Requests() != 3 || c.Retries() != 2 || c.Errors() != 2 {
+		t.Fatalf("requests %d retries %d errors %d; want 3 2 2", c.Requests(), c.Retries(), c.Errors())
 	}
 
 	// More failures than retries: the last status comes back.
@@ -279,7 +311,7 @@ func TestRegistryBlobNotFoundNotRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := v1.Descriptor{Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}, Size: 100}
-	b, err := NewRegistryBlob(context.Background(), rt, repo, d, res.Options())
+	b, err := newRegistryBlob(context.Background(), rt, repo, d, res.Options())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +319,7 @@ func TestRegistryBlobNotFoundNotRetried(t *testing.T) {
 	if !errors.Is(err, ErrNotFound) {
 		t.Fatalf("err = %v, want ErrNotFound", err)
 	}
-	if got := b.Counters().Requests.Load(); got != 1 {
+	if got := b.Counters().Requests(); got != 1 {
 		t.Fatalf("requests = %d, want 1", got)
 	}
 }
@@ -335,7 +367,7 @@ func TestRegistryBlobStalledServer(t *testing.T) {
 		opts := testOptions(t)
 		opts.Timeout = 200 * time.Millisecond
 		opts.Retries = 1
-		b, err := NewRegistryBlob(context.Background(), http.DefaultTransport, repo, d, opts)
+		b, err := newRegistryBlob(context.Background(), http.DefaultTransport, repo, d, opts.withDefaults())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -348,7 +380,7 @@ func TestRegistryBlobStalledServer(t *testing.T) {
 		if el := time.Since(start); el > 3*time.Second {
 			t.Fatalf("ReadAt took %v", el)
 		}
-		if got := b.Counters().Requests.Load(); got != 2 {
+		if got := b.Counters().Requests(); got != 2 {
 			t.Fatalf("requests = %d, want 2", got)
 		}
 	})
@@ -357,7 +389,7 @@ func TestRegistryBlobStalledServer(t *testing.T) {
 		opts.Timeout = time.Hour
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		defer cancel()
-		b, err := NewRegistryBlob(ctx, http.DefaultTransport, repo, d, opts)
+		b, err := newRegistryBlob(ctx, http.DefaultTransport, repo, d, opts.withDefaults())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -369,7 +401,7 @@ func TestRegistryBlobStalledServer(t *testing.T) {
 		if el := time.Since(start); el > 3*time.Second {
 			t.Fatalf("ReadAt took %v", el)
 		}
-		if got := b.Counters().Requests.Load(); got != 1 {
+		if got := b.Counters().Requests(); got != 1 {
 			t.Fatalf("requests = %d, want 1 (no retry once the caller's ctx is done)", got)
 		}
 	})
@@ -377,11 +409,11 @@ func TestRegistryBlobStalledServer(t *testing.T) {
 
 func TestRegistryBlobBadDescriptor(t *testing.T) {
 	repo, _ := name.NewRepository("localhost:5000/x")
-	if _, err := NewRegistryBlob(context.Background(), http.DefaultTransport, repo, v1.Descriptor{Size: 10}, Options{}); err == nil {
+	if _, err := newRegistryBlob(context.Background(), http.DefaultTransport, repo, v1.Descriptor{Size: 10}, Options{}); err == nil {
 		t.Fatal("no error for a descriptor without digest")
 	}
 	d := v1.Descriptor{Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}, Size: -1}
-	if _, err := NewRegistryBlob(context.Background(), http.DefaultTransport, repo, d, Options{}); err == nil {
+	if _, err := newRegistryBlob(context.Background(), http.DefaultTransport, repo, d, Options{}); err == nil {
 		t.Fatal("no error for unknown size")
 	}
 }

@@ -7,80 +7,182 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"net/http"
 	"os"
+	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
-func (im *Image) layer(i int) (v1.Descriptor, error) {
-	if i < 0 || i >= len(im.Layers) {
-		return v1.Descriptor{}, fmt.Errorf("resolver: image %s: no layer %d (it has %d)", im.Ref, i, len(im.Layers))
+// A layer's bytes have two doors, both keyed by its LayerRef: Blob for
+// ranged reads, Stream for the whole blob, verified. Each use is metered on
+// its own (Counters) and into the Resolver's counters.
+
+// Blob opens l's blob for ranged reads: a RegistryBlob over the
+// repository's shared transport, or a FileBlob of a local layout. ReadAt
+// runs under ctx; ReadAtContext takes its own. The caller closes it.
+func (r *Resolver) Blob(ctx context.Context, l LayerRef) (Blob, error) {
+	if err := l.Validate(); err != nil {
+		return nil, err
 	}
-	return im.Layers[i].Desc, nil
+	if l.Layout != "" {
+		return openFileBlob(l.Layout, l.Desc, r.opts)
+	}
+	repo, err := r.repo(l)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := r.Transport(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	return newRegistryBlob(ctx, rt, repo, l.Desc, r.opts)
 }
 
-// Blob opens layer i for ranged reads: a FileBlob for a local image, a
-// RegistryBlob (sharing the repository's transport and the resolver's
-// counters) otherwise. ctx is the one ReadAt uses. The caller closes it.
-func (im *Image) Blob(ctx context.Context, i int) (Blob, error) {
-	d, err := im.layer(i)
-	if err != nil {
+// Stream opens l's whole compressed blob. Its size and digest are checked
+// at its end: a mismatch is an error instead of io.EOF, so consumers must
+// read to io.EOF before trusting what they read. A registry stream is one
+// GET without Range; its headers must come within Options.Timeout, and it
+// fails when no body byte arrives for Options.Timeout (ctx bounds the
+// whole). Options.Progress, when set, sees the bytes go by.
+func (r *Resolver) Stream(ctx context.Context, l LayerRef) (*Stream, error) {
+	if err := l.Validate(); err != nil {
 		return nil, err
 	}
-	if im.Local {
-		return OpenFileBlob(im.Layout, d, im.res.opts)
-	}
-	rt, err := im.res.Transport(ctx, im.Repo)
-	if err != nil {
-		return nil, err
-	}
-	return NewRegistryBlob(ctx, rt, im.Repo, d, im.res.opts)
-}
-
-// LayerReader streams layer i's compressed blob whole. The digest is
-// verified: by go-containerregistry for a registry blob, here for a local
-// one; a mismatch is an error at the end of the stream, so consumers must
-// read to io.EOF before trusting what they read. Options.Progress, when set,
-// sees the bytes go by.
-func (im *Image) LayerReader(ctx context.Context, i int) (io.ReadCloser, error) {
-	d, err := im.layer(i)
-	if err != nil {
-		return nil, err
-	}
-	var rc io.ReadCloser
-	if im.Local {
-		p, err := blobPath(im.Layout, d.Digest)
-		if err != nil {
-			return nil, err
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return nil, fmt.Errorf("resolver: open layer %d of %s: %w", i, im.Ref, err)
-		}
-		rc, err = newVerifier(f, d)
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("resolver: open layer %d of %s: %w", i, im.Ref, err)
-		}
+	s := &Stream{}
+	m := meter{own: &s.counters, shared: r.opts.Counters}
+	var body io.ReadCloser
+	var err error
+	if l.Layout != "" {
+		body, err = r.fileStream(l, m)
 	} else {
-		rt, err := im.res.Transport(ctx, im.Repo)
-		if err != nil {
-			return nil, err
-		}
-		l, err := remote.Layer(im.Repo.Digest(d.Digest.String()), im.res.remoteOptions(ctx, rt)...)
-		if err != nil {
-			return nil, fmt.Errorf("resolver: open layer %d of %s: %w", i, im.Ref, err)
-		}
-		if rc, err = l.Compressed(); err != nil {
-			return nil, fmt.Errorf("resolver: GET layer %d of %s (%s): %w", i, im.Ref, d.Digest, err)
-		}
+		body, err = r.registryStream(ctx, l, m)
 	}
-	if im.res.opts.Progress != nil {
-		rc = &progressReader{rc: rc, total: d.Size, fn: im.res.opts.Progress}
+	if err != nil {
+		return nil, err
 	}
-	return rc, nil
+	s.v = &verifier{rc: body, h: sha256.New(), want: l.Desc.Digest, size: l.Desc.Size}
+	s.r = s.v
+	if fn := r.opts.Progress; fn != nil {
+		s.r = &progressReader{r: s.v, total: l.Desc.Size, fn: fn}
+	}
+	return s, nil
 }
+
+// Stream is a whole layer blob being read; see Resolver.Stream.
+type Stream struct {
+	r        io.Reader
+	v        *verifier
+	counters Counters
+}
+
+func (s *Stream) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+// Close releases the body.
+func (s *Stream) Close() error { return s.v.rc.Close() }
+
+// Counters are this stream's own counts.
+func (s *Stream) Counters() *Counters { return &s.counters }
+
+func (r *Resolver) repo(l LayerRef) (name.Repository, error) {
+	repo, err := ParseRepository(l.Repo, r.opts)
+	if err != nil {
+		return name.Repository{}, fmt.Errorf("resolver: layer %s: %w", l, err)
+	}
+	return repo, nil
+}
+
+func (r *Resolver) fileStream(l LayerRef, m meter) (io.ReadCloser, error) {
+	p, err := blobPath(l.Layout, l.Desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	m.request()
+	f, err := os.Open(p)
+	if err != nil {
+		m.failed()
+		if os.IsNotExist(err) {
+			err = fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
+		return nil, fmt.Errorf("resolver: open layer %s: %w", l, err)
+	}
+	return readCloser{&countingReader{r: f, m: m}, f}, nil
+}
+
+func (r *Resolver) registryStream(ctx context.Context, l LayerRef, m meter) (io.ReadCloser, error) {
+	repo, err := r.repo(l)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := r.Transport(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	dog := &watchdog{d: r.opts.Timeout, t: time.AfterFunc(r.opts.Timeout, cancel)}
+	fail := func(err error) (io.ReadCloser, error) {
+		dog.t.Stop()
+		cancel()
+		m.failed()
+		return nil, fmt.Errorf("resolver: GET %s: %w", l, err)
+	}
+	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", repo.Registry.Scheme(), repo.RegistryStr(), repo.RepositoryStr(), l.Desc.Digest)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return fail(err)
+	}
+	m.request()
+	client := &http.Client{Transport: rt, CheckRedirect: checkRedirect}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fail(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		err := transport.CheckError(resp, http.StatusOK)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound {
+			err = fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
+		return fail(err)
+	}
+	if resp.ContentLength >= 0 && resp.ContentLength != l.Desc.Size {
+		resp.Body.Close()
+		return fail(fmt.Errorf("%w: Content-Length %d for a blob of %d bytes", ErrBadResponse, resp.ContentLength, l.Desc.Size))
+	}
+	dog.r = &countingReader{r: resp.Body, m: m}
+	return readCloser{dog, closerFunc(func() error {
+		dog.t.Stop()
+		cancel()
+		return resp.Body.Close()
+	})}, nil
+}
+
+// watchdog re-arms its timer on every read that returns bytes: a body that
+// stalls for d is canceled.
+type watchdog struct {
+	r io.Reader
+	t *time.Timer
+	d time.Duration
+}
+
+func (w *watchdog) Read(p []byte) (int, error) {
+	n, err := w.r.Read(p)
+	if n > 0 {
+		w.t.Reset(w.d)
+	}
+	return n, err
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // verifier checks size and digest of a whole stream at its end.
 type verifier struct {
@@ -91,14 +193,10 @@ type verifier struct {
 	n    int64
 }
 
-func newVerifier(rc io.ReadCloser, d v1.Descriptor) (*verifier, error) {
-	if d.Digest.Algorithm != "sha256" {
-		return nil, fmt.Errorf("unsupported digest algorithm %q", d.Digest.Algorithm)
-	}
-	return &verifier{rc: rc, h: sha256.New(), want: d.Digest, size: d.Size}, nil
-}
-
 func (v *verifier) Read(p []byte) (int, error) {
+	if v.want.Algorithm != "sha256" {
+		return 0, fmt.Errorf("resolver: blob %s: unsupported digest algorithm %q", v.want, v.want.Algorithm)
+	}
 	n, err := v.rc.Read(p)
 	v.h.Write(p[:n])
 	v.n += int64(n)
@@ -116,18 +214,16 @@ func (v *verifier) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (v *verifier) Close() error { return v.rc.Close() }
-
 // progressReader reports bytes read so far.
 type progressReader struct {
-	rc    io.ReadCloser
+	r     io.Reader
 	total int64
 	done  int64
 	fn    func(v1.Update)
 }
 
 func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.rc.Read(b)
+	n, err := p.r.Read(b)
 	if n > 0 {
 		p.done += int64(n)
 		p.fn(v1.Update{Total: p.total, Complete: p.done})
@@ -137,5 +233,3 @@ func (p *progressReader) Read(b []byte) (int, error) {
 	}
 	return n, err
 }
-
-func (p *progressReader) Close() error { return p.rc.Close() }

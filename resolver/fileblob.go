@@ -12,27 +12,24 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-var (
-	_ Blob            = (*FileBlob)(nil)
-	_ ContextReaderAt = (*FileBlob)(nil)
-)
+var _ Blob = (*FileBlob)(nil)
 
 // FileBlob reads a blob file of a local OCI image layout,
 // <layout>/blobs/<alg>/<hex>. Its content is trusted as the layout's (no
-// digest check here; LayerReader verifies whole streams).
+// digest check here; Stream verifies whole streams).
 type FileBlob struct {
 	// immutable after construction
 	f        *os.File
 	path     string
 	size     int64
-	shared   *Counters
 	counters Counters
+	m        meter
 }
 
-// OpenFileBlob opens blob d of the layout at dir. The file must hold at
+// openFileBlob opens blob d of the layout at dir. The file must hold at
 // least d.Size bytes (when d.Size is known); Size is d.Size, or the file
 // size when d.Size is negative.
-func OpenFileBlob(dir string, d v1.Descriptor, opts Options) (*FileBlob, error) {
+func openFileBlob(dir string, d v1.Descriptor, opts Options) (*FileBlob, error) {
 	p, err := blobPath(dir, d.Digest)
 	if err != nil {
 		return nil, err
@@ -57,7 +54,9 @@ func OpenFileBlob(dir string, d v1.Descriptor, opts Options) (*FileBlob, error) 
 		f.Close()
 		return nil, fmt.Errorf("resolver: open blob %s: %w: file has %d bytes, descriptor says %d", p, ErrCorrupt, st.Size(), size)
 	}
-	return &FileBlob{f: f, path: p, size: size, shared: opts.Counters}, nil
+	b := &FileBlob{f: f, path: p, size: size}
+	b.m = meter{own: &b.counters, shared: opts.Counters}
+	return b, nil
 }
 
 func blobPath(dir string, h v1.Hash) (string, error) {
@@ -94,14 +93,14 @@ func (b *FileBlob) ReadAtContext(ctx context.Context, p []byte, off int64) (int,
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("resolver: read %s: %w", b.path, err)
 	}
-	b.counters.add(b.shared, 1, 0, 0, 0)
+	b.m.request()
 	n, err := b.f.ReadAt(p[:want], off)
-	b.counters.add(b.shared, 0, int64(n), 0, 0)
+	b.m.received(n)
 	if int64(n) < want {
 		if err == nil || errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF // the file shrank under us
 		}
-		b.counters.add(b.shared, 0, 0, 1, 0)
+		b.m.failed()
 		return n, fmt.Errorf("resolver: read %s range [%d,%d): %w", b.path, off, off+want, err)
 	}
 	if int(want) < len(p) {

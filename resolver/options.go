@@ -41,7 +41,7 @@ type Options struct {
 	// Default DefaultTimeout.
 	Timeout time.Duration
 	// Retries is how often a failed ranged GET is retried. Default
-	// DefaultRetries; negative disables retries.
+	// DefaultRetries; negative: none.
 	Retries int
 	// Backoff is the wait before the first retry, doubled each retry up to
 	// 5s. Default DefaultBackoff.
@@ -51,13 +51,13 @@ type Options struct {
 	// so later reads need no request. Default DefaultWholeBlobLimit;
 	// negative disables.
 	WholeBlobLimit int64
-	// LayerIndexes is how many layer indexes an Engine keeps in memory, the
-	// most recently used ones (a 2,000-KEY layer's takes about 6 MB); the
-	// others are reloaded from its disk cache when needed, without a
-	// request. Default DefaultLayerIndexes; negative keeps none.
+	// LayerIndexes is how many layer indexes a fetch.Engine keeps in
+	// memory, the most recently used ones (a 2,000-KEY layer's takes about
+	// 6 MB); the others are reloaded from its disk cache when needed,
+	// without a request. Default DefaultLayerIndexes; negative: none.
 	LayerIndexes int
-	// Progress, when set, receives byte progress of LayerReader streams and
-	// of Push. It is called on the reading goroutine and must be quick.
+	// Progress, when set, receives byte progress of Stream reads and of
+	// Push. It is called on the reading goroutine and must be quick.
 	// Default none.
 	Progress func(v1.Update)
 	// Logger receives retries and registry quirks. Default discards.
@@ -87,7 +87,9 @@ func DefaultStore() string {
 	return filepath.Join(data, "cargohold", "oci")
 }
 
-// withDefaults fills zero fields. It does not build the transport.
+// withDefaults fills zero fields; New calls it, once. Negative counts
+// stay negative ("none"), so that it is idempotent: options read back from
+// Resolver.Options and given to New again mean the same.
 func (o Options) withDefaults() Options {
 	if o.Store == "" {
 		o.Store = DefaultStore()
@@ -100,8 +102,6 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Retries == 0 {
 		o.Retries = DefaultRetries
-	} else if o.Retries < 0 {
-		o.Retries = 0
 	}
 	if o.Backoff <= 0 {
 		o.Backoff = DefaultBackoff
@@ -110,7 +110,6 @@ func (o Options) withDefaults() Options {
 		o.WholeBlobLimit = DefaultWholeBlobLimit
 	}
 	if o.LayerIndexes == 0 {
-		// Negative stays: withDefaults may run again on Resolver.Options.
 		o.LayerIndexes = DefaultLayerIndexes
 	}
 	if o.Logger == nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
@@ -61,9 +60,9 @@ func ListTags(ctx context.Context, repo string, opts Options) ([]string, error) 
 
 // ListTags lists the tags of repo through its cached transport.
 func (r *Resolver) ListTags(ctx context.Context, repo string) ([]string, error) {
-	rp, err := name.NewRepository(repo, nameOpts(r.opts)...)
+	rp, err := ParseRepository(repo, r.opts)
 	if err != nil {
-		return nil, fmt.Errorf("resolver: list tags %q: %w: %w", repo, ErrInvalidRef, err)
+		return nil, fmt.Errorf("resolver: list tags: %w", err)
 	}
 	rt, err := r.Transport(ctx, rp)
 	if err != nil {

@@ -61,6 +61,15 @@ func ParseRef(s string, opts Options) (Ref, error) {
 	return r, nil
 }
 
+// ParseRepository parses a registry repository ("localhost:5000/cache").
+func ParseRepository(s string, opts Options) (name.Repository, error) {
+	repo, err := name.NewRepository(s, nameOpts(opts)...)
+	if err != nil {
+		return name.Repository{}, fmt.Errorf("resolver: parse repository %q: %w: %w", s, ErrInvalidRef, err)
+	}
+	return repo, nil
+}
+
 // parseLayoutRef splits "oci:DIR[:REF]" or "oci:DIR@DIGEST". A colon whose
 // tail holds a "/" belongs to the directory.
 func parseLayoutRef(raw, rest string) (Ref, error) {

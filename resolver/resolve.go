@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/http"
 	"os"
 	"strings"
@@ -15,85 +14,76 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
-// TOCDigestAnnotation is the eStargz layer annotation holding the TOC digest.
-const TOCDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"
-
-// Layer is one layer of an Image, in manifest order.
-type Layer struct {
-	Desc v1.Descriptor
-	// TOCDigest is the layer's TOCDigestAnnotation, "" when absent (not
-	// eStargz, or built by a tool that does not annotate).
-	TOCDigest string
-}
-
-// Image is a resolved image: its manifest, config and layer descriptors,
-// and where its blobs are read from. Fields are read-only after Fetch.
-type Image struct {
-	// Ref is the reference as the caller wrote it.
+// Pending is an image a reference resolved to, identified but not yet read.
+type Pending struct {
+	// Ref is the image as a human names it: the reference as written,
+	// "REG/REPO:TAG" of a listed tag, "oci:DIR:NAME" of a layout entry.
 	Ref string
-	// Digest is the image manifest digest (after picking from an index).
-	Digest   v1.Hash
-	Manifest *v1.Manifest
-	Config   *v1.ConfigFile
-	// Labels are the config labels; never nil.
-	Labels map[string]string
-	Layers []Layer
-	// Local is true when the image came from an OCI layout (the local store
-	// or an oci: reference); Layout is then that directory.
-	Local  bool
-	Layout string
-	// Repo is the registry repository of a registry image.
-	Repo name.Repository
+	// Memo identifies the image's content without further requests:
+	// "REPO@DIGEST" of the manifest (or image index) the registry returned,
+	// "oci:DIR@DIGEST" of a layout's index.json entry.
+	Memo string
 
-	img v1.Image
-	res *Resolver
+	open func(ctx context.Context) (*Image, error)
 }
 
-// V1 returns the go-containerregistry image. For a registry image its lazy
-// reads run under the ctx given to Fetch.
-func (im *Image) V1() v1.Image { return im.img }
+// Open reads manifest and config (picking from an image index): the work
+// that a caller who knows Memo already may skip.
+func (p Pending) Open(ctx context.Context) (*Image, error) { return p.open(ctx) }
 
 // Fetch resolves ref with a fresh Resolver; see Resolver.Fetch.
 func Fetch(ctx context.Context, ref string, opts Options) (*Image, error) {
 	return New(opts).Fetch(ctx, ref)
 }
 
-// Fetch resolves ref to an image: an oci: reference from its layout only, a
-// registry reference from the local store first, then the registry. An
-// image index (manifest list) yields its only image, else its linux/amd64
-// image; Docker schema 2 and OCI manifests are accepted.
+// Fetch resolves ref to an image and opens it: Identify, then Open.
 func (r *Resolver) Fetch(ctx context.Context, ref string) (*Image, error) {
 	pr, err := ParseRef(ref, r.opts)
 	if err != nil {
 		return nil, err
 	}
-	if pr.IsLayout() {
-		return r.fetchLayout(ctx, pr)
-	}
-	im, ok, err := r.fetchStore(ctx, pr)
+	p, err := r.Identify(ctx, pr)
 	if err != nil {
 		return nil, err
 	}
-	if ok {
-		return im, nil
-	}
-	im, err = r.fetchRemote(ctx, pr)
-	if errors.Is(err, ErrNotFound) {
-		return nil, fmt.Errorf("resolver: image %s: %w in local store %s or registry (registry: %v)", ref, ErrNotFound, pr.Store, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("resolver: image %s: not in local store %s; registry: %w", ref, pr.Store, err)
-	}
-	return im, nil
+	return p.Open(ctx)
 }
 
-func (r *Resolver) fetchLayout(ctx context.Context, pr Ref) (*Image, error) {
+// Identify is the one resolution step for images: an oci: reference from its
+// layout only (no name: the layout's only image, else "latest"); a registry
+// reference from the local store (Ref.Store) first, then the registry (a
+// Ref without a Store: the registry only). A registry tag costs its manifest
+// GET, whose body Open reuses; a digest reference costs nothing until Open.
+// An image index (manifest list) yields its only image, else its
+// linux/amd64 image; Docker schema 2 and OCI manifests are accepted.
+func (r *Resolver) Identify(ctx context.Context, pr Ref) (Pending, error) {
+	if pr.IsLayout() {
+		return r.identifyLayout(ctx, pr)
+	}
+	if pr.Store != "" {
+		d, ok, err := findInLayout(pr.Store, func(d v1.Descriptor) bool {
+			return d.Annotations[RefNameAnnotation] == pr.Name || (pr.Digest != nil && d.Digest == *pr.Digest)
+		})
+		if err != nil {
+			return Pending{}, fmt.Errorf("resolver: image %s: local store %s: %w", pr.Raw, pr.Store, err)
+		}
+		if ok {
+			return r.layoutPending(pr.Store, pr.Raw, d), nil
+		}
+	}
+	return r.identifyRemote(ctx, pr)
+}
+
+func (r *Resolver) identifyLayout(ctx context.Context, pr Ref) (Pending, error) {
+	if err := ctx.Err(); err != nil {
+		return Pending{}, fmt.Errorf("resolver: image %s: %w", pr.Raw, err)
+	}
 	idx, err := readIndex(pr.Layout)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			err = fmt.Errorf("%w: %w", ErrNotFound, err)
 		}
-		return nil, fmt.Errorf("resolver: image %s: layout %s: %w", pr.Raw, pr.Layout, err)
+		return Pending{}, fmt.Errorf("resolver: image %s: layout %s: %w", pr.Raw, pr.Layout, err)
 	}
 	match := func(d v1.Descriptor) bool { return d.Annotations[RefNameAnnotation] == pr.Name }
 	switch {
@@ -106,84 +96,149 @@ func (r *Resolver) fetchLayout(ctx context.Context, pr Ref) (*Image, error) {
 	}
 	d, ok, err := findInLayout(pr.Layout, match)
 	if err != nil {
-		return nil, fmt.Errorf("resolver: image %s: %w", pr.Raw, err)
+		return Pending{}, fmt.Errorf("resolver: image %s: %w", pr.Raw, err)
 	}
 	if !ok {
-		return nil, fmt.Errorf("resolver: image %s: %w in layout %s (it has: %s)", pr.Raw, ErrNotFound,
+		return Pending{}, fmt.Errorf("resolver: image %s: %w in layout %s (it has: %s)", pr.Raw, ErrNotFound,
 			pr.Layout, strings.Join(layoutNames(pr.Layout), ", "))
 	}
-	return r.openLayoutImage(ctx, pr, pr.Layout, d)
+	return r.layoutPending(pr.Layout, pr.Raw, d), nil
 }
 
-// fetchStore looks pr up in the local store; ok is false when absent.
-func (r *Resolver) fetchStore(ctx context.Context, pr Ref) (*Image, bool, error) {
-	d, ok, err := findInLayout(pr.Store, func(d v1.Descriptor) bool {
-		return d.Annotations[RefNameAnnotation] == pr.Name || (pr.Digest != nil && d.Digest == *pr.Digest)
-	})
-	if err != nil {
-		return nil, false, fmt.Errorf("resolver: image %s: local store %s: %w", pr.Raw, pr.Store, err)
-	}
-	if !ok {
-		return nil, false, nil
-	}
-	im, err := r.openLayoutImage(ctx, pr, pr.Store, d)
-	return im, err == nil, err
-}
-
-func (r *Resolver) openLayoutImage(ctx context.Context, pr Ref, dir string, d v1.Descriptor) (*Image, error) {
+// ListLayout lists every image of the layout at dir, named "oci:DIR:NAME"
+// (or "oci:DIR@DIGEST" when unnamed). No index.json is ErrNotFound.
+func (r *Resolver) ListLayout(ctx context.Context, dir string) ([]Pending, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("resolver: image %s: %w", pr.Raw, err)
+		return nil, err
 	}
-	img, err := layoutImage(dir, d)
+	idx, err := readIndex(dir)
 	if err != nil {
-		return nil, fmt.Errorf("resolver: image %s: layout %s: %w", pr.Raw, dir, err)
+		if errors.Is(err, os.ErrNotExist) {
+			err = fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
+		return nil, fmt.Errorf("resolver: layout %s: %w", dir, err)
 	}
-	im, err := r.newImage(pr.Raw, img)
-	if err != nil {
-		return nil, fmt.Errorf("resolver: image %s: layout %s: %w", pr.Raw, dir, err)
+	out := make([]Pending, 0, len(idx.Manifests))
+	for _, d := range idx.Manifests {
+		ref := LayoutPrefix + dir + "@" + d.Digest.String()
+		if n := d.Annotations[RefNameAnnotation]; n != "" {
+			ref = LayoutPrefix + dir + ":" + n
+		}
+		out = append(out, r.layoutPending(dir, ref, d))
 	}
-	im.Local, im.Layout = true, dir
-	return im, nil
+	return out, nil
 }
 
-func (r *Resolver) fetchRemote(ctx context.Context, pr Ref) (*Image, error) {
+// TagRef is the registry-only Ref of a tag of repo (as ListTags lists them).
+func TagRef(repo name.Repository, tag string) Ref {
+	t := repo.Tag(tag)
+	return Ref{Raw: t.String(), Name: t.Name(), Image: t}
+}
+
+func (r *Resolver) layoutPending(dir, ref string, d v1.Descriptor) Pending {
+	return Pending{
+		Ref:  ref,
+		Memo: LayoutPrefix + dir + "@" + d.Digest.String(),
+		open: func(ctx context.Context) (*Image, error) {
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("resolver: image %s: %w", ref, err)
+			}
+			img, err := layoutImage(dir, d)
+			if err != nil {
+				return nil, fmt.Errorf("resolver: image %s: layout %s: %w", ref, dir, err)
+			}
+			im, err := newImage(ref, img)
+			if err != nil {
+				return nil, fmt.Errorf("resolver: image %s: layout %s: %w", ref, dir, err)
+			}
+			im.Local, im.Layout = true, dir
+			return im, nil
+		},
+	}
+}
+
+// identifyRemote identifies a registry image: a digest ref by its digest,
+// with no request; a tag by GETting its manifest.
+func (r *Resolver) identifyRemote(ctx context.Context, pr Ref) (Pending, error) {
 	repo := pr.Image.Context()
-	rt, err := r.Transport(ctx, repo)
+	if d, ok := pr.Image.(name.Digest); ok {
+		return Pending{
+			Ref:  pr.Raw,
+			Memo: repo.Name() + "@" + d.DigestStr(),
+			open: func(ctx context.Context) (*Image, error) {
+				desc, err := r.getManifest(ctx, pr.Image)
+				if err != nil {
+					return nil, remoteError(pr, err)
+				}
+				return r.openRemote(pr, desc)
+			},
+		}, nil
+	}
+	desc, err := r.getManifest(ctx, pr.Image)
+	if err != nil {
+		return Pending{}, remoteError(pr, err)
+	}
+	return Pending{
+		Ref:  pr.Raw,
+		Memo: repo.Name() + "@" + desc.Digest.String(),
+		open: func(context.Context) (*Image, error) { return r.openRemote(pr, desc) },
+	}, nil
+}
+
+// remoteError says where an image was looked for.
+func remoteError(pr Ref, err error) error {
+	switch {
+	case pr.Store == "":
+		return fmt.Errorf("resolver: image %s: %w", pr.Raw, err)
+	case errors.Is(err, ErrNotFound):
+		return fmt.Errorf("resolver: image %s: %w in local store %s or registry (registry: %v)", pr.Raw, ErrNotFound, pr.Store, err)
+	default:
+		return fmt.Errorf("resolver: image %s: not in local store %s; registry: %w", pr.Raw, pr.Store, err)
+	}
+}
+
+// getManifest GETs ref's manifest through the repository's transport. The
+// descriptor's lazy reads (config, child manifests) run under ctx.
+func (r *Resolver) getManifest(ctx context.Context, ref name.Reference) (*remote.Descriptor, error) {
+	rt, err := r.Transport(ctx, ref.Context())
 	if err != nil {
 		return nil, err
 	}
-	desc, err := remote.Get(pr.Image, r.remoteOptions(ctx, rt)...)
+	desc, err := remote.Get(ref, r.remoteOptions(ctx, rt)...)
 	if err != nil {
 		if isNotFound(err) {
-			return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+			err = fmt.Errorf("%w: %w", ErrNotFound, err)
 		}
 		return nil, err
 	}
+	return desc, nil
+}
+
+// openRemote reads the config of the image desc names (picking from an
+// image index first).
+func (r *Resolver) openRemote(pr Ref, desc *remote.Descriptor) (*Image, error) {
 	var img v1.Image
+	var err error
 	switch {
 	case desc.MediaType.IsIndex():
-		ii, err := desc.ImageIndex()
-		if err != nil {
-			return nil, err
-		}
-		img, err = pickImage(ii)
-		if err != nil {
-			return nil, err
+		var ii v1.ImageIndex
+		if ii, err = desc.ImageIndex(); err == nil {
+			img, err = pickImage(ii)
 		}
 	case desc.MediaType.IsImage():
 		img, err = desc.Image()
-		if err != nil {
-			return nil, err
-		}
 	default:
 		// Docker schema 1 and artifacts land here.
-		return nil, fmt.Errorf("unsupported manifest media type %q", desc.MediaType)
+		err = fmt.Errorf("unsupported manifest media type %q", desc.MediaType)
 	}
-	im, err := r.newImage(pr.Raw, img)
 	if err != nil {
-		return nil, err
+		return nil, remoteError(pr, err)
 	}
-	im.Repo = repo
+	im, err := newImage(pr.Raw, img)
+	if err != nil {
+		return nil, remoteError(pr, err)
+	}
+	im.Repo = pr.Image.Context()
 	return im, nil
 }
 
@@ -196,59 +251,6 @@ func (r *Resolver) remoteOptions(ctx context.Context, rt http.RoundTripper) []re
 		remote.WithContext(ctx),
 		remote.WithTransport(rt),
 	}
-}
-
-// newImage reads manifest and config of img.
-func (r *Resolver) newImage(ref string, img v1.Image) (*Image, error) {
-	dig, err := img.Digest()
-	if err != nil {
-		return nil, err
-	}
-	m, err := img.Manifest()
-	if err != nil {
-		return nil, fmt.Errorf("manifest: %w", err)
-	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
-	}
-	im := &Image{Ref: ref, Digest: dig, Manifest: m, Config: cfg, img: img, res: r}
-	im.Labels = maps.Clone(cfg.Config.Labels)
-	if im.Labels == nil {
-		im.Labels = map[string]string{}
-	}
-	for _, l := range m.Layers {
-		im.Layers = append(im.Layers, Layer{Desc: l, TOCDigest: l.Annotations[TOCDigestAnnotation]})
-	}
-	return im, nil
-}
-
-// pickImage chooses from an index: its only image, else the linux/amd64 one.
-// Attestation manifests (buildx) are not images to choose.
-func pickImage(ii v1.ImageIndex) (v1.Image, error) {
-	im, err := ii.IndexManifest()
-	if err != nil {
-		return nil, err
-	}
-	var cands []v1.Descriptor
-	for _, d := range im.Manifests {
-		if d.MediaType.IsImage() && d.Annotations["vnd.docker.reference.type"] != "attestation-manifest" {
-			cands = append(cands, d)
-		}
-	}
-	if len(cands) == 1 {
-		return ii.Image(cands[0].Digest)
-	}
-	var plats []string
-	for _, d := range cands {
-		if p := d.Platform; p != nil {
-			if p.OS == "linux" && p.Architecture == "amd64" {
-				return ii.Image(d.Digest)
-			}
-			plats = append(plats, p.String())
-		}
-	}
-	return nil, fmt.Errorf("image index with %d images and none linux/amd64 (platforms: %s)", len(cands), strings.Join(plats, ", "))
 }
 
 // isNotFound: the registry says the manifest or repository does not exist.

@@ -114,7 +114,7 @@ func TestFetchRegistry(t *testing.T) {
 	pings := tr.pings.Load()
 	for i := range im.Layers {
 		want := layerBytes(t, img, i)
-		b, err := im.Blob(context.Background(), i)
+		b, err := res.Blob(context.Background(), im.LayerRef(i))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,24 +122,24 @@ func TestFetchRegistry(t *testing.T) {
 			t.Fatalf("layer %d: %v", i, err)
 		}
 		b.Close()
-		rc, err := im.LayerReader(context.Background(), i)
+		rc, err := res.Stream(context.Background(), im.LayerRef(i))
 		if err != nil {
 			t.Fatal(err)
 		}
 		got, err := io.ReadAll(rc)
 		rc.Close()
 		if err != nil || !bytes.Equal(got, want) {
-			t.Fatalf("LayerReader %d: %d bytes, %v", i, len(got), err)
+			t.Fatalf("Stream %d: %d bytes, %v", i, len(got), err)
 		}
 	}
 	if tr.pings.Load() != pings {
 		t.Fatalf("%d more pings after Fetch; the transport should be cached", tr.pings.Load()-pings)
 	}
-	if _, err := im.Blob(context.Background(), 3); err == nil {
-		t.Fatal("Blob(3) of a 3-layer image: no error")
+	if _, err := res.Blob(context.Background(), im.LayerRef(3)); err == nil {
+		t.Fatal("Blob of layer 3 of a 3-layer image: no error")
 	}
-	if _, err := im.LayerReader(context.Background(), -1); err == nil {
-		t.Fatal("LayerReader(-1): no error")
+	if _, err := res.Stream(context.Background(), im.LayerRef(-1)); err == nil {
+		t.Fatal("Stream of layer -1: no error")
 	}
 
 	// By digest too.
@@ -259,7 +259,7 @@ func TestListTagsAndPushProgress(t *testing.T) {
 	}
 }
 
-func TestLayerReaderProgress(t *testing.T) {
+func TestStreamProgress(t *testing.T) {
 	tr := newTestRegistry(t, nil)
 	opts := testOptions(t)
 	img := testImage(t, 6000, 1, nil)
@@ -267,11 +267,12 @@ func TestLayerReaderProgress(t *testing.T) {
 	pushImage(t, ref, img, opts)
 	var last v1.Update
 	opts.Progress = func(u v1.Update) { last = u }
-	im, err := Fetch(context.Background(), ref, opts)
+	res := New(opts)
+	im, err := res.Fetch(context.Background(), ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, err := im.LayerReader(context.Background(), 0)
+	rc, err := res.Stream(context.Background(), im.LayerRef(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +345,8 @@ func TestWriteLocalRoundTrip(t *testing.T) {
 	}
 
 	// No registry runs at localhost:5000: these come from the store.
-	im, err := Fetch(ctx, ref, opts)
+	res := New(opts)
+	im, err := res.Fetch(ctx, ref)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +363,7 @@ func TestWriteLocalRoundTrip(t *testing.T) {
 
 	for i := range im.Layers {
 		want := layerBytes(t, newer, i)
-		b, err := im.Blob(ctx, i)
+		b, err := res.Blob(ctx, im.LayerRef(i))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -369,18 +371,18 @@ func TestWriteLocalRoundTrip(t *testing.T) {
 		if err := checkReaderAt(b, want); err != nil {
 			t.Fatalf("FileBlob %d: %v", i, err)
 		}
-		if fb.Counters().Requests.Load() == 0 || fb.Counters().Bytes.Load() == 0 {
+		if fb.Counters().Requests() == 0 || fb.Counters().Bytes() == 0 {
 			t.Fatal("FileBlob counters not counting")
 		}
 		b.Close()
-		rc, err := im.LayerReader(ctx, i)
+		rc, err := res.Stream(ctx, im.LayerRef(i))
 		if err != nil {
 			t.Fatal(err)
 		}
 		got, err := io.ReadAll(rc)
 		rc.Close()
 		if err != nil || !bytes.Equal(got, want) {
-			t.Fatalf("LayerReader %d: %v", i, err)
+			t.Fatalf("Stream %d: %v", i, err)
 		}
 	}
 
@@ -392,7 +394,7 @@ func TestWriteLocalRoundTrip(t *testing.T) {
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rc, err := im.LayerReader(ctx, 0)
+	rc, err := res.Stream(ctx, im.LayerRef(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +407,7 @@ func TestWriteLocalRoundTrip(t *testing.T) {
 	if err := os.WriteFile(p, data[:10], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := im.Blob(ctx, 0); !errors.Is(err, ErrCorrupt) {
+	if _, err := res.Blob(ctx, im.LayerRef(0)); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("truncated blob: err = %v, want ErrCorrupt", err)
 	}
 }
@@ -425,7 +427,8 @@ func TestLayoutRef(t *testing.T) {
 	}
 	// The only image, by name, by digest.
 	for _, ref := range []string{"oci:" + dir, "oci:" + dir + ":v1", "oci:" + dir + "@" + mustDigest(t, v1img).String()} {
-		im, err := Fetch(ctx, ref, opts)
+		res := New(opts)
+		im, err := res.Fetch(ctx, ref)
 		if err != nil {
 			t.Fatalf("%s: %v", ref, err)
 		}

@@ -5,48 +5,11 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
-	"sync/atomic"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
-
-// Counters count ranged blob traffic. All fields are safe for concurrent
-// use.
-type Counters struct {
-	// Requests is the number of blob reads sent: HTTP attempts (a retry
-	// counts again; token exchanges done inside the transport do not) or
-	// FileBlob reads.
-	Requests atomic.Int64
-	// Bytes is the number of body bytes received (or read from file).
-	Bytes atomic.Int64
-	// Errors is the number of failed attempts, retried or not.
-	Errors atomic.Int64
-	// Retries is the number of attempts that were retries.
-	Retries atomic.Int64
-}
-
-// add applies the same delta to c and, when set, to shared.
-func (c *Counters) add(shared *Counters, req, bytes, errs, retries int64) {
-	for _, x := range []*Counters{c, shared} {
-		if x == nil {
-			continue
-		}
-		if req != 0 {
-			x.Requests.Add(req)
-		}
-		if bytes != 0 {
-			x.Bytes.Add(bytes)
-		}
-		if errs != 0 {
-			x.Errors.Add(errs)
-		}
-		if retries != 0 {
-			x.Retries.Add(retries)
-		}
-	}
-}
 
 // Resolver holds what outlives one call: options with defaults, the base
 // HTTP transport, one authenticated transport per repository, and counters

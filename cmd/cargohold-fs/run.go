@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"cargohold/catalog"
+	"cargohold/fetch"
 	"cargohold/fs"
 	"cargohold/gpu"
 	"cargohold/internal/cli"
@@ -57,7 +59,7 @@ func run(o options) error {
 type mounted struct {
 	srv    *fs.Server
 	st     *store.Store
-	eng    *resolver.Engine
+	eng    *fetch.Engine
 	cancel context.CancelFunc
 	status *statusWriter
 }
@@ -69,9 +71,9 @@ func (m *mounted) close() {
 	m.st.Close()
 }
 
-// mount assembles store, resolver, index and filesystem, and mounts. The
-// index loads from disk at once and refreshes from the sources in the
-// background, so the mount is up before any network answers.
+// mount assembles the data path (resolver → fetch engine → catalog → fs)
+// and mounts. The catalog loads from disk at once and refreshes from the
+// sources in the background, so the mount is up before any network answers.
 func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	rep, err := gpu.Detect(gpu.Options{Override: o.gpu})
 	if err != nil {
@@ -89,7 +91,7 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		return nil, err
 	}
 	r := resolver.New(resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP, Timeout: o.fetchTimeout, Logger: log})
-	eng := resolver.NewEngine(r, st, o.stateDir)
+	eng := fetch.NewEngine(r, st, o.stateDir)
 	life, cancel := context.WithCancel(ctx)
 	var metrics net.Listener
 	ok := false
@@ -105,16 +107,16 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		st.Close()
 	}()
 
-	ix, err := resolver.NewIndex(r, eng, resolver.IndexConfig{
+	cat, err := catalog.New(r, eng, catalog.Config{
 		Sources: o.images, Targets: rep.Targets, StateDir: o.stateDir, Refresh: o.refresh, Logger: log,
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := ix.Load(); err != nil {
-		log.Info("no usable persisted index; waiting for the first refresh", "err", err)
+	if err := cat.Load(); err != nil {
+		log.Info("no usable persisted catalog; waiting for the first refresh", "err", err)
 	}
-	go ix.Run(life)
+	go cat.Run(life)
 
 	if err := clearStaleMount(o.mountpoint, log); err != nil {
 		return nil, err
@@ -130,7 +132,7 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	srv, err := fs.Mount(life, o.mountpoint, fs.Options{
 		Upper:         filepath.Join(o.stateDir, "upper"),
 		PathPrefix:    o.pathPrefix,
-		Lower:         &lower{ix: ix, st: st, timeout: o.fetchTimeout},
+		Lower:         &images{cat: cat, timeout: o.fetchTimeout},
 		LookupTimeout: o.fetchTimeout,
 		Logger:        log,
 		Stats:         stats,
@@ -141,7 +143,7 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	}
 	ok = true
 	return &mounted{srv: srv, st: st, eng: eng, cancel: cancel,
-		status: startStatus(life, o, metrics, stats, eng, ix, st, log)}, nil
+		status: startStatus(life, o, metrics, stats, eng, cat, st, log)}, nil
 }
 
 // unmount retries while the mount is busy (a process with its cwd inside),

@@ -6,34 +6,40 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 
+	"cargohold/catalog"
+	"cargohold/fetch"
 	"cargohold/fs"
-	"cargohold/resolver"
 	"cargohold/store"
 )
 
 // status is what <state-dir>/status.json says about a running mount.
 type status struct {
-	PID        int                  `json:"pid"`
-	Mountpoint string               `json:"mountpoint"`
-	Images     []string             `json:"images"`
-	Updated    time.Time            `json:"updated"`
-	Mounted    bool                 `json:"mounted"`
-	Ready      bool                 `json:"index_ready"`
-	Keys       int                  `json:"indexed_keys"`
-	FS         fs.StatsSnapshot     `json:"fs"`
-	Engine     resolver.EngineStats `json:"engine"`
-	Store      store.Stats          `json:"store"`
-	Sources    map[string]string    `json:"source_errors,omitempty"`
+	PID        int               `json:"pid"`
+	Mountpoint string            `json:"mountpoint"`
+	Images     []string          `json:"images"`
+	Updated    time.Time         `json:"updated"`
+	Mounted    bool              `json:"mounted"`
+	Ready      bool              `json:"index_ready"`
+	Keys       int               `json:"indexed_keys"`
+	FS         fs.StatsSnapshot  `json:"fs"`
+	Engine     fetch.Stats       `json:"engine"`
+	Catalog    catalog.Stats     `json:"catalog"`
+	Store      store.Stats       `json:"store"`
+	Sources    map[string]string `json:"source_errors,omitempty"`
 
-	// The headline numbers, flat for scripts.
+	// The headline numbers, flat for scripts. Each failure counts once,
+	// where it was recorded: a KEY lookup or read that became an errno
+	// (fs), or a source refresh that failed (catalog).
 	Hits      int64  `json:"hits"`
 	Misses    int64  `json:"misses"`
 	Fetches   int64  `json:"fetches"`
@@ -53,28 +59,24 @@ type statusWriter struct {
 	done chan struct{}
 }
 
-func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs.Stats, eng *resolver.Engine, ix *resolver.Index, st *store.Store, log *slog.Logger) *statusWriter {
+func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs.Stats, eng *fetch.Engine, cat *catalog.Catalog, st *store.Store, log *slog.Logger) *statusWriter {
 	mp, _ := filepath.Abs(o.mountpoint)
 	snap := func() status {
 		s := status{PID: os.Getpid(), Mountpoint: mp, Images: o.images, Updated: time.Now().UTC(), Mounted: true,
-			Keys: len(ix.Keys()), FS: stats.Snapshot(), Engine: eng.Stats(), Store: st.Stats(), Sources: errStrings(ix.Errors())}
+			FS: stats.Snapshot(), Engine: eng.Stats(), Catalog: cat.Stats(), Store: st.Stats(), Sources: errStrings(cat.Errors())}
 		select {
-		case <-ix.Ready():
+		case <-cat.Ready():
 			s.Ready = true
 		default:
 		}
+		s.Keys = s.Catalog.Keys
 		s.Hits, s.Misses = s.FS.Hits, s.FS.Misses
 		s.Fetches, s.Bytes = s.Engine.Fetches, s.Engine.Bytes
-		s.Errors = s.FS.LookupErrors + s.FS.IOErrors + s.Engine.Errors
-		s.Errors += int64(len(s.Sources))
+		s.Errors = s.FS.LookupErrors + s.FS.IOErrors + s.Catalog.SourceFailures
 		s.LastError = s.FS.LastError
-		if s.LastError == "" {
-			s.LastError = s.Engine.LastError
-		}
-		for src, err := range s.Sources {
-			if s.LastError == "" {
-				s.LastError = src + ": " + err
-			}
+		if s.LastError == "" && len(s.Sources) > 0 {
+			src := slices.Min(slices.Collect(maps.Keys(s.Sources)))
+			s.LastError = src + ": " + s.Sources[src]
 		}
 		return s
 	}

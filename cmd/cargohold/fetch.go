@@ -8,20 +8,21 @@ import (
 	"log/slog"
 	"time"
 
+	"cargohold/fetch"
 	"cargohold/internal/cli"
 	"cargohold/resolver"
 	"cargohold/store"
 )
 
-// fetch fetches single KEY dirs of an image with ranged reads into the
+// fetchKeys fetches single KEY dirs of an image with ranged reads into the
 // content store of the state dir, installs them into -d DIR when given, and
 // prints what each cost.
-func fetch(ctx context.Context, o options, ropts resolver.Options, log *slog.Logger) error {
+func fetchKeys(ctx context.Context, o options, ropts resolver.Options, log *slog.Logger) error {
 	state := o.stateDir
 	if state == "" {
-		state = resolver.DefaultStateDir()
+		state = fetch.DefaultStateDir()
 	}
-	st, err := store.Open(resolver.StoreDir(state), 0)
+	st, err := store.Open(fetch.StoreDir(state), 0)
 	if err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}
@@ -31,14 +32,14 @@ func fetch(ctx context.Context, o options, ropts resolver.Options, log *slog.Log
 	if err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}
-	e := resolver.NewEngine(res, st, state)
+	e := fetch.NewEngine(res, st, state)
 	defer e.Close()
 
 	failed := 0
 	for _, key := range o.keys {
 		var c resolver.Counters
 		start := time.Now()
-		files, _, err := e.FetchKey(resolver.WithCounters(ctx, &c), im, key)
+		files, _, err := e.ImageKey(fetch.WithCounters(ctx, &c), im, key)
 		if err != nil {
 			log.Error("fetch failed", "key", key, "err", err)
 			failed++
@@ -59,7 +60,7 @@ func fetch(ctx context.Context, o options, ropts resolver.Options, log *slog.Log
 			}
 		}
 		fmt.Printf("%s  %d files  %s  %d requests  %s received  %s\n", key, len(files), cli.Bytes(size),
-			c.Requests.Load(), cli.Bytes(c.Bytes.Load()), took.Round(time.Millisecond))
+			c.Requests(), cli.Bytes(c.Bytes()), took.Round(time.Millisecond))
 	}
 	s := e.Stats()
 	fmt.Printf("total: %d KEYs, %d fetched, %d already stored, %d layer indexes built, %d from cache, %d downloads, %d requests, %s received\n",

@@ -35,7 +35,7 @@ func run(ctx context.Context, o options) error {
 	case "gpu":
 		return showGPU(o)
 	case "fetch":
-		return fetch(ctx, o, ropts, log)
+		return fetchKeys(ctx, o, ropts, log)
 	}
 	return fmt.Errorf("unknown mode %q", o.mode)
 }
@@ -123,11 +123,12 @@ func extract(ctx context.Context, o options, ropts resolver.Options, log *slog.L
 	}
 	bar := cli.NewProgress(cli.Stderr, "pull")
 	ropts.Progress = func(u v1.Update) { bar.Update(u.Complete, u.Total) }
-	im, err := resolver.Fetch(ctx, o.image, ropts)
+	r := resolver.New(ropts)
+	im, err := r.Fetch(ctx, o.image)
 	if err != nil {
 		return fmt.Errorf("extract: %w", err)
 	}
-	res, err := image.Unpack(ctx, im, dir, local, log)
+	res, err := image.Unpack(ctx, r, im, dir, local, log)
 	bar.Done()
 	if err != nil {
 		return fmt.Errorf("extract: %w", err)

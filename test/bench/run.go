@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
+	"cargohold/fetch"
 	"cargohold/gpu"
 	"cargohold/image"
 	"cargohold/internal/cli"
@@ -92,34 +93,34 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	l := im.LayerRef(0)
 	state := filepath.Join(work, "state")
-	st, err := store.Open(resolver.StoreDir(state), 0)
+	st, err := store.Open(fetch.StoreDir(state), 0)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 
 	// Index: cold (blob reads), then warm (disk cache, a new Engine).
-	eng := resolver.NewEngine(res, st, state)
+	eng := fetch.NewEngine(res, st, state)
 	defer eng.Close()
 	var ic resolver.Counters
 	start = time.Now()
-	idx, err := eng.Index(resolver.WithCounters(ctx, &ic), l)
+	idx, err := eng.Index(fetch.WithCounters(ctx, &ic), l)
 	if err != nil {
 		return err
 	}
 	cold := time.Since(start)
-	warmEng := resolver.NewEngine(resolver.New(ropts), st, state)
+	warmEng := fetch.NewEngine(resolver.New(ropts), st, state)
 	var wc resolver.Counters
 	start = time.Now()
-	if _, err := warmEng.Index(resolver.WithCounters(ctx, &wc), l); err != nil {
+	if _, err := warmEng.Index(fetch.WithCounters(ctx, &wc), l); err != nil {
 		return err
 	}
 	warm := time.Since(start)
 	warmEng.Close()
 	say("")
-	say("index load, cold:   %s, %d requests, %s received (%d dirs)", cold.Round(time.Microsecond), ic.Requests.Load(),
-		cli.Bytes(ic.Bytes.Load()), len(idx.Dirs))
-	say("index load, cached: %s, %d requests", warm.Round(time.Microsecond), wc.Requests.Load())
+	say("index load, cold:   %s, %d requests, %s received (%d dirs)", cold.Round(time.Microsecond), ic.Requests(),
+		cli.Bytes(ic.Bytes()), len(idx.Dirs))
+	say("index load, cached: %s, %d requests", warm.Round(time.Microsecond), wc.Requests())
 
 	// Single dirs, one after another.
 	keys := make([]string, 0, len(idx.Dirs))
@@ -134,20 +135,20 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		d := idx.Dirs[k]
 		var c resolver.Counters
 		start := time.Now()
-		if _, err := eng.FetchDir(resolver.WithCounters(ctx, &c), l, k); err != nil {
+		if _, err := eng.Dir(fetch.WithCounters(ctx, &c), l, k); err != nil {
 			return err
 		}
 		lat = append(lat, time.Since(start))
 		start = time.Now()
-		if _, err := eng.FetchDir(ctx, l, k); err != nil {
+		if _, err := eng.Dir(ctx, l, k); err != nil {
 			return err
 		}
 		hit = append(hit, time.Since(start))
 		span := d.End - d.Offset
-		reqs += c.Requests.Load()
-		got += c.Bytes.Load()
+		reqs += c.Requests()
+		got += c.Bytes()
 		spans += span
-		worst = max(worst, c.Bytes.Load()-span)
+		worst = max(worst, c.Bytes()-span)
 		for _, f := range d.Files {
 			raw += f.Size
 		}
@@ -168,11 +169,11 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		return err
 	}
 	defer pst.Close()
-	peng := resolver.NewEngine(resolver.New(ropts), pst, state)
+	peng := fetch.NewEngine(resolver.New(ropts), pst, state)
 	defer peng.Close()
 	psample := spread(keys, o.dirs, 1)
 	var pc resolver.Counters
-	pctx := resolver.WithCounters(ctx, &pc)
+	pctx := fetch.WithCounters(ctx, &pc)
 	if _, err := peng.Index(pctx, l); err != nil {
 		return err
 	}
@@ -186,7 +187,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		go func() {
 			defer wg.Done()
 			for k := range work1 {
-				if _, err := peng.FetchDir(pctx, l, k); err != nil {
+				if _, err := peng.Dir(pctx, l, k); err != nil {
 					mu.Lock()
 					perr = err
 					mu.Unlock()
@@ -204,13 +205,13 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	pt := time.Since(start)
 	say("parallel (%d workers, %d other dirs): %s wall, %.0f dirs/s, %d requests, %s received",
-		o.workers, len(psample), pt.Round(time.Millisecond), float64(len(psample))/pt.Seconds(), pc.Requests.Load(),
-		cli.Bytes(pc.Bytes.Load()))
+		o.workers, len(psample), pt.Round(time.Millisecond), float64(len(psample))/pt.Seconds(), pc.Requests(),
+		cli.Bytes(pc.Bytes()))
 
 	// The whole blob, for comparison.
 	px.Reset()
 	start = time.Now()
-	rc, err := im.LayerReader(ctx, 0)
+	rc, err := res.Stream(ctx, im.LayerRef(0))
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 
 	"cargohold/triton"
 )
@@ -67,6 +68,44 @@ func Tar(t testing.TB, entries ...Entry) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// KeyDirTar builds an uncompressed tar of the KEY dirs keys of cache dir
+// dir under io.triton.cache/, as other tools build layers: PAX headers,
+// zero times, no particular order of files beyond the directory listing.
+func KeyDirTar(t testing.TB, dir string, keys []string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	hdr := func(h *tar.Header) {
+		h.ModTime, h.Format = time.Unix(0, 0), tar.FormatPAX
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const prefix = "io.triton.cache/"
+	hdr(&tar.Header{Name: prefix, Typeflag: tar.TypeDir, Mode: 0o755})
+	for _, k := range keys {
+		hdr(&tar.Header{Name: prefix + k + "/", Typeflag: tar.TypeDir, Mode: 0o755})
+		des, err := os.ReadDir(filepath.Join(dir, k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, de := range des {
+			data, err := os.ReadFile(filepath.Join(dir, k, de.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			hdr(&tar.Header{Name: prefix + k + "/" + de.Name(), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(data))})
+			if _, err := tw.Write(data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
 
 // Gzip compresses b.

@@ -346,6 +346,34 @@ func TestMountRegistryFailures(t *testing.T) {
 
 // A launcher KEY dir whose .so is a real shared object is dlopened from the
 // mount and a function in it called.
+// TestMountStatusCountsFailuresOnce: a failed lookup counts once in
+// status.json's errors (what cargohold_errors_total exports), however many
+// layers of the data path it passed through.
+func TestMountStatusCountsFailuresOnce(t *testing.T) {
+	p, src, ref := servedImage(t)
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s")
+	keys := keysOf(t, src, "cuda:80:32")
+	if _, err := replay.Hit(m.mnt, keys[0], src); err != nil {
+		t.Fatal(err)
+	}
+	if s := m.statusAfter(t); s.Errors != 0 {
+		t.Fatalf("status %+v: errors before any failure", s)
+	}
+	if err := p.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys[1:4] {
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(m.mnt, k), &st); !errors.Is(err, syscall.ENOENT) {
+			t.Fatalf("stat %s with the registry down: %v, want ENOENT", k, err)
+		}
+	}
+	s := m.statusAfter(t)
+	if s.Errors != 3 || s.LastError == "" {
+		t.Fatalf("3 failed lookups: status errors = %d (last error %q), want exactly 3", s.Errors, s.LastError)
+	}
+}
+
 func TestMountLauncherDlopen(t *testing.T) {
 	work := t.TempDir()
 	key, err := triton.KeyOf(strings.Repeat("ab", 32))

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"strings"
+	"testing"
 	"time"
 )
 
@@ -88,4 +89,17 @@ func (p *Proxy) Reset() {
 	p.mu.Lock()
 	p.reqs = nil
 	p.mu.Unlock()
+}
+
+// Settle waits (up to 10s) until no request is in flight, so that counts
+// read next are final; it fails tb otherwise.
+func (p *Proxy) Settle(tb testing.TB) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Pending() != 0 {
+		if time.Now().After(deadline) {
+			tb.Fatalf("proxy: %d requests still pending", p.Pending())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }

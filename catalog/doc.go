@@ -1,0 +1,39 @@
+// Package catalog says which image holds a KEY: it maps each Triton cache
+// KEY to the image layers that hold it over a list of sources, decides which
+// images fit the local GPU, persists itself, and serves a KEY dir's files
+// to the mount (Entry, Open), fetched through the fetch engine.
+//
+// Sources, highest priority first:
+//
+//   - REG/REPO:TAG or REG/REPO@sha256:...: one image (from the local store
+//     first, as resolver.Fetch does);
+//   - REG/REPO:* : every tag of the repository, listed through the
+//     registry's tags API;
+//   - oci:DIR: every image of a local layout (each manifest in index.json);
+//     oci:DIR:REF or oci:DIR@sha256:...: one image there.
+//
+// Every image goes through the resolver's one resolution step
+// (resolver.Identify); an image whose Memo is known from an earlier refresh
+// (or the persisted catalog) costs nothing more.
+//
+// Locations of a KEY are ordered by source, then, within a source, newest
+// image config "created" first, ties broken by the image ref descending
+// ("repo:v2" before "repo:v1"); an image listed twice counts once, at its
+// best place. A KEY dir in several layers of an image is merged file by
+// file, later layers winning, as unpacking would. Labels decide which images
+// fit the local targets and which of their kernel KEYs are listed
+// (launchers come with a fitting image); images with malformed or no labels
+// are listed whole, and Entry checks each fetched kernel JSON, which wins
+// over any label.
+//
+// Invariants.
+//   - Lookups read an immutable snapshot through an atomic pointer and do no
+//     I/O; a refresh builds the next snapshot beside it.
+//   - A source that fails keeps what its last good refresh found; each
+//     failed source refresh is logged and counted once (SourceFailures).
+//   - Entry tells "no image has KEY" (fs.ErrNotExist) from "the images
+//     cannot answer now" (any other error), so that the mount can count
+//     the two apart; it records neither: its caller does.
+//   - The catalog is persisted in its state dir (StateFile) and reloaded
+//     without network.
+package catalog

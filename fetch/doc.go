@@ -1,0 +1,26 @@
+// Package fetch is the lazy fetch engine: which bytes of an image layer a
+// KEY dir needs, read once, verified, and kept in the content store.
+//
+// Data path. Engine.Index indexes a layer once (layer.Open over the layer's
+// ranged resolver.Blob: an eStargz TOC in two reads, an uncompressed tar in
+// large blocks) and caches the index on disk by layer digest (and the most
+// recently used ones in memory). A gzip layer without an index is one more
+// byte source: downloaded whole through resolver.Stream, decompressed into
+// the store under its DiffID, and indexed and read there (legacy.go).
+// Engine.Dir reads one KEY dir's span with one ranged read from its layer's
+// byte source, verifies every file (layer.Dir.Read) and only then commits
+// them to the store; Engine.Key merges a KEY dir spread over several layers
+// of an image, a later layer's file winning; Engine.Install copies a fetched
+// dir into a cache dir.
+//
+// Invariants.
+//   - Nothing is committed to the store unless every file of the dir passed
+//     its checks; a failure names the file and commits nothing.
+//   - Concurrent calls for one layer index or one KEY dir share one fetch
+//     (flight); the shared work ends when its last caller gives up or the
+//     Engine closes (legacy downloads run on until Close).
+//   - Stats count work (fetches, hits, indexes, traffic), not failures: a
+//     failed call is returned, and recorded once by whoever turns it into an
+//     errno or an exit code.
+//   - No FUSE here; HTTP only through the resolver's two doors.
+package fetch
