@@ -3,7 +3,13 @@
 //
 // Model. The view is an upper directory (a plain local dir: every write lands
 // there and survives remounts) merged over a read-only lower layer that the
-// images supply through the Lower interface, one KEY dir at a time:
+// images supply through the Lower interface, one KEY dir at a time.
+// cargohold-fs implements Lower with the catalog (cmd/cargohold-fs/images.go):
+// Entry asks catalog.Entry, which finds the image holding the KEY and has
+// the fetch engine read its dir (one ranged read through the resolver),
+// verify it and commit it to the content store; LowerFile.Open opens the
+// stored file (catalog.Open, fetching it again if it was evicted). This
+// package imports none of them:
 //
 //	/                 upper root  ∪  Lower.Keys()         (minus whiteouts)
 //	/KEY/             upper/KEY   ∪  Lower.Entry(KEY)     (minus whiteouts)
