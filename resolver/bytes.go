@@ -30,11 +30,7 @@ func (r *Resolver) Blob(ctx context.Context, l LayerRef) (Blob, error) {
 	if l.Layout != "" {
 		return openFileBlob(l.Layout, l.Desc, r.opts)
 	}
-	repo, err := r.repo(l)
-	if err != nil {
-		return nil, err
-	}
-	rt, err := r.Transport(ctx, repo)
+	repo, rt, err := r.layerTransport(ctx, l)
 	if err != nil {
 		return nil, err
 	}
@@ -86,12 +82,14 @@ func (s *Stream) Close() error { return s.v.rc.Close() }
 // Counters are this stream's own counts.
 func (s *Stream) Counters() *Counters { return &s.counters }
 
-func (r *Resolver) repo(l LayerRef) (name.Repository, error) {
+// layerTransport is the repository of registry layer l and its transport.
+func (r *Resolver) layerTransport(ctx context.Context, l LayerRef) (name.Repository, http.RoundTripper, error) {
 	repo, err := ParseRepository(l.Repo, r.opts)
 	if err != nil {
-		return name.Repository{}, fmt.Errorf("resolver: layer %s: %w", l, err)
+		return name.Repository{}, nil, fmt.Errorf("resolver: layer %s: %w", l, err)
 	}
-	return repo, nil
+	rt, err := r.Transport(ctx, repo)
+	return repo, rt, err
 }
 
 func (r *Resolver) fileStream(l LayerRef, m meter) (io.ReadCloser, error) {
@@ -112,11 +110,7 @@ func (r *Resolver) fileStream(l LayerRef, m meter) (io.ReadCloser, error) {
 }
 
 func (r *Resolver) registryStream(ctx context.Context, l LayerRef, m meter) (io.ReadCloser, error) {
-	repo, err := r.repo(l)
-	if err != nil {
-		return nil, err
-	}
-	rt, err := r.Transport(ctx, repo)
+	repo, rt, err := r.layerTransport(ctx, l)
 	if err != nil {
 		return nil, err
 	}
