@@ -58,8 +58,7 @@ fi
 if [ ! -c /dev/fuse ]; then
 	blocked+=("no /dev/fuse (a container needs --device /dev/fuse)")
 fi
-data=../shared/testdata/triton-cache
-[ -d "$data" ] || blocked+=("no shared test data at $(dirname "$PWD")/shared/testdata/triton-cache (real Triton caches the tests read)")
+[ -d ../shared/testdata/triton-cache ] || blocked+=("no shared test data at $(dirname "$PWD")/shared/testdata/triton-cache (real Triton caches the tests read)")
 if [ ${#pkgs[@]} -gt 0 ] && $root && ! command -v apt-get >/dev/null; then
 	blocked+=("no apt-get: install ${pkgs[*]} (Debian's names) with this system's package manager")
 fi
@@ -79,9 +78,10 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#blocked[@]} -gt 0 ]; then
 			if $root; then
 				echo "Fix the above, then run: make test"
 			else
-				how="as root"
-				[ ${#pkgs[@]} -eq 0 ] || how="as root (it installs ${pkgs[*]}, then runs every test)"
-				echo "Run $how:  sudo env \"PATH=\$PATH\" make test"
+				how="Run as root"
+				[ ${#blocked[@]} -eq 1 ] || how="Fix the rest, then run as root"
+				[ ${#pkgs[@]} -eq 0 ] || how+=" (it installs ${pkgs[*]}, then runs every test)"
+				echo "$how:  sudo env \"PATH=\$PATH\" make test"
 			fi
 			echo "Or run anyway and let the tests that need these skip:  make test ALLOW_SKIP=1"
 		} >&2
