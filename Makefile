@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin
 PKGS    := ./...
 
-.PHONY: build test lint run clean
+.PHONY: build test test-deps lint run clean
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/... ./test/replay/cmd/replay
@@ -12,9 +12,21 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet $(PKGS)
 
-# The test command CI runs (README): lint, then every test with the race detector.
-test: lint
-	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+# What the tests need (scripts/test-setup.sh): as root, installs the missing
+# apt packages; where it cannot, stops and names the command to run.
+test-deps:
+	@GO='$(GO)' ALLOW_SKIP='$(ALLOW_SKIP)' ./scripts/test-setup.sh
+
+# The test command CI runs (README): set-up, lint, then every test with the
+# race detector. CI=true makes a test whose tool or facility is missing fail
+# instead of skipping; only ALLOW_SKIP=1 lets it skip.
+ifeq ($(ALLOW_SKIP),1)
+TEST_ENV := env -u CI
+else
+TEST_ENV := env CI=true
+endif
+test: test-deps lint
+	$(TEST_ENV) $(GO) test -race -count=1 -timeout 30m $(PKGS)
 
 # The main job on the bundled example: no registry, no GPU needed.
 run: build

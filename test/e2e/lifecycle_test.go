@@ -125,7 +125,7 @@ func TestMountAsUser(t *testing.T) {
 		t.Skipf("SKIPPED: fusermount3 missing: %v", err)
 	}
 	if fi, err := os.Stat("/dev/fuse"); err != nil || fi.Mode().Perm()&0o006 != 0o006 {
-		msg := "SKIPPED: /dev/fuse is not open to other users (distributions make it 0666; .ci/run does): unprivileged mounts cannot work here"
+		msg := "SKIPPED: /dev/fuse is not open to other users (distributions make it 0666; make test does): unprivileged mounts cannot work here"
 		if os.Getenv("CI") == "true" {
 			t.Fatal(msg)
 		}

@@ -19,7 +19,7 @@ func TestSyscallsMatchCPython(t *testing.T) {
 	strace, err1 := exec.LookPath("strace")
 	python, err2 := exec.LookPath("python3")
 	if err1 != nil || err2 != nil {
-		// .ci/run installs strace; CI must not pass without this check.
+		// make test installs strace; it must not pass without this check.
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("strace (%v) and python3 (%v) are needed in CI", err1, err2)
 		}
