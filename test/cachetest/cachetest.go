@@ -1,6 +1,6 @@
 // Package cachetest holds the test helpers that several packages' tests
-// share: the shared real Triton caches, one tar builder (hostile entries
-// included) and a byte-for-byte cache comparison. Tests only.
+// share: the shared real Triton and vLLM caches, one tar builder (hostile
+// entries included) and a byte-for-byte cache comparison. Tests only.
 package cachetest
 
 import (
@@ -21,8 +21,21 @@ import (
 // fails it in CI.
 func Testdata(t testing.TB, name string) string {
 	t.Helper()
+	return shared(t, "triton-cache", name)
+}
+
+// VLLMTestdata is the path of a shared real vLLM cache root (the dir that
+// holds torch_compile_cache/): ../shared/testdata/vllm/NAME, see its
+// README.md. Absent data skips the test, and fails it in CI.
+func VLLMTestdata(t testing.TB, name string) string {
+	t.Helper()
+	return shared(t, "vllm", name)
+}
+
+func shared(t testing.TB, kind, name string) string {
+	t.Helper()
 	_, self, _, _ := runtime.Caller(0)
-	d := filepath.Join(filepath.Dir(self), "..", "..", "..", "shared", "testdata", "triton-cache", name)
+	d := filepath.Join(filepath.Dir(self), "..", "..", "..", "shared", "testdata", kind, name)
 	if _, err := os.Stat(d); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("shared test data missing: %v", err)
