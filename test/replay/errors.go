@@ -26,14 +26,17 @@ func (e *MismatchError) Error() string {
 	return fmt.Sprintf("%s/%s: bytes differ at offset %d (got %d bytes, want %d)", e.Key, e.File, e.Offset, e.Got, e.Want)
 }
 
-// OutsideRootError says a group file names a child path that is not
-// ROOT/KEY/NAME: Triton would read (or miss) a file of another cache.
+// OutsideRootError says a cache file names a path that is not where the
+// cache is served: a Triton group file a child path other than
+// ROOT/KEY/NAME, a vllm_compile_cache.py an artifact path other than the
+// artifact in its own dir. The framework would read (or miss) a file of
+// another cache, typically the one on the machine that built it.
 type OutsideRootError struct {
 	Key, Child, Path, Want string
 }
 
 func (e *OutsideRootError) Error() string {
-	return fmt.Sprintf("%s: group child %q has path %s, want %s", e.Key, e.Child, e.Path, e.Want)
+	return fmt.Sprintf("%s: %q has path %s, want %s", e.Key, e.Child, e.Path, e.Want)
 }
 
 // SizeError says a file's size changed between stat and read: Triton would

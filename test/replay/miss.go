@@ -36,35 +36,45 @@ func (p *pyos) doMiss(res *Result, root, srcDir string) error {
 	if err != nil {
 		return err
 	}
-	src := filepath.Join(srcDir, res.Key)
-	files, name, err := putOrder(src)
+	name, err := p.putKey(root, res.Key, srcDir)
 	if err != nil {
 		return err
-	}
-	kd := filepath.Join(root, res.Key)
-	if _, _, err := p.makedirs(kd); err != nil {
-		return err
-	}
-	for _, f := range files {
-		data, err := os.ReadFile(filepath.Join(src, f))
-		if err != nil {
-			return fmt.Errorf("source: %w", err)
-		}
-		if triton.IsGroupFile(f) {
-			// Triton writes the absolute paths put() returned.
-			if data, err = triton.RewriteGroup(data, root); err != nil {
-				return fmt.Errorf("source %s: %w", f, err)
-			}
-		}
-		if err := p.put(kd, f, data); err != nil {
-			return err
-		}
 	}
 	res.Name = name
 	if err := p.doHit(res, root, name, srcDir); err != nil {
 		return fmt.Errorf("read back: %w", err)
 	}
 	return nil
+}
+
+// putKey writes the files of srcDir/KEY into root/KEY as Triton's
+// compile does, and says the name a HIT needs.
+func (p *pyos) putKey(root, key, srcDir string) (string, error) {
+	src := filepath.Join(srcDir, key)
+	files, name, err := putOrder(src)
+	if err != nil {
+		return "", err
+	}
+	kd := filepath.Join(root, key)
+	if _, _, err := p.makedirs(kd); err != nil {
+		return "", err
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			return "", fmt.Errorf("source: %w", err)
+		}
+		if triton.IsGroupFile(f) {
+			// Triton writes the absolute paths put() returned.
+			if data, err = triton.RewriteGroup(data, root); err != nil {
+				return "", fmt.Errorf("source %s: %w", f, err)
+			}
+		}
+		if err := p.put(kd, f, data); err != nil {
+			return "", err
+		}
+	}
+	return name, nil
 }
 
 // put is FileCacheManager.put: write into a fresh tmp dir, rename into

@@ -4,7 +4,10 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -17,6 +20,12 @@ type pyos struct {
 	// rmdir is unix.Rmdir; a test puts in a filesystem that removes
 	// non-empty dirs, which no local filesystem does.
 	rmdir func(string) error
+	// flockFn is unix.Flock (where nil); a test puts in a filesystem
+	// whose flock always succeeds.
+	flockFn func(fd, how int) error
+	// inPlace holds what this replay wrote in place (not renamed in), by
+	// path, for readWritten.
+	inPlace map[string][]byte
 }
 
 func newPyos() *pyos { return &pyos{rmdir: unix.Rmdir} }
@@ -35,6 +44,16 @@ func (p *pyos) logN(format string, n int, err error, args ...any) {
 		return
 	}
 	p.trace = append(p.trace, fmt.Sprintf(format, args...)+fmt.Sprintf(" = %d", n))
+}
+
+// replayOnly runs f, marking the trace lines it adds as the replay's own
+// checks, which the framework does not make.
+func (p *pyos) replayOnly(f func()) {
+	n := len(p.trace)
+	f()
+	for i := n; i < len(p.trace); i++ {
+		p.trace[i] += " [replay only]"
+	}
 }
 
 func errnoName(err error) string {
@@ -276,4 +295,128 @@ func uuid4() string {
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// listdir is os.listdir: glibc's opendir (openat O_DIRECTORY, fstat),
+// getdents64 until it returns 0, closedir. The names come unsorted, "."
+// and ".." dropped, as Python returns them.
+func (p *pyos) listdir(dir string) (names []string, err error) {
+	var fd int
+	err = retry(func() (e error) {
+		fd, e = unix.Open(dir, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_DIRECTORY, 0)
+		return
+	})
+	p.logN("openat(%q, O_RDONLY|O_NONBLOCK|O_CLOEXEC|O_DIRECTORY)", fd, err, dir)
+	if err != nil {
+		return nil, fmt.Errorf("listdir %s: %w", dir, err)
+	}
+	defer func() {
+		cerr := unix.Close(fd)
+		p.log("close(%d)", cerr, fd)
+		if err == nil && cerr != nil {
+			err = fmt.Errorf("listdir %s: close: %w", dir, cerr)
+		}
+	}()
+	var st unix.Stat_t
+	if err := p.fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("listdir %s: fstat: %w", dir, err)
+	}
+	buf := make([]byte, 32768)
+	for {
+		var n int
+		err := retry(func() (e error) { n, e = unix.Getdents(fd, buf); return })
+		p.logN("getdents64(%d, %d)", n, err, fd, len(buf))
+		if err != nil {
+			return nil, fmt.Errorf("listdir %s: %w", dir, err)
+		}
+		if n == 0 {
+			break
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+	return names, nil
+}
+
+// sortedListdir is sorted(os.listdir(dir)): Python sorts by code point,
+// which for UTF-8 names is byte order.
+func (p *pyos) sortedListdir(dir string) ([]string, error) {
+	names, err := p.listdir(dir)
+	sort.Strings(names)
+	return names, err
+}
+
+// pathMkdir is pathlib's Path.mkdir(parents=True, exist_ok=True): mkdir,
+// on ENOENT the parents first and mkdir again, on any other error a stat
+// that must find a dir.
+func (p *pyos) pathMkdir(dir string) error {
+	err := retry(func() error { return unix.Mkdir(dir, 0o777) })
+	p.log("mkdir(%q, 0777)", err, dir)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.ENOENT) && filepath.Dir(dir) != dir:
+		if err := p.pathMkdir(filepath.Dir(dir)); err != nil {
+			return err
+		}
+		return p.pathMkdirOnce(dir)
+	case p.isdir(dir):
+		return nil
+	}
+	return fmt.Errorf("mkdir %s: %w", dir, err)
+}
+
+// pathMkdirOnce is Path.mkdir(exist_ok=True) without parents.
+func (p *pyos) pathMkdirOnce(dir string) error {
+	err := retry(func() error { return unix.Mkdir(dir, 0o777) })
+	p.log("mkdir(%q, 0777)", err, dir)
+	if err == nil || p.isdir(dir) {
+		return nil
+	}
+	return fmt.Errorf("mkdir %s: %w", dir, err)
+}
+
+// writeAtomic is torch._inductor's write_atomic(path, content, make_dirs):
+// write ".<pid>.<tid>.tmp" in the target's dir, then rename it over the
+// target. The tid stands for threading.get_ident(); only its uniqueness
+// among running writers matters.
+func (p *pyos) writeAtomic(path string, data []byte, makeDirs bool) error {
+	dir := filepath.Dir(path)
+	if makeDirs {
+		if err := p.pathMkdir(dir); err != nil {
+			return err
+		}
+	}
+	tmp := filepath.Join(dir, "."+strconv.Itoa(os.Getpid())+"."+strconv.Itoa(unix.Gettid())+".tmp")
+	if err := p.writeFile(tmp, data); err != nil {
+		return err
+	}
+	return p.replace(tmp, path)
+}
+
+// openFlags is os.open(path, flags, mode), logged with the flags named.
+func (p *pyos) openFlags(path string, flags int, names string, mode uint32) (int, error) {
+	var fd int
+	err := retry(func() (e error) { fd, e = unix.Open(path, flags|unix.O_CLOEXEC, mode); return })
+	p.logN("openat(%q, %s|O_CLOEXEC, %#o)", fd, err, path, names, mode)
+	if err != nil {
+		return -1, fmt.Errorf("open %s: %w", path, err)
+	}
+	return fd, nil
+}
+
+func (p *pyos) close(fd int) error {
+	err := unix.Close(fd)
+	p.log("close(%d)", err, fd)
+	return err
+}
+
+// flock is fcntl.flock.
+func (p *pyos) flock(fd, how int, name string) error {
+	f := p.flockFn
+	if f == nil {
+		f = unix.Flock
+	}
+	err := retry(func() error { return f(fd, how) })
+	p.log("flock(%d, %s)", err, fd, name)
+	return err
 }
