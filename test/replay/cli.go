@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/spf13/pflag"
@@ -15,9 +16,18 @@ import (
 )
 
 const usage = `usage:
-  replay hit  --root ROOT [--expect SRC] [--name NAME] [-p N [--split]] [--trace] (KEY... | --all)
-  replay miss --root ROOT --from SRC [-p N [--split]] [--trace] (KEY... | --all)
-  replay auto --root ROOT --from SRC [--name NAME] [-p N [--split]] [--trace] (KEY... | --all)
+  replay hit  [--cache KIND] --root ROOT [--expect SRC] [--name NAME] [-p N [--split]] [--trace] (KEY... | --all)
+  replay miss [--cache KIND] --root ROOT --from SRC [--name NAME] [--atomic] [-p N [--split]] [--trace] (KEY... | --all)
+  replay auto [--cache KIND] --root ROOT --from SRC [--name NAME] [--atomic] [-p N [--split]] [--trace] (KEY... | --all)
+
+KIND is the cache ROOT is (default triton), and says what a KEY is:
+  triton    TRITON_CACHE_DIR; KEY is a KEY dir; NAME the kernel name or launcher .so
+  vllm      $VLLM_CACHE_ROOT; KEY is a hash dir under torch_compile_cache; NAME its
+            rank dir and prefix (rank_0_0/backbone); --atomic saves artifacts by rename
+  inductor  TORCHINDUCTOR_CACHE_DIR; KEY is a unit's path under it (fxgraph/<xx>/<key>,
+            aotautograd/<key>, <xx>/<name>.py, <xx>/<name>.best_config,
+            triton/<device>/<KEY>, cache/<name>, locks/<name>.lock)
+Without NAME each KEY's dir is listed to find it.
 
 Prints "HIT KEY", "MISS KEY" or "ERROR KEY: why" per replay, then a JSON
 summary. Exit status 1 if any replay failed, 2 for bad usage.
@@ -36,7 +46,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if src == "" {
 			src = o.Expect
 		}
-		o.Keys, err = keysIn(src)
+		o.Keys, err = keysIn(o.kind(), src)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "replay: %v\n%s", err, usage)
@@ -102,14 +112,16 @@ func parseArgs(args []string, stderr io.Writer) (o Options, all bool, err error)
 	o.Mode = Mode(args[0])
 	fl := pflag.NewFlagSet("replay "+args[0], pflag.ContinueOnError)
 	fl.SetOutput(stderr)
-	fl.StringVar(&o.Root, "root", "", "the cache dir Triton uses (TRITON_CACHE_DIR)")
+	fl.StringVar((*string)(&o.Cache), "cache", string(KindTriton), "the cache's kind: triton, vllm or inductor")
+	fl.StringVar(&o.Root, "root", "", "the root the framework is pointed at (TRITON_CACHE_DIR, VLLM_CACHE_ROOT, TORCHINDUCTOR_CACHE_DIR)")
 	fl.StringVar(&o.Expect, "expect", "", "source cache dir to compare every file read with")
 	fl.StringVar(&o.From, "from", "", "source cache dir to write misses from")
-	fl.StringVar(&o.Name, "name", "", "kernel name (or launcher .so); default: list each KEY dir")
+	fl.StringVar(&o.Name, "name", "", "Triton: kernel name (or launcher .so); vLLM: rank dir and prefix; default: list each KEY dir")
+	fl.BoolVar(&o.Atomic, "atomic", false, "vLLM miss: save artifacts by tmp + rename, not in place")
 	fl.IntVarP(&o.Procs, "procs", "p", 1, "processes replaying at once")
 	fl.BoolVar(&o.Split, "split", false, "share the keys among the processes instead of each replaying all")
 	fl.BoolVar(&o.Trace, "trace", false, "print the syscalls of each replay")
-	fl.BoolVar(&all, "all", false, "replay every KEY of the --from (or --expect) dir")
+	fl.BoolVar(&all, "all", false, "replay every KEY of the --from (or --expect) root")
 	if err := fl.Parse(args[1:]); err != nil {
 		return o, false, err
 	}
@@ -123,12 +135,35 @@ func parseArgs(args []string, stderr io.Writer) (o Options, all bool, err error)
 		if err := o.check(); err != nil {
 			return o, false, err
 		}
+	case o.kind() != KindTriton && o.kind() != KindVLLM && o.kind() != KindInductor:
+		return o, false, fmt.Errorf("unknown cache kind %q (want triton, vllm or inductor)", o.Cache)
 	}
 	return o, all, nil
 }
 
-// keysIn lists the KEY dirs of a cache dir.
-func keysIn(dir string) ([]string, error) {
+// keysIn lists the keys of a source root of a kind: Triton's KEY dirs,
+// vLLM's hash dirs, Inductor's units.
+func keysIn(kind Kind, dir string) ([]string, error) {
+	switch kind {
+	case KindInductor:
+		return inductorUnits(dir)
+	case KindVLLM:
+		tcc := filepath.Join(dir, vllmCacheDir)
+		des, err := os.ReadDir(tcc)
+		if err != nil {
+			return nil, err
+		}
+		var keys []string
+		for _, de := range des {
+			if de.IsDir() && de.Name() != vllmAOTDir {
+				keys = append(keys, de.Name())
+			}
+		}
+		if len(keys) == 0 {
+			return nil, fmt.Errorf("%s holds no hash dir", tcc)
+		}
+		return keys, nil
+	}
 	des, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err

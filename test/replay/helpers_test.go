@@ -40,7 +40,7 @@ func extracted(t *testing.T, srcs ...string) string {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "cache")
 	for _, src := range srcs {
-		keys, err := keysIn(src)
+		keys, err := keysIn(KindTriton, src)
 		if err != nil {
 			t.Fatal(err)
 		}

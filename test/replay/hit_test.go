@@ -84,7 +84,7 @@ func TestHitSyscalls(t *testing.T) {
 	}
 }
 
-var fdNumRE = regexp.MustCompile(`^(read|write|fstat|ioctl|lseek|close)\(\d+`)
+var fdNumRE = regexp.MustCompile(`^(read|write|fstat|ioctl|lseek|close|getdents64|flock|fchmod)\(\d+`)
 var openRE = regexp.MustCompile(`^(openat\(.*\)) = \d+$`)
 
 func normalizeFDs(trace []string) []string {

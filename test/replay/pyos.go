@@ -210,7 +210,18 @@ func (p *pyos) tell(fd int) error {
 
 // writeFile is open(path, "wb").write(data), the way FileCacheManager.put
 // writes into its tmp dir.
-func (p *pyos) writeFile(path string, data []byte) (err error) {
+func (p *pyos) writeFile(path string, data []byte) error {
+	return p.write(path, data, false)
+}
+
+// writeText is open(path, "w").write(data): TextIOWrapper asks for the
+// position once more than a binary file does. Python's json.dump writes in
+// pieces, which its buffer joins; the replay writes once.
+func (p *pyos) writeText(path string, data []byte) error {
+	return p.write(path, data, true)
+}
+
+func (p *pyos) write(path string, data []byte, text bool) (err error) {
 	var fd int
 	err = retry(func() (e error) {
 		fd, e = unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, 0o666)
@@ -232,8 +243,14 @@ func (p *pyos) writeFile(path string, data []byte) (err error) {
 		return fmt.Errorf("fstat %s: %w", path, err)
 	}
 	p.isatty(fd)
-	if err := p.tell(fd); err != nil {
-		return fmt.Errorf("lseek %s: %w", path, err)
+	tells := 1
+	if text {
+		tells = 2
+	}
+	for range tells {
+		if err := p.tell(fd); err != nil {
+			return fmt.Errorf("lseek %s: %w", path, err)
+		}
 	}
 	for len(data) > 0 {
 		var n int
@@ -376,10 +393,11 @@ func (p *pyos) pathMkdirOnce(dir string) error {
 }
 
 // writeAtomic is torch._inductor's write_atomic(path, content, make_dirs):
-// write ".<pid>.<tid>.tmp" in the target's dir, then rename it over the
-// target. The tid stands for threading.get_ident(); only its uniqueness
-// among running writers matters.
-func (p *pyos) writeAtomic(path string, data []byte, makeDirs bool) error {
+// write ".<pid>.<tid>.tmp" in the target's dir (text where content is a
+// str), then rename it over the target. The tid stands for
+// threading.get_ident(); only its uniqueness among running writers
+// matters.
+func (p *pyos) writeAtomic(path string, data []byte, makeDirs, text bool) error {
 	dir := filepath.Dir(path)
 	if makeDirs {
 		if err := p.pathMkdir(dir); err != nil {
@@ -387,7 +405,7 @@ func (p *pyos) writeAtomic(path string, data []byte, makeDirs bool) error {
 		}
 	}
 	tmp := filepath.Join(dir, "."+strconv.Itoa(os.Getpid())+"."+strconv.Itoa(unix.Gettid())+".tmp")
-	if err := p.writeFile(tmp, data); err != nil {
+	if err := p.write(tmp, data, text); err != nil {
 		return err
 	}
 	return p.replace(tmp, path)

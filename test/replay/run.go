@@ -23,14 +23,25 @@ const (
 	ModeAuto Mode = "auto" // hit, and where Triton would compile, miss
 )
 
+// Kind is the cache a replay plays the framework of.
+type Kind string
+
+const (
+	KindTriton   Kind = "triton"   // TRITON_CACHE_DIR; a key is a KEY dir
+	KindVLLM     Kind = "vllm"     // $VLLM_CACHE_ROOT; a key is a hash dir under torch_compile_cache
+	KindInductor Kind = "inductor" // TORCHINDUCTOR_CACHE_DIR; a key is a unit's path under it
+)
+
 // Options configure Run. Zero values are the defaults each field names.
 type Options struct {
 	Mode   Mode
-	Root   string   // the cache dir Triton uses (TRITON_CACHE_DIR); required
-	Keys   []string // KEY dirs to replay, in order
-	Expect string   // hit: compare every file with Expect/KEY; default none (auto: From)
-	From   string   // miss, auto: source cache dir holding From/KEY; required for them
-	Name   string   // the kernel name (or launcher .so) Triton knows; default: list each KEY dir
+	Cache  Kind     // the cache's kind; default KindTriton
+	Root   string   // the root the framework is pointed at (see Kind); required
+	Keys   []string // keys to replay, in order (see Kind)
+	Expect string   // hit: compare every file with the source root Expect; default none (auto: From)
+	From   string   // miss, auto: source root holding the keys; required for them
+	Name   string   // Triton: the kernel name (or launcher .so); vLLM: rank dir and prefix ("rank_0_0/backbone"); default: list the key's dir; Inductor: none
+	Atomic bool     // vLLM miss: save artifacts by tmp + rename; default open("wb") in place
 	Procs  int      // OS processes replaying at once; 0 or 1 replays in this process
 	Split  bool     // with Procs > 1, share the keys out round-robin; default every process replays every key
 	Trace  bool     // keep each Result's syscall trace; default dropped
@@ -40,6 +51,7 @@ type Options struct {
 // Summary totals a Run.
 type Summary struct {
 	Mode       Mode    `json:"mode"`
+	Cache      Kind    `json:"cache"`
 	Root       string  `json:"root"`
 	Procs      int     `json:"procs"`
 	Keys       int     `json:"keys"`
@@ -71,7 +83,27 @@ func (s *Summary) add(r Result) {
 	}
 }
 
+// kind is the cache kind, defaulted.
+func (o *Options) kind() Kind {
+	if o.Cache == "" {
+		return KindTriton
+	}
+	return o.Cache
+}
+
 func (o *Options) check() error {
+	switch o.kind() {
+	case KindTriton, KindVLLM:
+	case KindInductor:
+		if o.Name != "" {
+			return fmt.Errorf("replay: an Inductor unit has no name")
+		}
+	default:
+		return fmt.Errorf("replay: unknown cache kind %q (want triton, vllm or inductor)", o.Cache)
+	}
+	if o.Atomic && o.kind() != KindVLLM {
+		return fmt.Errorf("replay: atomic saves are vLLM's")
+	}
 	switch o.Mode {
 	case ModeHit:
 	case ModeMiss, ModeAuto:
@@ -102,7 +134,7 @@ func Run(ctx context.Context, o Options, report func(Result)) (Summary, error) {
 		report = func(Result) {}
 	}
 	start := time.Now()
-	sum := Summary{Mode: o.Mode, Root: o.Root, Procs: 1, Keys: len(o.Keys)}
+	sum := Summary{Mode: o.Mode, Cache: o.kind(), Root: o.Root, Procs: 1, Keys: len(o.Keys)}
 	var err error
 	if o.Procs > 1 {
 		err = runProcs(ctx, o, &sum, report)
@@ -123,20 +155,32 @@ func Run(ctx context.Context, o Options, report func(Result)) (Summary, error) {
 // one replays one key in this process.
 func (o *Options) one(key string) Result {
 	p := newPyos()
+	expect := o.Expect
+	if o.Mode == ModeAuto && expect == "" {
+		expect = o.From
+	}
+	var hit, miss func() (Result, error)
+	switch o.kind() {
+	case KindVLLM:
+		hit = func() (Result, error) { return p.vllmHit(o.Root, key, o.Name, expect) }
+		miss = func() (Result, error) { return p.vllmMiss(o.Root, key, o.Name, o.From, o.Atomic) }
+	case KindInductor:
+		hit = func() (Result, error) { return p.inductorHit(o.Root, key, expect) }
+		miss = func() (Result, error) { return p.inductorMiss(o.Root, key, o.From) }
+	default:
+		hit = func() (Result, error) { return p.hit(o.Root, key, o.Name, expect) }
+		miss = func() (Result, error) { return p.miss(o.Root, key, o.From) }
+	}
 	var r Result
 	switch o.Mode {
 	case ModeHit:
-		r, _ = p.hit(o.Root, key, o.Name, o.Expect)
+		r, _ = hit()
 	case ModeMiss:
-		r, _ = p.miss(o.Root, key, o.From)
+		r, _ = miss()
 	case ModeAuto:
-		expect := o.Expect
-		if expect == "" {
-			expect = o.From
-		}
 		var err error
-		if r, err = p.hit(o.Root, key, o.Name, expect); errors.Is(err, ErrNotFound) {
-			r, _ = p.miss(o.Root, key, o.From) // the trace goes on from the hit's
+		if r, err = hit(); errors.Is(err, ErrNotFound) {
+			r, _ = miss() // the trace goes on from the hit's
 		}
 	}
 	if !o.Trace {
@@ -243,7 +287,7 @@ func runProcs(ctx context.Context, o Options, sum *Summary, report func(Result))
 
 // childArgs is the command line that makes a child replay keys.
 func (o *Options) childArgs(keys []string) []string {
-	args := []string{string(o.Mode), "--root", o.Root}
+	args := []string{string(o.Mode), "--cache", string(o.kind()), "--root", o.Root}
 	if o.Expect != "" {
 		args = append(args, "--expect", o.Expect)
 	}
@@ -252,6 +296,9 @@ func (o *Options) childArgs(keys []string) []string {
 	}
 	if o.Name != "" {
 		args = append(args, "--name", o.Name)
+	}
+	if o.Atomic {
+		args = append(args, "--atomic")
 	}
 	if o.Trace {
 		args = append(args, "--trace")

@@ -150,3 +150,41 @@ func TestMainCLI(t *testing.T) {
 		}
 	}
 }
+
+func TestMainCLIKinds(t *testing.T) {
+	src, root := relocated(t, binaryData, binaryOldRoot)
+	var out, errb bytes.Buffer
+	if code := Main(context.Background(), []string{"hit", "--cache", "vllm", "--root", root, "--expect", src, "--all"}, &out, &errb); code != 0 ||
+		!strings.HasPrefix(out.String(), "HIT "+binaryHash+"\n") || !strings.Contains(out.String(), `"cache":"vllm"`) {
+		t.Fatalf("vllm hit: exit %d:\n%s\n%s", code, out.String(), errb.String())
+	}
+	out.Reset()
+	fresh := filepath.Join(t.TempDir(), "vllm")
+	if code := Main(context.Background(), []string{"miss", "--cache", "vllm", "--root", fresh, "--from", src, "--atomic", "--name", binaryName, "-p", "2", binaryHash}, &out, &errb); code != 0 ||
+		strings.Count(out.String(), "MISS "+binaryHash+"\n") != 2 {
+		t.Fatalf("vllm miss -p 2: exit %d:\n%s\n%s", code, out.String(), errb.String())
+	}
+	out.Reset()
+	isrc := inductorSource(t)
+	if code := Main(context.Background(), []string{"auto", "--cache", "inductor", "--root", filepath.Join(t.TempDir(), "ind"), "--from", isrc, "--all"}, &out, &errb); code != 0 ||
+		!strings.Contains(out.String(), `"replays":39,`) || !strings.Contains(out.String(), `"errors":0,`) {
+		t.Fatalf("inductor auto: exit %d:\n%s\n%s", code, out.String(), errb.String())
+	}
+	// A corrupt artifact: exit status 1.
+	flipByte(t, filepath.Join(root, vllmCacheDir, binaryHash, binaryName, "artifact_compile_range_1_2048_subgraph_0"), 1)
+	out.Reset()
+	if code := Main(context.Background(), []string{"hit", "--cache", "vllm", "--root", root, "--expect", src, binaryHash}, &out, &errb); code != 1 ||
+		!strings.Contains(out.String(), `"mismatches":1`) {
+		t.Fatalf("corrupt: exit %d:\n%s", code, out.String())
+	}
+	for _, args := range [][]string{
+		{"hit", "--cache", "nope", "--root", root, binaryHash},
+		{"hit", "--cache", "nope", "--root", root, "--expect", src, "--all"},
+		{"hit", "--cache", "inductor", "--root", root, "--name", "x", "fxgraph/ab/fabc"},
+		{"miss", "--root", root, "--from", src, "--atomic", cudaKey},
+	} {
+		if code := Main(context.Background(), args, &out, &errb); code != 2 {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+	}
+}
