@@ -1,5 +1,6 @@
-// Command replay performs Triton's cache hit and miss file-system calls
-// against a cache dir (see package cargohold/test/replay).
+// Command replay performs the cache hit and miss file-system calls of
+// Triton, vLLM or PyTorch Inductor against a cache root (see package
+// cargohold/test/replay and replay -h).
 package main
 
 import (
