@@ -37,6 +37,7 @@ var allowed = map[string][]string{
 	"image":              {"gpu", "layer", "resolver", "triton"},
 	"fs":                 {"triton"},
 	"internal/cli":       {},
+	"internal/userdir":   {},
 	"cmd/cargohold":      {"fetch", "gpu", "image", "internal/cli", "resolver", "store", "triton"},
 	"cmd/cargohold-fs":   {"catalog", "fetch", "fs", "gpu", "internal/cli", "resolver", "store"},
 	"cmd/gencache":       {"gpu", "triton", "triton/gen"},
