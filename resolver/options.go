@@ -4,12 +4,13 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"cargohold/internal/userdir"
 )
 
 // Defaults for Options fields left zero.
@@ -71,20 +72,19 @@ type Options struct {
 }
 
 // DefaultStore is the local image store:
-// ${CARGOHOLD_STORE:-${XDG_DATA_HOME:-$HOME/.local/share}/cargohold/oci}.
+// ${CARGOHOLD_STORE:-${XDG_DATA_HOME:-$HOME/.local/share}/cargohold/oci}
+// (without $HOME, the per-user runtime dir's cargohold/oci). "" when the
+// user has none of these: then there is no local store (references go to
+// the registry; Save fails), never a shared or relative fallback.
 func DefaultStore() string {
 	if s := os.Getenv("CARGOHOLD_STORE"); s != "" {
 		return s
 	}
-	data := os.Getenv("XDG_DATA_HOME")
-	if data == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			home = "."
-		}
-		data = filepath.Join(home, ".local", "share")
+	d, err := userdir.Data("cargohold", "oci")
+	if err != nil {
+		return ""
 	}
-	return filepath.Join(data, "cargohold", "oci")
+	return d
 }
 
 // withDefaults fills zero fields; New calls it, once. Negative counts

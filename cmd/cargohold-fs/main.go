@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"cargohold/internal/cli"
+	"cargohold/internal/userdir"
 )
 
 const usage = `Usage:
@@ -71,10 +72,11 @@ func main() {
 func parseFlags(args []string) (options, error) {
 	var o options
 	var cacheSize string
+	defState, defStateErr := userdir.Cache("cargohold", "fs")
 	fs := pflag.NewFlagSet("cargohold-fs", pflag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	fs.StringArrayVarP(&o.images, "image", "i", nil, "image source (repeatable; see above)")
-	fs.StringVar(&o.stateDir, "state-dir", defaultStateDir(), "upper dir, content store, index and status.json")
+	fs.StringVar(&o.stateDir, "state-dir", defState, "upper dir, content store, index and status.json (default ${XDG_CACHE_HOME:-~/.cache}/cargohold/fs; without $HOME, the per-user runtime dir)")
 	fs.StringVar(&o.store, "store", "", "local OCI layout store for plain names (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
 	fs.StringVar(&cacheSize, "cache-size", "10G", "bound on the content store, bytes with K/M/G/T suffix (0: unbounded)")
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:90:32" or "none" (env CARGOHOLD_GPU)`)
@@ -101,6 +103,12 @@ func parseFlags(args []string) (options, error) {
 		return o, err
 	}
 	o.cacheSize = n
+	if o.stateDir == "" {
+		if defStateErr == nil {
+			defStateErr = errors.New("empty")
+		}
+		return o, fmt.Errorf("no state dir: %w; name one with --state-dir", defStateErr)
+	}
 	switch {
 	case len(rest) > 1:
 		return o, fmt.Errorf("unexpected arguments %q", rest[1:])
@@ -139,15 +147,4 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("--cache-size %q: want bytes with an optional K/M/G/T suffix", s)
 	}
 	return int64(n * float64(mult)), nil
-}
-
-// defaultStateDir is ${XDG_CACHE_HOME:-~/.cache}/cargohold/fs.
-func defaultStateDir() string {
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "cargohold", "fs")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".cache", "cargohold", "fs")
-	}
-	return filepath.Join(os.TempDir(), "cargohold-fs")
 }

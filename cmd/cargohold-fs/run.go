@@ -24,6 +24,9 @@ func run(o options) error {
 	if o.status {
 		return printStatus(o.stateDir)
 	}
+	if err := prepareState(o.stateDir); err != nil {
+		return err
+	}
 	if !o.foreground && os.Getenv(daemonEnv) == "" {
 		return daemonize(o.stateDir)
 	}
@@ -82,9 +85,6 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	log.Info("local GPU", "targets", gpu.FormatList(rep.Targets), "source", rep.Source, "nvidia", rep.NVIDIA, "amd", rep.AMD)
 	if len(rep.Targets) == 0 {
 		log.Warn("no local GPU target: no image kernel will fit; the mount serves local compiles only")
-	}
-	if err := os.MkdirAll(o.stateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
 	}
 	st, err := store.Open(filepath.Join(o.stateDir, "store"), o.cacheSize)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"cargohold/catalog"
 	"cargohold/fetch"
 	"cargohold/fs"
+	"cargohold/internal/userdir"
 	"cargohold/store"
 )
 
@@ -80,7 +81,7 @@ func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs
 		}
 		return s
 	}
-	w := &statusWriter{path: filepath.Join(o.stateDir, "status.json"), snap: snap, log: log,
+	w := &statusWriter{path: filepath.Join(o.stateDir, statusName), snap: snap, log: log,
 		quit: make(chan struct{}), done: make(chan struct{})}
 	if metrics != nil {
 		w.serveMetrics(metrics)
@@ -127,7 +128,7 @@ func (w *statusWriter) stop() {
 func (w *statusWriter) write(s status) {
 	b, _ := json.MarshalIndent(s, "", "  ")
 	tmp := w.path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+	if err := writeFile(tmp, append(b, '\n')); err != nil {
 		w.log.Warn("status file", "err", err)
 		return
 	}
@@ -185,4 +186,17 @@ func errStrings(m map[string]error) map[string]string {
 		out[k] = err.Error()
 	}
 	return out
+}
+
+// writeFile replaces path's content, never through a symlink.
+func writeFile(path string, b []byte) error {
+	f, err := userdir.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
