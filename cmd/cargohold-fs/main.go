@@ -1,7 +1,8 @@
 // Command cargohold-fs mounts a FUSE filesystem as Triton's cache dir. A
 // lookup of a kernel KEY that is not on local disk is answered from a cache
 // image that fits the local GPU: only that KEY dir is fetched, verified and
-// kept in a bounded local store. Local compiles land in the upper dir.
+// kept in a bounded local store. The dir under the mount stays visible and
+// takes the local compiles (it is the upper dir).
 //
 //	cargohold-fs -i REGISTRY/REPO:TAG [-i ...] [MOUNTPOINT]
 //	cargohold-fs status [--state-dir DIR]
@@ -76,7 +77,7 @@ func parseFlags(args []string) (options, error) {
 	fs := pflag.NewFlagSet("cargohold-fs", pflag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	fs.StringArrayVarP(&o.images, "image", "i", nil, "image source (repeatable; see above)")
-	fs.StringVar(&o.stateDir, "state-dir", defState, "upper dir, content store, index and status.json (default ${XDG_CACHE_HOME:-~/.cache}/cargohold/fs; without $HOME, the per-user runtime dir)")
+	fs.StringVar(&o.stateDir, "state-dir", defState, "content store, layer indexes, catalog, status.json and log, outside the mountpoint (default ${XDG_CACHE_HOME:-~/.cache}/cargohold/fs; without $HOME, the per-user runtime dir)")
 	fs.StringVar(&o.store, "store", "", "local OCI layout store for plain names (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
 	fs.StringVar(&cacheSize, "cache-size", "10G", "bound on the content store, bytes with K/M/G/T suffix (0: unbounded)")
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:90:32" or "none" (env CARGOHOLD_GPU)`)

@@ -65,6 +65,7 @@ type mounted struct {
 	eng    *fetch.Engine
 	cancel context.CancelFunc
 	status *statusWriter
+	dir    *os.File // the dir under the mount: the upper dir
 }
 
 func (m *mounted) close() {
@@ -72,6 +73,7 @@ func (m *mounted) close() {
 	m.status.stop()
 	m.eng.Close()
 	m.st.Close()
+	m.dir.Close()
 }
 
 // mount assembles the data path (resolver → fetch engine → catalog → fs)
@@ -86,8 +88,28 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	if len(rep.Targets) == 0 {
 		log.Warn("no local GPU target: no image kernel will fit; the mount serves local compiles only")
 	}
+	mp, err := filepath.Abs(o.mountpoint)
+	if err != nil {
+		return nil, err
+	}
+	if err := clearStaleMount(mp, log); err != nil {
+		return nil, err
+	}
+	store0 := o.store
+	if store0 == "" {
+		store0 = resolver.DefaultStore()
+	}
+	if err := checkOverlap(mp, o.stateDir, store0, o.images); err != nil {
+		return nil, err
+	}
+	dir, err := openCacheDir(mp)
+	if err != nil {
+		return nil, err
+	}
+	moveOldUpper(o.stateDir, dir, log)
 	st, err := store.Open(filepath.Join(o.stateDir, "store"), o.cacheSize)
 	if err != nil {
+		dir.Close()
 		return nil, err
 	}
 	r := resolver.New(resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP, Timeout: o.fetchTimeout, Logger: log})
@@ -105,6 +127,7 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		cancel()
 		eng.Close()
 		st.Close()
+		dir.Close()
 	}()
 
 	cat, err := catalog.New(r, eng, catalog.Config{
@@ -118,9 +141,6 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	}
 	go cat.Run(life)
 
-	if err := clearStaleMount(o.mountpoint, log); err != nil {
-		return nil, err
-	}
 	if o.metricsAddr != "" {
 		// Opened before mounting: a busy address fails the mount rather than
 		// the metrics going missing.
@@ -129,8 +149,8 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		}
 	}
 	stats := &fs.Stats{}
-	srv, err := fs.Mount(life, o.mountpoint, fs.Options{
-		Upper:         filepath.Join(o.stateDir, "upper"),
+	srv, err := fs.Mount(life, mp, fs.Options{
+		Upper:         upperPath(dir),
 		PathPrefix:    o.pathPrefix,
 		Lower:         &images{cat: cat, timeout: o.fetchTimeout},
 		LookupTimeout: o.fetchTimeout,
@@ -142,7 +162,7 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		return nil, err
 	}
 	ok = true
-	return &mounted{srv: srv, st: st, eng: eng, cancel: cancel,
+	return &mounted{srv: srv, st: st, eng: eng, cancel: cancel, dir: dir,
 		status: startStatus(life, o, metrics, stats, eng, cat, st, log)}, nil
 }
 

@@ -62,7 +62,13 @@ type fsAttempt struct {
 // planted file) and then stopped.
 func tryMount(t *testing.T, env []string, served string, args ...string) fsAttempt {
 	t.Helper()
-	a := fsAttempt{mnt: filepath.Join(t.TempDir(), "mnt")}
+	return tryMountAt(t, filepath.Join(t.TempDir(), "mnt"), env, served, args...)
+}
+
+// tryMountAt is tryMount on mountpoint mnt.
+func tryMountAt(t *testing.T, mnt string, env []string, served string, args ...string) fsAttempt {
+	t.Helper()
+	a := fsAttempt{mnt: mnt}
 	cmd := exec.Command(filepath.Join(bin, "cargohold-fs"), append(append([]string{"-f"}, args...), a.mnt)...)
 	cmd.Env = env
 	var log strings.Builder
