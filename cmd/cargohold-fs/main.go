@@ -88,7 +88,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVarP(&o.logLevel, "log-level", "l", "info", "log level: debug, info, warning, error")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9477 (default off)")
 	fs.BoolVarP(&o.foreground, "foreground", "f", false, "stay in the foreground (default: detach once mounted)")
-	fs.BoolVar(&o.allowOther, "allow-other", false, "let other users see the mount (needs user_allow_other for non-root)")
+	fs.BoolVar(&o.allowOther, "allow-other", false, "let other users use the mount (needs user_allow_other for non-root); as root, they may compile into it too")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

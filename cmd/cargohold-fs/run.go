@@ -148,6 +148,14 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 			return nil, fmt.Errorf("--metrics-addr: %w", err)
 		}
 	}
+	// On a shared (allow_other) mount of a root daemon, other users compile
+	// too: the root shows open to all and sticky, and what they make is
+	// theirs. A non-root daemon cannot give files away, so there others
+	// can only read.
+	shared := o.allowOther && os.Geteuid() == 0
+	if o.allowOther && !shared {
+		log.Warn("--allow-other without root: other users can read the mount, but their compiles fail (the daemon cannot give them what they make)")
+	}
 	stats := &fs.Stats{}
 	srv, err := fs.Mount(life, mp, fs.Options{
 		Upper:         upperPath(dir),
@@ -157,6 +165,7 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		Logger:        log,
 		Stats:         stats,
 		AllowOther:    o.allowOther,
+		SharedRoot:    shared,
 	})
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -159,5 +160,47 @@ func TestMountMovesOldUpper(t *testing.T) {
 	sameFiles(t, filepath.Join(old, key), filepath.Join(mnt, key))
 	if _, err := os.Stat(filepath.Join(state, "upper")); !os.IsNotExist(err) {
 		t.Fatalf("old upper dir left: %v", err)
+	}
+}
+
+// Low: on a root --allow-other mount, other users can compile into it (the
+// root shows sticky and open to all, as /tmp; each KEY dir made is its
+// maker's), not only read.
+func TestMountAllowOtherCompiles(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the daemon of a shared mount")
+	}
+	store, src := localImage(t)
+	m := startFS(t, "", "", "-i", "life/cache:v1", "--store", store, "--gpu", "cuda:75:32", "--allow-other")
+	fresh := t.TempDir()
+	if _, err := gen.Generate(fresh, gen.Options{Kernels: 1, Seed: 6, Root: m.mnt, Scale: 0.1}); err != nil {
+		t.Fatal(err)
+	}
+	key := keysOf(t, fresh, "cuda:80:32")[0]
+	exec.Command("chmod", "-R", "a+rX", fresh, bin).Run()
+	for p := fresh; strings.HasPrefix(p, os.TempDir()+"/"); p = filepath.Dir(p) {
+		os.Chmod(p, 0o755)
+	}
+	asOther := func(args ...string) error {
+		cmd := exec.Command(filepath.Join(bin, "replay"), args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: otherUID, Gid: otherGID}}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v\n%s", err, out)
+		}
+		return nil
+	}
+	if err := asOther("hit", "--root", m.mnt, "--expect", src, vectorAddKey); err != nil {
+		t.Fatalf("read as uid %d: %v", otherUID, err)
+	}
+	if err := asOther("miss", "--root", m.mnt, "--from", fresh, key); err != nil {
+		t.Fatalf("compile as uid %d: %v", otherUID, err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(m.mnt, key), &st); err != nil || st.Uid != otherUID {
+		t.Fatalf("KEY dir made by uid %d: owner %d, %v", otherUID, st.Uid, err)
+	}
+	if _, err := replay.Hit(m.mnt, key, fresh); err != nil {
+		t.Fatalf("root reads the other user's compile: %v", err)
 	}
 }
