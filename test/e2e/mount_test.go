@@ -467,3 +467,37 @@ func TestMountDeleteWhileRegistryDown(t *testing.T) {
 		t.Fatalf("deleted image KEY is back after a remount: %v", err)
 	}
 }
+
+// Medium 5: a registry down when the mount starts is asked again within
+// seconds, not at the next refresh (5 min): once it is back, its kernels
+// are served.
+func TestMountSourceDownAtStart(t *testing.T) {
+	p, src, ref := servedImage(t)
+	if err := p.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:75:32", "--fetch-timeout", "2s")
+	if s, _ := m.status(); s.Keys != 0 {
+		t.Fatalf("keys indexed with the registry down: %+v", s)
+	}
+	if err := p.SetDown(false); err != nil {
+		t.Fatal(err)
+	}
+	// Polled with stat: a replayed miss would make the KEY dir for a
+	// local compile.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var st syscall.Stat_t
+		err := syscall.Stat(filepath.Join(m.mnt, vectorAddKey), &st)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry back for 20s, kernel still not there: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := replay.Hit(m.mnt, vectorAddKey, src); err != nil {
+		t.Fatal(err)
+	}
+}
