@@ -38,6 +38,9 @@
 //   - A ReadAt either fills exactly the bytes asked for (up to the blob end,
 //     then io.EOF) or returns an error; it never returns bytes of a response
 //     that does not match the range asked for.
+//   - Plain HTTP goes only to loopback, or with Options.PlainHTTP to other
+//     hosts, and then never with credentials (guard.go): an RFC 1918
+//     registry does not fall back to http on its own.
 //   - The local store's index.json names each reference at most once; it is
 //     replaced atomically under a file lock.
 package resolver

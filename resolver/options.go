@@ -29,9 +29,10 @@ type Options struct {
 	// Store is the local OCI image layout searched before the registry and
 	// written by Save. Default DefaultStore().
 	Store string
-	// PlainHTTP allows plain HTTP to the registry (name.Insecure). Default
-	// false; ggcr speaks plain HTTP to loopback and localhost registries
-	// anyway.
+	// PlainHTTP allows plain HTTP to registries that are not loopback
+	// (name.Insecure), without credentials. Default false: plain HTTP only
+	// to loopback and localhost registries (credentials included); an RFC
+	// 1918 address gets https only, although ggcr would fall back.
 	PlainHTTP bool
 	// Keychain resolves registry credentials. Default authn.DefaultKeychain
 	// (docker/podman config files).

@@ -28,7 +28,7 @@ func (r *Resolver) Push(ctx context.Context, ref string, img v1.Image) (v1.Hash,
 	o := []remote.Option{
 		remote.WithContext(ctx),
 		remote.WithAuthFromKeychain(r.opts.Keychain),
-		remote.WithTransport(r.opts.Transport),
+		remote.WithTransport(r.base),
 	}
 	var wg sync.WaitGroup
 	if fn := r.opts.Progress; fn != nil {

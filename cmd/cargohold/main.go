@@ -74,7 +74,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVarP(&o.dir, "dir", "d", "", "cache dir (extract default: $TRITON_CACHE_DIR or ~/.triton/cache)")
 	fs.StringVarP(&o.logLevel, "log-level", "l", "info", "log level: debug, info, warning, error")
 	fs.BoolVar(&o.push, "push", false, "create: push to the registry named by -i instead of the local store")
-	fs.BoolVar(&o.plainHTTP, "plain-http", false, "talk plain HTTP to the registry (for one on loopback)")
+	fs.BoolVar(&o.plainHTTP, "plain-http", false, "allow plain HTTP to a registry that is not loopback, never with credentials (loopback needs no flag)")
 	fs.StringVar(&o.store, "store", "", "local OCI layout store (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
 	fs.StringVar(&o.stateDir, "state-dir", "", "fetch: content store and layer indexes (default ${XDG_CACHE_HOME:-~/.cache}/cargohold)")
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:80:32,hip:gfx90a:64" or "none" (env CARGOHOLD_GPU)`)
