@@ -332,7 +332,7 @@ func retryable(err error) bool {
 	if errors.Is(err, ErrShortBody) {
 		return true
 	}
-	if errors.Is(err, ErrBadResponse) || errors.Is(err, ErrNotFound) {
+	if errors.Is(err, ErrBadResponse) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrRegistryDown) || errors.Is(err, ErrInsecure) {
 		return false
 	}
 	var terr *transport.Error

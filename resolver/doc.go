@@ -41,6 +41,10 @@
 //   - Plain HTTP goes only to loopback, or with Options.PlainHTTP to other
 //     hosts, and then never with credentials (guard.go): an RFC 1918
 //     registry does not fall back to http on its own.
+//   - A registry host whose requests hang (no answer for 500ms or more, twice
+//     in a row) is remembered: its requests fail at once with
+//     ErrRegistryDown for a back-off of 1s doubling to 30s, then one probe
+//     goes out; an answer heals it (health.go).
 //   - The local store's index.json names each reference at most once; it is
 //     replaced atomically under a file lock.
 package resolver

@@ -22,9 +22,13 @@ var ErrInsecure = errors.New("plain HTTP refused")
 // would follow in clear. So plain HTTP goes out only to loopback, or with
 // Options.PlainHTTP; and never with an Authorization header to a host
 // that is not loopback.
+//
+// Failing hosts: health (health.go) makes requests to a registry that keeps
+// failing fail at once for a while.
 type guard struct {
 	next      http.RoundTripper
 	plainHTTP bool
+	health    *health
 }
 
 func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -34,7 +38,7 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	return g.next.RoundTrip(req)
+	return g.health.roundTrip(g.next, req)
 }
 
 func (g *guard) check(req *http.Request) error {

@@ -501,3 +501,44 @@ func TestMountSourceDownAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Low: a hung registry costs the lookup deadline once; later lookups fail
+// fast (the registry is remembered as failing), and once it answers again
+// lookups are served again.
+func TestMountHungRegistryFailsFast(t *testing.T) {
+	p, src, ref := servedImage(t)
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s")
+	keys := keysOf(t, src, "cuda:80:32")
+	if _, err := replay.Hit(m.mnt, keys[0], src); err != nil {
+		t.Fatal(err)
+	}
+	p.SetStall(true)
+	took := func(key string) time.Duration {
+		start := time.Now()
+		if _, err := replay.Hit(m.mnt, key, src); !errors.Is(err, replay.ErrNotFound) {
+			t.Fatalf("hit %s on a hung registry: %v, want a miss", key, err)
+		}
+		return time.Since(start)
+	}
+	first := took(keys[1])
+	second, third := took(keys[2]), took(keys[3])
+	t.Logf("lookups on a hung registry: %v, then %v, %v", first, second, third)
+	if first < 1500*time.Millisecond {
+		t.Fatalf("first lookup took %v: the stall did not hold it", first)
+	}
+	if third > time.Second {
+		t.Fatalf("later lookups took %v, %v: a registry that keeps failing must fail fast", second, third)
+	}
+	p.SetStall(false)
+	deadline := time.Now().Add(45 * time.Second)
+	for i := 4; ; i++ {
+		_, err := replay.Hit(m.mnt, keys[i], src)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry answering again, lookups still fail: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
