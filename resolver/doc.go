@@ -31,10 +31,11 @@
 //   - One authenticated transport per repository and Resolver, shared by the
 //     manifest fetches and every blob of that repository (token refresh on
 //     401 happens inside it).
-//   - Every ranged GET attempt carries a deadline (Options.Timeout); failures
-//     that may pass (network errors, 5xx, 429, short bodies) are retried a
-//     bounded number of times; protocol violations and other 4xx are not. A
-//     Stream fails when its body stalls for Options.Timeout.
+//   - Every request without a body is watched (stall.go): no answer, or no
+//     body byte, for Options.Timeout fails it with ErrStalled; a long body
+//     that moves is never cut. Failures of a ranged GET that may pass
+//     (network errors, stalls, 5xx, 429, short bodies) are retried a bounded
+//     number of times; protocol violations and other 4xx are not.
 //   - A ReadAt either fills exactly the bytes asked for (up to the blob end,
 //     then io.EOF) or returns an error; it never returns bytes of a response
 //     that does not match the range asked for.

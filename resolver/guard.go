@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // ErrInsecure: a request would have gone over plain HTTP where that is not
@@ -25,10 +26,14 @@ var ErrInsecure = errors.New("plain HTTP refused")
 //
 // Failing hosts: health (health.go) makes requests to a registry that keeps
 // failing fail at once for a while.
+//
+// Stalls: every request without a body is watched (stall.go): no answer or
+// no body bytes for timeout fails it with ErrStalled.
 type guard struct {
 	next      http.RoundTripper
 	plainHTTP bool
 	health    *health
+	timeout   time.Duration
 }
 
 func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -38,7 +43,9 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	return g.health.roundTrip(g.next, req)
+	return watch(func(req *http.Request) (*http.Response, error) {
+		return g.health.roundTrip(g.next, req)
+	}, req, g.timeout)
 }
 
 func (g *guard) check(req *http.Request) error {

@@ -37,10 +37,11 @@ type Options struct {
 	// Keychain resolves registry credentials. Default authn.DefaultKeychain
 	// (docker/podman config files).
 	Keychain authn.Keychain
-	// Timeout bounds each registry request: the whole of one ranged blob GET
-	// attempt, the auth handshake, and the wait for response headers of any
-	// other request (a layer stream's body is bounded only by its ctx).
-	// Default DefaultTimeout.
+	// Timeout bounds each registry request: its answer must come within
+	// Timeout, and its body must never go Timeout without a byte (ErrStalled);
+	// a long body on a slow link is fine while it moves. It also bounds the
+	// auth handshake. It is not a deadline for callers: their ctx is (a FUSE
+	// lookup's, say). Default DefaultTimeout.
 	Timeout time.Duration
 	// Retries is how often a failed ranged GET is retried. Default
 	// DefaultRetries; negative: none.

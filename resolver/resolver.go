@@ -37,7 +37,7 @@ func New(opts Options) *Resolver {
 	if r.opts.Counters == nil {
 		r.opts.Counters = &r.counters
 	}
-	r.base = &guard{next: r.opts.Transport, plainHTTP: r.opts.PlainHTTP, health: newHealth()}
+	r.base = &guard{next: r.opts.Transport, plainHTTP: r.opts.PlainHTTP, health: newHealth(), timeout: r.opts.Timeout}
 	return r
 }
 
