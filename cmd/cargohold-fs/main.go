@@ -47,6 +47,7 @@ type options struct {
 	gpu          string
 	plainHTTP    bool
 	fetchTimeout time.Duration
+	reqTimeout   time.Duration
 	refresh      time.Duration
 	pathPrefix   string
 	logLevel     string
@@ -83,6 +84,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:90:32" or "none" (env CARGOHOLD_GPU)`)
 	fs.BoolVar(&o.plainHTTP, "plain-http", false, "allow plain HTTP to registries that are not loopback, never with credentials (loopback needs no flag)")
 	fs.DurationVar(&o.fetchTimeout, "fetch-timeout", 5*time.Second, "deadline for a lookup that fetches a KEY; past it Triton sees ENOENT and compiles")
+	fs.DurationVar(&o.reqTimeout, "request-timeout", 30*time.Second, "each registry request must answer, and its body move, within this (index loads are bounded by it, not by --fetch-timeout)")
 	fs.DurationVar(&o.refresh, "refresh", 5*time.Minute, "how often image sources are re-read (tags move)")
 	fs.StringVar(&o.pathPrefix, "path-prefix", "", "the path Triton sees the cache at, for bind mounts (default the mountpoint)")
 	fs.StringVarP(&o.logLevel, "log-level", "l", "info", "log level: debug, info, warning, error")

@@ -112,7 +112,10 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		dir.Close()
 		return nil, err
 	}
-	r := resolver.New(resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP, Timeout: o.fetchTimeout, Logger: log})
+	// Lookups are bounded by --fetch-timeout (their ctx); each request by
+	// --request-timeout, so that a TOC larger than a lookup may wait for is
+	// still indexed in the background.
+	r := resolver.New(resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP, Timeout: o.reqTimeout, Logger: log})
 	eng := fetch.NewEngine(r, st, o.stateDir)
 	life, cancel := context.WithCancel(ctx)
 	var metrics net.Listener

@@ -78,7 +78,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.store, "store", "", "local OCI layout store (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
 	fs.StringVar(&o.stateDir, "state-dir", "", "fetch: content store and layer indexes (default ${XDG_CACHE_HOME:-~/.cache}/cargohold)")
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:80:32,hip:gfx90a:64" or "none" (env CARGOHOLD_GPU)`)
-	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "deadline for each registry request")
+	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "each registry request must answer, and its body keep moving, within this")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

@@ -542,3 +542,40 @@ func TestMountHungRegistryFailsFast(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// Medium 11: the lookup deadline (--fetch-timeout) is not the request
+// deadline: on a slow link a TOC that takes longer than a lookup may wait
+// is still indexed (each request is bounded by --request-timeout for its
+// answer and for each stall of its body, not by the lookup's deadline).
+func TestMountSlowLinkIndexes(t *testing.T) {
+	p, src, ref := servedImage(t)
+	p.SetRate(64 << 10)
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:75:32", "--fetch-timeout", "1s")
+	deadline := time.Now().Add(40 * time.Second)
+	for {
+		if s, err := m.status(); err == nil && s.Keys > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			for _, r := range p.Requests() {
+				t.Logf("%s %s %s: %d %d bytes in %v", r.Method, r.Path, r.Range, r.Status, r.Bytes, r.Duration)
+			}
+			t.Fatalf("index not built on a slow link within 40s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var toc proxy.Req
+	for _, r := range p.Requests() {
+		if r.IsBlob() && r.Bytes > toc.Bytes {
+			toc = r
+		}
+	}
+	t.Logf("largest index read: %d bytes in %v", toc.Bytes, toc.Duration)
+	if toc.Duration < 1500*time.Millisecond {
+		t.Errorf("the TOC took %v: the link was not slower than the lookup deadline", toc.Duration)
+	}
+	p.SetRate(0)
+	if _, err := replay.Hit(m.mnt, vectorAddKey, src); err != nil {
+		t.Fatal(err)
+	}
+}
