@@ -44,6 +44,7 @@ type options struct {
 	stateDir     string
 	store        string
 	cacheSize    int64
+	minFree      int64
 	gpu          string
 	plainHTTP    bool
 	fetchTimeout time.Duration
@@ -73,7 +74,7 @@ func main() {
 
 func parseFlags(args []string) (options, error) {
 	var o options
-	var cacheSize string
+	var cacheSize, minFree string
 	defState, defStateErr := userdir.Cache("cargohold", "fs")
 	fs := pflag.NewFlagSet("cargohold-fs", pflag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
@@ -81,6 +82,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.stateDir, "state-dir", defState, "content store, layer indexes, catalog, status.json and log, outside the mountpoint (default ${XDG_CACHE_HOME:-~/.cache}/cargohold/fs; without $HOME, the per-user runtime dir)")
 	fs.StringVar(&o.store, "store", "", "local OCI layout store for plain names (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
 	fs.StringVar(&cacheSize, "cache-size", "10G", "bound on the content store, bytes with K/M/G/T suffix (0: unbounded)")
+	fs.StringVar(&minFree, "min-free", "1G", "free space the content store leaves on its file system for local compiles; it evicts rather than go below (0: none)")
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:90:32" or "none" (env CARGOHOLD_GPU)`)
 	fs.BoolVar(&o.plainHTTP, "plain-http", false, "allow plain HTTP to registries that are not loopback, never with credentials (loopback needs no flag)")
 	fs.DurationVar(&o.fetchTimeout, "fetch-timeout", 5*time.Second, "deadline for a lookup that fetches a KEY; past it Triton sees ENOENT and compiles")
@@ -101,11 +103,14 @@ func parseFlags(args []string) (options, error) {
 	if _, err := cli.ParseLevel(o.logLevel); err != nil {
 		return o, err
 	}
-	n, err := parseSize(cacheSize)
+	n, err := parseSize("--cache-size", cacheSize)
 	if err != nil {
 		return o, err
 	}
 	o.cacheSize = n
+	if o.minFree, err = parseSize("--min-free", minFree); err != nil {
+		return o, err
+	}
 	if o.stateDir == "" {
 		if defStateErr == nil {
 			defStateErr = errors.New("empty")
@@ -135,7 +140,7 @@ func parseFlags(args []string) (options, error) {
 }
 
 // parseSize reads "10G", "512M", "123456" (powers of 1024).
-func parseSize(s string) (int64, error) {
+func parseSize(flag, s string) (int64, error) {
 	s = strings.TrimSpace(strings.ToUpper(s))
 	mult := int64(1)
 	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
@@ -147,7 +152,7 @@ func parseSize(s string) (int64, error) {
 	}
 	n, err := strconv.ParseFloat(s, 64)
 	if err != nil || n < 0 {
-		return 0, fmt.Errorf("--cache-size %q: want bytes with an optional K/M/G/T suffix", s)
+		return 0, fmt.Errorf("%s %q: want bytes with an optional K/M/G/T suffix", flag, s)
 	}
 	return int64(n * float64(mult)), nil
 }

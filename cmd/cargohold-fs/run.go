@@ -31,11 +31,12 @@ func run(o options) error {
 		return daemonize(o.stateDir)
 	}
 	level, _ := cli.ParseLevel(o.logLevel)
-	log := cli.NewLogger(cli.Stderr, level)
+	sink := &logSink{w: cli.Stderr}
+	log := cli.NewLogger(sink, level)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	m, err := mount(ctx, o, log)
+	m, err := mount(ctx, o, log, sink)
 	notifyParent(err)
 	if err != nil {
 		return err
@@ -79,7 +80,7 @@ func (m *mounted) close() {
 // mount assembles the data path (resolver → fetch engine → catalog → fs)
 // and mounts. The catalog loads from disk at once and refreshes from the
 // sources in the background, so the mount is up before any network answers.
-func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
+func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mounted, error) {
 	rep, err := gpu.Detect(gpu.Options{Override: o.gpu})
 	if err != nil {
 		return nil, err
@@ -112,6 +113,9 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		dir.Close()
 		return nil, err
 	}
+	// Room for what else lives on that file system (local compiles, when
+	// the cache dir shares it): the store evicts rather than fill it.
+	st.KeepFree(o.minFree)
 	// Lookups are bounded by --fetch-timeout (their ctx); each request by
 	// --request-timeout, so that a TOC larger than a lookup may wait for is
 	// still indexed in the background.
@@ -175,7 +179,7 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	}
 	ok = true
 	return &mounted{srv: srv, st: st, eng: eng, cancel: cancel, dir: dir,
-		status: startStatus(life, o, metrics, stats, eng, cat, st, log)}, nil
+		status: startStatus(life, o, metrics, stats, eng, cat, st, log, sink)}, nil
 }
 
 // unmount retries while the mount is busy (a process with its cwd inside),
