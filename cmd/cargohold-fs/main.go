@@ -11,6 +11,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"cargohold/gpu"
 	"cargohold/internal/cli"
 	"cargohold/internal/userdir"
 )
@@ -111,6 +113,17 @@ func parseFlags(args []string) (options, error) {
 	if o.minFree, err = parseSize("--min-free", minFree); err != nil {
 		return o, err
 	}
+	if err := checkGPUFlag(fs.Changed("gpu"), o.gpu); err != nil {
+		return o, err
+	}
+	switch {
+	case o.refresh < minRefresh:
+		return o, fmt.Errorf("--refresh %v: want at least %v (sources are re-read that often)", o.refresh, minRefresh)
+	case o.fetchTimeout <= 0:
+		return o, fmt.Errorf("--fetch-timeout %v: want a positive duration such as 5s", o.fetchTimeout)
+	case o.reqTimeout <= 0:
+		return o, fmt.Errorf("--request-timeout %v: want a positive duration such as 30s", o.reqTimeout)
+	}
 	if o.stateDir == "" {
 		if defStateErr == nil {
 			defStateErr = errors.New("empty")
@@ -139,9 +152,13 @@ func parseFlags(args []string) (options, error) {
 	return o, nil
 }
 
-// parseSize reads "10G", "512M", "123456" (powers of 1024).
-func parseSize(flag, s string) (int64, error) {
-	s = strings.TrimSpace(strings.ToUpper(s))
+// minRefresh is the shortest --refresh: a source is not re-read more often.
+const minRefresh = time.Second
+
+// parseSize reads "10G", "512M", "1.5G", "123456" (powers of 1024): a
+// finite, non-negative number of bytes that fits an int64.
+func parseSize(flag, raw string) (int64, error) {
+	s := strings.TrimSpace(strings.ToUpper(raw))
 	mult := int64(1)
 	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
 	if s != "" {
@@ -151,8 +168,24 @@ func parseSize(flag, s string) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseFloat(s, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%s %q: want bytes with an optional K/M/G/T suffix", flag, s)
+	v := n * float64(mult)
+	if err != nil || math.IsNaN(n) || n < 0 || v >= math.MaxInt64 {
+		return 0, fmt.Errorf("%s %q: want bytes with an optional K/M/G/T suffix, at most 8E", flag, raw)
 	}
-	return int64(n * float64(mult)), nil
+	return int64(v), nil
+}
+
+// checkGPUFlag refuses a --gpu that was given but names nothing (it would
+// silently mean "detect") and one that does not parse.
+func checkGPUFlag(set bool, v string) error {
+	if !set {
+		return nil
+	}
+	if strings.TrimSpace(v) == "" {
+		return fmt.Errorf(`--gpu %q: name targets such as "cuda:90:32", or "none" for no GPU`, v)
+	}
+	if _, err := gpu.ParseList(v); err != nil {
+		return fmt.Errorf("--gpu: %w", err)
+	}
+	return nil
 }

@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"cargohold/gpu"
 	"cargohold/internal/cli"
 )
 
@@ -113,6 +115,17 @@ func parseFlags(args []string) (options, error) {
 	}
 	if _, err := cli.ParseLevel(o.logLevel); err != nil {
 		return o, err
+	}
+	if o.timeout <= 0 {
+		return o, fmt.Errorf("--timeout %v: want a positive duration such as 30s", o.timeout)
+	}
+	if fs.Changed("gpu") {
+		if strings.TrimSpace(o.gpu) == "" {
+			return o, fmt.Errorf(`--gpu %q: name targets such as "cuda:90:32", or "none" for no GPU`, o.gpu)
+		}
+		if _, err := gpu.ParseList(o.gpu); err != nil {
+			return o, fmt.Errorf("--gpu: %w", err)
+		}
 	}
 	return o, nil
 }
