@@ -81,7 +81,9 @@ func notifyParent(mountErr error) {
 	}
 	defer f.Close()
 	if mountErr != nil {
-		fmt.Fprintln(f, mountErr.Error())
+		// One line: the parent reads up to the first newline (go-fuse ends
+		// some messages with one).
+		fmt.Fprintln(f, strings.Join(strings.Fields(mountErr.Error()), " "))
 		return
 	}
 	fmt.Fprintln(f, "ok")

@@ -164,15 +164,17 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 		log.Warn("--allow-other without root: other users can read the mount, but their compiles fail (the daemon cannot give them what they make)")
 	}
 	stats := &fs.Stats{}
-	srv, err := fs.Mount(life, mp, fs.Options{
-		Upper:         upperPath(dir),
-		PathPrefix:    o.pathPrefix,
-		Lower:         &images{cat: cat, timeout: o.fetchTimeout},
-		LookupTimeout: o.fetchTimeout,
-		Logger:        log,
-		Stats:         stats,
-		AllowOther:    o.allowOther,
-		SharedRoot:    shared,
+	srv, err := withFusermountCause(func() (*fs.Server, error) {
+		return fs.Mount(life, mp, fs.Options{
+			Upper:         upperPath(dir),
+			PathPrefix:    o.pathPrefix,
+			Lower:         &images{cat: cat, timeout: o.fetchTimeout},
+			LookupTimeout: o.fetchTimeout,
+			Logger:        log,
+			Stats:         stats,
+			AllowOther:    o.allowOther,
+			SharedRoot:    shared,
+		})
 	})
 	if err != nil {
 		return nil, err
