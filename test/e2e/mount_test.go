@@ -23,6 +23,9 @@ import (
 
 const vectorAddKey = "5W7KJQDTJCL4UGPMKKCS7TEEPZKSWOY4774SZQ6674FWSXG5MNXQ"
 
+// bigCacheDir is bigCache's dir once made; TestMain removes it.
+var bigCacheDir string
+
 // bigCache is the vector-add cache plus 500 generated kernels (cuda:80) and a
 // launcher, built once per test binary.
 var bigCache = sync.OnceValues(func() (string, error) {
@@ -30,6 +33,7 @@ var bigCache = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	bigCacheDir = dir
 	if _, err := gen.Generate(dir, gen.Options{Kernels: 500, Launchers: 1, Seed: 7, Scale: 0.25}); err != nil {
 		return "", err
 	}
