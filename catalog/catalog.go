@@ -22,6 +22,15 @@ import (
 // is zero: tags can move.
 const DefaultRefresh = 5 * time.Minute
 
+// DefaultRetry is the first wait before Run tries again after a refresh in
+// which some source failed, when Config.Retry is zero; it doubles on each
+// failure, up to maxRetry (and never past the refresh interval).
+const DefaultRetry = time.Second
+
+// maxRetry caps the retry backoff: a source that comes back is indexed
+// within a minute.
+const maxRetry = time.Minute
+
 // indexWorkers bounds the images resolved at once during a refresh (each
 // costs a few sequential round trips on a miss).
 const indexWorkers = 8
@@ -41,6 +50,11 @@ type Config struct {
 	// Refresh is Run's interval. Default DefaultRefresh; negative: Run
 	// refreshes once.
 	Refresh time.Duration
+	// Retry is Run's first wait after a refresh in which some source failed
+	// (a registry down at start): it refreshes again then, doubling the wait
+	// on each failure, until every source answers. Default DefaultRetry;
+	// negative: failed sources wait for the next refresh.
+	Retry time.Duration
 	// Logger receives refresh results, per-source errors, label errors and
 	// skipped locations. Default discards.
 	Logger *slog.Logger
@@ -206,6 +220,9 @@ func newCatalog(r *resolver.Resolver, eng fetcher, cfg Config) (*Catalog, error)
 	if cat.cfg.Refresh == 0 {
 		cat.cfg.Refresh = DefaultRefresh
 	}
+	if cat.cfg.Retry == 0 {
+		cat.cfg.Retry = DefaultRetry
+	}
 	cat.log = cfg.Logger
 	if cat.log == nil {
 		cat.log = slog.New(slog.DiscardHandler)
@@ -339,20 +356,33 @@ func (cat *Catalog) Stats() Stats {
 	return st
 }
 
-// Run refreshes now and then every IndexConfig.Refresh until ctx ends (once
-// when Refresh is negative). Errors are logged; the catalog keeps serving.
-// Call Load first: lookups then answer from the persisted catalog while the
-// first refresh runs.
+// Run refreshes now and then every Config.Refresh until ctx ends (once
+// when Refresh is negative). After a refresh in which a source failed it
+// tries again sooner, with backoff (Config.Retry), until every source
+// answers. Errors are logged; the catalog keeps serving. Call Load first:
+// lookups then answer from the persisted catalog while the first refresh
+// runs.
 func (cat *Catalog) Run(ctx context.Context) {
+	retry := cat.cfg.Retry
 	for {
-		if err := cat.Refresh(ctx); err != nil && ctx.Err() == nil {
+		err := cat.Refresh(ctx)
+		if err != nil && ctx.Err() == nil {
 			// Each failure was logged and counted where it happened.
 			cat.log.Debug("refresh", "err", err)
 		}
 		if cat.cfg.Refresh < 0 {
 			return
 		}
-		t := time.NewTimer(cat.cfg.Refresh)
+		wait := cat.cfg.Refresh
+		var se *SourceError
+		if errors.As(err, &se) && retry > 0 {
+			wait = min(retry, wait)
+			cat.log.Info("retrying failed image sources", "in", wait)
+			retry = min(2*retry, maxRetry)
+		} else {
+			retry = cat.cfg.Retry
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()

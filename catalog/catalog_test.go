@@ -519,3 +519,42 @@ func TestIndexRun(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestRunRetriesFailedSource: a source that fails (registry down at start)
+// is tried again with backoff, not at the next refresh an hour later, and
+// indexed once it answers.
+func TestRunRetriesFailedSource(t *testing.T) {
+	f := newIxRegistry(t)
+	dir, es := ixGen(t, gen.Options{Kernels: 2, Seed: 9})
+	f.push(t, "cache:v1", ixPack(t, dir))
+	if err := f.p.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	e := newIxEnv(t, "", ixOptions(t), []string{f.ref("cache:v1")}, "cuda:80:32")
+	ix := ixMustIndex(t, e, catalog.Config{Sources: []string{f.ref("cache:v1")}, Targets: ixTargets(t, "cuda:80:32"),
+		Refresh: time.Hour, Retry: 20 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ix.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	<-ix.Ready()
+	if len(ix.Errors()) != 1 {
+		t.Fatalf("first refresh with the registry down: errors %v", ix.Errors())
+	}
+	if err := f.p.SetDown(false); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for ix.Stats().Keys != len(es) {
+		if time.Now().After(deadline) {
+			t.Fatalf("source not indexed 15s after it came back (refresh interval 1h): %+v, errors %v", ix.Stats(), ix.Errors())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Healthy now: back to the refresh interval, no more retries.
+	n := ix.Stats().Refreshes
+	time.Sleep(300 * time.Millisecond)
+	if got := ix.Stats().Refreshes; got != n {
+		t.Fatalf("%d more refreshes while every source answers (interval 1h)", got-n)
+	}
+}

@@ -30,7 +30,8 @@
 //   - Lookups read an immutable snapshot through an atomic pointer and do no
 //     I/O; a refresh builds the next snapshot beside it.
 //   - A source that fails keeps what its last good refresh found; each
-//     failed source refresh is logged and counted once (SourceFailures).
+//     failed source refresh is logged and counted once (SourceFailures),
+//     and Run refreshes again with backoff (Config.Retry) until it answers.
 //   - Entry tells "no image has KEY" (fs.ErrNotExist) from "the images
 //     cannot answer now" (any other error), so that the mount can count
 //     the two apart; it records neither: its caller does.

@@ -11,6 +11,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"cargohold/internal/userdir"
 	"cargohold/resolver"
 	"cargohold/store"
 )
@@ -150,18 +151,10 @@ func (e *Engine) account(ctx context.Context, c *resolver.Counters) {
 
 // DefaultStateDir is where lazy fetching keeps its state (content store,
 // layer indexes) unless told otherwise:
-// ${XDG_CACHE_HOME:-$HOME/.cache}/cargohold.
-func DefaultStateDir() string {
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if cache == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			home = "."
-		}
-		cache = filepath.Join(home, ".cache")
-	}
-	return filepath.Join(cache, "cargohold")
-}
+// ${XDG_CACHE_HOME:-$HOME/.cache}/cargohold, or the per-user runtime dir's
+// cargohold without $HOME; an error when the user has neither (never a
+// shared or relative fallback).
+func DefaultStateDir() (string, error) { return userdir.Cache("cargohold") }
 
 // StoreDir is the content store inside a state dir: stateDir/store.
 func StoreDir(stateDir string) string { return filepath.Join(stateDir, "store") }

@@ -360,6 +360,9 @@ func (n *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Attr
 	if err == nil {
 		out.FromStat(&st)
 		out.Ino = 0 // the node's own (a KEY dir's is made up); the bridge fills it in
+		if n.kind == rootDir && n.v.shared {
+			out.Mode = out.Mode&^0o7777 | 0o1777
+		}
 		return 0
 	}
 	if n.kind == keyDir && errors.Is(err, syscall.ENOENT) {

@@ -70,6 +70,11 @@ type Options struct {
 	// (FUSE allow_other; needs user_allow_other or root). Permission bits
 	// are checked by the kernel (default_permissions). Default false.
 	AllowOther bool
+	// SharedRoot shows the root dir as sticky and writable by all (01777,
+	// like /tmp), whatever the upper dir's mode, so that on an AllowOther
+	// mount other users can make their KEY dirs and compile; a daemon
+	// running as root gives each new entry to its maker. Default false.
+	SharedRoot bool
 	// Debug logs every FUSE request (go-fuse debug output). Default false.
 	Debug bool
 }

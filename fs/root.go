@@ -22,6 +22,7 @@ type view struct {
 	prefix   string // Options.PathPrefix
 	lower    Lower  // nil: no images
 	timeout  time.Duration
+	shared   bool // Options.SharedRoot
 	log      *slog.Logger
 	stats    *Stats
 	life     context.Context // done when the mount goes away: cancels lookups
@@ -67,6 +68,7 @@ func newView(life context.Context, opts Options) (*view, error) {
 		prefix:   opts.PathPrefix,
 		lower:    opts.Lower,
 		timeout:  opts.LookupTimeout,
+		shared:   opts.SharedRoot,
 		log:      opts.Logger,
 		stats:    opts.Stats,
 		life:     life,

@@ -56,8 +56,10 @@ func ParseTarget(s string) (Target, error) {
 	t := Target{Backend: strings.ToLower(parts[0]), Arch: strings.ToLower(parts[1])}
 	switch t.Backend {
 	case "cuda":
-		if n, err := strconv.Atoi(t.Arch); err != nil || n <= 0 {
-			return Target{}, fmt.Errorf("gpu: target %q: CUDA arch must be a number like 80", s)
+		// Written as Triton writes it: "080" or "+80" would never equal a
+		// kernel's "80", and nothing would fit.
+		if n, err := strconv.Atoi(t.Arch); err != nil || n <= 0 || strconv.Itoa(n) != t.Arch {
+			return Target{}, fmt.Errorf("gpu: target %q: CUDA arch %q must be a number like 80 (no sign, no leading zero)", s, t.Arch)
 		}
 	case "hip":
 		if !strings.HasPrefix(t.Arch, "gfx") || len(t.Arch) < 5 {
@@ -69,7 +71,7 @@ func ParseTarget(s string) (Target, error) {
 	t.WarpSize = DefaultWarpSize(t.Backend, t.Arch)
 	if len(parts) == 3 {
 		w, err := strconv.Atoi(parts[2])
-		if err != nil || (w != 32 && w != 64) {
+		if err != nil || (w != 32 && w != 64) || strconv.Itoa(w) != parts[2] {
 			return Target{}, fmt.Errorf("gpu: target %q: warp size must be 32 or 64", s)
 		}
 		t.WarpSize = w

@@ -15,7 +15,8 @@ func TestParseList(t *testing.T) {
 	if err != nil || none == nil || len(none) != 0 {
 		t.Fatalf("none: %v %v", none, err)
 	}
-	for _, bad := range []string{"", "cuda", "cuda:x:32", "rocm:gfx90a", "hip:90a", "cuda:80:48", "cuda:80:32:1"} {
+	for _, bad := range []string{"", "cuda", "cuda:x:32", "rocm:gfx90a", "hip:90a", "cuda:80:48", "cuda:80:32:1",
+		"cuda:080:32", "cuda:+80", "cuda:80:032", " ", "cuda:80,,cuda:90"} {
 		if _, err := ParseList(bad); err == nil {
 			t.Errorf("%q: want error", bad)
 		}

@@ -2,6 +2,7 @@ package layer
 
 import (
 	"archive/tar"
+	"fmt"
 	"strings"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -62,6 +63,9 @@ func tocKind(typ string) kind {
 	return kindOther
 }
 
+// maxNameLen is NAME_MAX of Linux file systems.
+const maxNameLen = 255
+
 // checkEntry is the one guard every format passes its entries through. It
 // returns the KEY and file name of a cache file, or says the entry is to be
 // ignored or skipped, or returns an *UnsafeEntryError.
@@ -111,6 +115,15 @@ func checkEntry(name string, k kind) (key, file string, p place, err error) {
 	for _, el := range els {
 		if el == "" || el == "." {
 			return unsafe("not a clean path")
+		}
+		// What no file system holds (NAME_MAX) or no Triton writes: a name
+		// listed but never openable, or one that breaks lines in logs and
+		// listings.
+		if len(el) > maxNameLen {
+			return unsafe(fmt.Sprintf("name element of %d bytes (the most is %d)", len(el), maxNameLen))
+		}
+		if strings.ContainsFunc(el, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			return unsafe("control character in name")
 		}
 	}
 	switch {

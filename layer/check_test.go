@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -36,6 +37,11 @@ func TestUnsafeEntries(t *testing.T) {
 		{"contiguous file type", tarEntry{Name: dir + "c", Type: tar.TypeCont}, false},
 		{"double slash", tarEntry{Name: Prefix + key + "//g", Body: []byte("x")}, true},
 		{"dot element", tarEntry{Name: dir + "./g", Body: []byte("x")}, true},
+		// A file name no file system holds (NAME_MAX): listed, never opened.
+		{"name over 255 bytes", tarEntry{Name: dir + strings.Repeat("n", 300), Body: []byte("x")}, true},
+		{"newline in name", tarEntry{Name: dir + "a\nb.json", Body: []byte("x")}, true},
+		{"control character in name", tarEntry{Name: dir + "a\x1b[2Jb", Body: []byte("x")}, true},
+		{"DEL in name", tarEntry{Name: dir + "a\x7fb", Body: []byte("x")}, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -11,9 +11,10 @@
 // Invariants:
 //   - No HTTP and no FUSE here: callers bring an io.ReaderAt and a size.
 //   - Every entry of every format passes one check (checkEntry): names with
-//     "..", absolute names, links, devices and unclean names under
-//     io.triton.cache/ are errors (*UnsafeEntryError); entries elsewhere are
-//     skipped and recorded, never an error.
+//     "..", absolute names, links, devices, unclean names, name elements
+//     over 255 bytes and control characters under io.triton.cache/ are
+//     errors (*UnsafeEntryError); entries elsewhere are skipped and
+//     recorded, never an error.
 //   - An Index is immutable after Open and JSON-serialisable; Dir.Read does
 //     not mutate it, so any number of goroutines may read at once.
 //   - Dir.Read never returns data whose known digest or size disagrees.

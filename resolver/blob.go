@@ -170,10 +170,10 @@ func (b *RegistryBlob) fetch(ctx context.Context, p []byte, off int64) error {
 	}
 }
 
-// attempt is one GET under its own deadline.
+// attempt is one GET, bounded by ctx and by a watchdog (watch): an answer
+// within Options.Timeout, and no stall of the body that long; a long body
+// on a slow link is fine.
 func (b *RegistryBlob) attempt(ctx context.Context, p []byte, off int64) error {
-	ctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
-	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.url, nil)
 	if err != nil {
 		return err
@@ -181,7 +181,8 @@ func (b *RegistryBlob) attempt(ctx context.Context, p []byte, off int64) error {
 	last := off + int64(len(p)) - 1
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, last))
 	b.m.request()
-	resp, err := b.client.Do(req)
+	// Watched here too, so that an attempt is bounded whatever rt is.
+	resp, err := watch(b.client.Do, req, b.opts.Timeout)
 	if err != nil {
 		return err
 	}
@@ -332,7 +333,7 @@ func retryable(err error) bool {
 	if errors.Is(err, ErrShortBody) {
 		return true
 	}
-	if errors.Is(err, ErrBadResponse) || errors.Is(err, ErrNotFound) {
+	if errors.Is(err, ErrBadResponse) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrRegistryDown) || errors.Is(err, ErrInsecure) {
 		return false
 	}
 	var terr *transport.Error

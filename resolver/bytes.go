@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -41,8 +40,8 @@ func (r *Resolver) Blob(ctx context.Context, l LayerRef) (Blob, error) {
 // at its end: a mismatch is an error instead of io.EOF, so consumers must
 // read to io.EOF before trusting what they read. A registry stream is one
 // GET without Range; its headers must come within Options.Timeout, and it
-// fails when no body byte arrives for Options.Timeout (ctx bounds the
-// whole). Options.Progress, when set, sees the bytes go by.
+// fails with ErrStalled when no body byte arrives for Options.Timeout (ctx
+// bounds the whole). Options.Progress, when set, sees the bytes go by.
 func (r *Resolver) Stream(ctx context.Context, l LayerRef) (*Stream, error) {
 	if err := l.Validate(); err != nil {
 		return nil, err
@@ -115,9 +114,7 @@ func (r *Resolver) registryStream(ctx context.Context, l LayerRef, m meter) (io.
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	dog := &watchdog{d: r.opts.Timeout, t: time.AfterFunc(r.opts.Timeout, cancel)}
 	fail := func(err error) (io.ReadCloser, error) {
-		dog.t.Stop()
 		cancel()
 		m.failed()
 		return nil, fmt.Errorf("resolver: GET %s: %w", l, err)
@@ -145,28 +142,11 @@ func (r *Resolver) registryStream(ctx context.Context, l LayerRef, m meter) (io.
 		resp.Body.Close()
 		return fail(fmt.Errorf("%w: Content-Length %d for a blob of %d bytes", ErrBadResponse, resp.ContentLength, l.Desc.Size))
 	}
-	dog.r = &countingReader{r: resp.Body, m: m}
-	return readCloser{dog, closerFunc(func() error {
-		dog.t.Stop()
+	// The transport's watchdog (guard) fails the body when it stalls.
+	return readCloser{&countingReader{r: resp.Body, m: m}, closerFunc(func() error {
 		cancel()
 		return resp.Body.Close()
 	})}, nil
-}
-
-// watchdog re-arms its timer on every read that returns bytes: a body that
-// stalls for d is canceled.
-type watchdog struct {
-	r io.Reader
-	t *time.Timer
-	d time.Duration
-}
-
-func (w *watchdog) Read(p []byte) (int, error) {
-	n, err := w.r.Read(p)
-	if n > 0 {
-		w.t.Reset(w.d)
-	}
-	return n, err
 }
 
 type readCloser struct {

@@ -31,13 +31,21 @@
 //   - One authenticated transport per repository and Resolver, shared by the
 //     manifest fetches and every blob of that repository (token refresh on
 //     401 happens inside it).
-//   - Every ranged GET attempt carries a deadline (Options.Timeout); failures
-//     that may pass (network errors, 5xx, 429, short bodies) are retried a
-//     bounded number of times; protocol violations and other 4xx are not. A
-//     Stream fails when its body stalls for Options.Timeout.
+//   - Every request without a body is watched (stall.go): no answer, or no
+//     body byte, for Options.Timeout fails it with ErrStalled; a long body
+//     that moves is never cut. Failures of a ranged GET that may pass
+//     (network errors, stalls, 5xx, 429, short bodies) are retried a bounded
+//     number of times; protocol violations and other 4xx are not.
 //   - A ReadAt either fills exactly the bytes asked for (up to the blob end,
 //     then io.EOF) or returns an error; it never returns bytes of a response
 //     that does not match the range asked for.
+//   - Plain HTTP goes only to loopback, or with Options.PlainHTTP to other
+//     hosts, and then never with credentials (guard.go): an RFC 1918
+//     registry does not fall back to http on its own.
+//   - A registry host whose requests hang (no answer for 500ms or more, twice
+//     in a row) is remembered: its requests fail at once with
+//     ErrRegistryDown for a back-off of 1s doubling to 30s, then one probe
+//     goes out; an answer heals it (health.go).
 //   - The local store's index.json names each reference at most once; it is
 //     replaced atomically under a file lock.
 package resolver

@@ -110,6 +110,12 @@ func (im *Image) LayerRef(i int) LayerRef {
 	return ref
 }
 
+// MaxConfigSize bounds an image config: a bigger one (a huge label) is
+// refused before it is read, as reading and parsing it costs several times
+// its size in memory. cargohold's metadata label takes about 300 bytes a
+// kernel: this is room for some 50,000.
+const MaxConfigSize = 16 << 20
+
 // newImage reads manifest and config of img.
 func newImage(ref string, img v1.Image) (*Image, error) {
 	dig, err := img.Digest()
@@ -119,6 +125,9 @@ func newImage(ref string, img v1.Image) (*Image, error) {
 	m, err := img.Manifest()
 	if err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	if n := max(m.Config.Size, int64(len(m.Config.Data))); n > MaxConfigSize {
+		return nil, fmt.Errorf("config %s: %d bytes, larger than the %d MiB an image config may have", m.Config.Digest, n, MaxConfigSize>>20)
 	}
 	cfg, err := img.ConfigFile()
 	if err != nil {

@@ -76,6 +76,9 @@ func writeLayout(ctx context.Context, dir, refName string, img v1.Image) (v1.Has
 	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
+	if dir == "" {
+		return fail(errors.New("no local store: $HOME is unset; set $CARGOHOLD_STORE or --store"))
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fail(err)
 	}

@@ -4,12 +4,13 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"cargohold/internal/userdir"
 )
 
 // Defaults for Options fields left zero.
@@ -28,17 +29,19 @@ type Options struct {
 	// Store is the local OCI image layout searched before the registry and
 	// written by Save. Default DefaultStore().
 	Store string
-	// PlainHTTP allows plain HTTP to the registry (name.Insecure). Default
-	// false; ggcr speaks plain HTTP to loopback and localhost registries
-	// anyway.
+	// PlainHTTP allows plain HTTP to registries that are not loopback
+	// (name.Insecure), without credentials. Default false: plain HTTP only
+	// to loopback and localhost registries (credentials included); an RFC
+	// 1918 address gets https only, although ggcr would fall back.
 	PlainHTTP bool
 	// Keychain resolves registry credentials. Default authn.DefaultKeychain
 	// (docker/podman config files).
 	Keychain authn.Keychain
-	// Timeout bounds each registry request: the whole of one ranged blob GET
-	// attempt, the auth handshake, and the wait for response headers of any
-	// other request (a layer stream's body is bounded only by its ctx).
-	// Default DefaultTimeout.
+	// Timeout bounds each registry request: its answer must come within
+	// Timeout, and its body must never go Timeout without a byte (ErrStalled);
+	// a long body on a slow link is fine while it moves. It also bounds the
+	// auth handshake. It is not a deadline for callers: their ctx is (a FUSE
+	// lookup's, say). Default DefaultTimeout.
 	Timeout time.Duration
 	// Retries is how often a failed ranged GET is retried. Default
 	// DefaultRetries; negative: none.
@@ -71,20 +74,19 @@ type Options struct {
 }
 
 // DefaultStore is the local image store:
-// ${CARGOHOLD_STORE:-${XDG_DATA_HOME:-$HOME/.local/share}/cargohold/oci}.
+// ${CARGOHOLD_STORE:-${XDG_DATA_HOME:-$HOME/.local/share}/cargohold/oci}
+// (without $HOME, the per-user runtime dir's cargohold/oci). "" when the
+// user has none of these: then there is no local store (references go to
+// the registry; Save fails), never a shared or relative fallback.
 func DefaultStore() string {
 	if s := os.Getenv("CARGOHOLD_STORE"); s != "" {
 		return s
 	}
-	data := os.Getenv("XDG_DATA_HOME")
-	if data == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			home = "."
-		}
-		data = filepath.Join(home, ".local", "share")
+	d, err := userdir.Data("cargohold", "oci")
+	if err != nil {
+		return ""
 	}
-	return filepath.Join(data, "cargohold", "oci")
+	return d
 }
 
 // withDefaults fills zero fields; New calls it, once. Negative counts

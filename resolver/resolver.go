@@ -17,6 +17,7 @@ import (
 type Resolver struct {
 	// immutable after New
 	opts     Options
+	base     http.RoundTripper // opts.Transport behind the guard: what every request goes out through
 	counters Counters
 
 	mu         sync.Mutex
@@ -36,6 +37,7 @@ func New(opts Options) *Resolver {
 	if r.opts.Counters == nil {
 		r.opts.Counters = &r.counters
 	}
+	r.base = &guard{next: r.opts.Transport, plainHTTP: r.opts.PlainHTTP, health: newHealth(), timeout: r.opts.Timeout}
 	return r
 }
 
@@ -89,7 +91,7 @@ func (r *Resolver) buildTransport(ctx context.Context, repo name.Repository) (ht
 	if err != nil {
 		return nil, fmt.Errorf("resolver: credentials for %s: %w", repo, err)
 	}
-	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, r.opts.Transport,
+	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, r.base,
 		[]string{repo.Scope(transport.PullScope)})
 	if err != nil {
 		return nil, fmt.Errorf("resolver: auth %s: %w", repo, err)

@@ -14,6 +14,10 @@
 //     cannot be made to fit by evicting unpinned entries fails with ErrFull
 //     and commits nothing; it does not evict anything either. A blob larger
 //     than the limit is ErrFull before it fills the disk.
+//   - With KeepFree(n), a Put never writes a byte that would leave less than
+//     n bytes free on the store's file system: it evicts least recently used
+//     unpinned entries first, and fails with ErrFull, committing nothing,
+//     when that is not enough (space.go).
 //   - An entry with an open File is pinned and never evicted.
 //   - Sizes are content bytes (file lengths), not disk blocks.
 //

@@ -30,7 +30,7 @@ func (s *Store) Put(d digest.Digest, r io.Reader) error {
 	}
 	s.mu.Lock()
 	_, ok := s.entries[d]
-	closed := s.closed
+	closed, reserve := s.closed, s.reserve
 	s.mu.Unlock()
 	if closed {
 		return fmt.Errorf("store: put %s: %w", d, fs.ErrClosed)
@@ -56,7 +56,11 @@ func (s *Store) Put(d digest.Digest, r io.Reader) error {
 	}()
 
 	dg := digest.SHA256.Digester()
-	w := &guardWriter{w: io.MultiWriter(tmp, dg.Hash()), max: s.limit}
+	var out io.Writer = tmp
+	if reserve > 0 {
+		out = diskWriter{s: s, w: tmp} // KeepFree
+	}
+	w := &guardWriter{w: io.MultiWriter(out, dg.Hash()), max: s.limit}
 	n, err := io.Copy(w, r)
 	if err != nil {
 		return fmt.Errorf("store: put %s: write: %w", d, err)

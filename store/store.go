@@ -42,6 +42,7 @@ type Store struct {
 	lru       list.List // unpinned entries only; front = most recently used
 	total     int64     // bytes of all entries
 	unpinned  int64     // bytes of entries on lru
+	reserve   int64     // KeepFree
 	evictions uint64
 	closed    bool
 }

@@ -23,11 +23,8 @@ const (
 // daemonize re-runs this command detached (Go cannot fork) and waits for
 // the child to say the mount is up.
 func daemonize(stateDir string) error {
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
-		return fmt.Errorf("detach: %w", err)
-	}
-	logPath := filepath.Join(stateDir, "cargohold-fs.log")
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	logPath := filepath.Join(stateDir, logName)
+	logf, err := openLog(stateDir)
 	if err != nil {
 		return fmt.Errorf("detach: %w", err)
 	}
@@ -84,7 +81,9 @@ func notifyParent(mountErr error) {
 	}
 	defer f.Close()
 	if mountErr != nil {
-		fmt.Fprintln(f, mountErr.Error())
+		// One line: the parent reads up to the first newline (go-fuse ends
+		// some messages with one).
+		fmt.Fprintln(f, strings.Join(strings.Fields(mountErr.Error()), " "))
 		return
 	}
 	fmt.Fprintln(f, "ok")

@@ -1,7 +1,8 @@
 // Command cargohold-fs mounts a FUSE filesystem as Triton's cache dir. A
 // lookup of a kernel KEY that is not on local disk is answered from a cache
 // image that fits the local GPU: only that KEY dir is fetched, verified and
-// kept in a bounded local store. Local compiles land in the upper dir.
+// kept in a bounded local store. The dir under the mount stays visible and
+// takes the local compiles (it is the upper dir).
 //
 //	cargohold-fs -i REGISTRY/REPO:TAG [-i ...] [MOUNTPOINT]
 //	cargohold-fs status [--state-dir DIR]
@@ -10,6 +11,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,7 +20,9 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"cargohold/gpu"
 	"cargohold/internal/cli"
+	"cargohold/internal/userdir"
 )
 
 const usage = `Usage:
@@ -42,9 +46,11 @@ type options struct {
 	stateDir     string
 	store        string
 	cacheSize    int64
+	minFree      int64
 	gpu          string
 	plainHTTP    bool
 	fetchTimeout time.Duration
+	reqTimeout   time.Duration
 	refresh      time.Duration
 	pathPrefix   string
 	logLevel     string
@@ -70,22 +76,25 @@ func main() {
 
 func parseFlags(args []string) (options, error) {
 	var o options
-	var cacheSize string
+	var cacheSize, minFree string
+	defState, defStateErr := userdir.Cache("cargohold", "fs")
 	fs := pflag.NewFlagSet("cargohold-fs", pflag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	fs.StringArrayVarP(&o.images, "image", "i", nil, "image source (repeatable; see above)")
-	fs.StringVar(&o.stateDir, "state-dir", defaultStateDir(), "upper dir, content store, index and status.json")
+	fs.StringVar(&o.stateDir, "state-dir", defState, "content store, layer indexes, catalog, status.json and log, outside the mountpoint (default ${XDG_CACHE_HOME:-~/.cache}/cargohold/fs; without $HOME, the per-user runtime dir)")
 	fs.StringVar(&o.store, "store", "", "local OCI layout store for plain names (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
 	fs.StringVar(&cacheSize, "cache-size", "10G", "bound on the content store, bytes with K/M/G/T suffix (0: unbounded)")
+	fs.StringVar(&minFree, "min-free", "1G", "free space the content store leaves on its file system for local compiles; it evicts rather than go below (0: none)")
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:90:32" or "none" (env CARGOHOLD_GPU)`)
-	fs.BoolVar(&o.plainHTTP, "plain-http", false, "talk plain HTTP to registries (for one on loopback)")
+	fs.BoolVar(&o.plainHTTP, "plain-http", false, "allow plain HTTP to registries that are not loopback, never with credentials (loopback needs no flag)")
 	fs.DurationVar(&o.fetchTimeout, "fetch-timeout", 5*time.Second, "deadline for a lookup that fetches a KEY; past it Triton sees ENOENT and compiles")
+	fs.DurationVar(&o.reqTimeout, "request-timeout", 30*time.Second, "each registry request must answer, and its body move, within this (index loads are bounded by it, not by --fetch-timeout)")
 	fs.DurationVar(&o.refresh, "refresh", 5*time.Minute, "how often image sources are re-read (tags move)")
 	fs.StringVar(&o.pathPrefix, "path-prefix", "", "the path Triton sees the cache at, for bind mounts (default the mountpoint)")
 	fs.StringVarP(&o.logLevel, "log-level", "l", "info", "log level: debug, info, warning, error")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9477 (default off)")
 	fs.BoolVarP(&o.foreground, "foreground", "f", false, "stay in the foreground (default: detach once mounted)")
-	fs.BoolVar(&o.allowOther, "allow-other", false, "let other users see the mount (needs user_allow_other for non-root)")
+	fs.BoolVar(&o.allowOther, "allow-other", false, "let other users use the mount (needs user_allow_other for non-root); as root, they may compile into it too")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -96,11 +105,31 @@ func parseFlags(args []string) (options, error) {
 	if _, err := cli.ParseLevel(o.logLevel); err != nil {
 		return o, err
 	}
-	n, err := parseSize(cacheSize)
+	n, err := parseSize("--cache-size", cacheSize)
 	if err != nil {
 		return o, err
 	}
 	o.cacheSize = n
+	if o.minFree, err = parseSize("--min-free", minFree); err != nil {
+		return o, err
+	}
+	if err := checkGPUFlag(fs.Changed("gpu"), o.gpu); err != nil {
+		return o, err
+	}
+	switch {
+	case o.refresh < minRefresh:
+		return o, fmt.Errorf("--refresh %v: want at least %v (sources are re-read that often)", o.refresh, minRefresh)
+	case o.fetchTimeout <= 0:
+		return o, fmt.Errorf("--fetch-timeout %v: want a positive duration such as 5s", o.fetchTimeout)
+	case o.reqTimeout <= 0:
+		return o, fmt.Errorf("--request-timeout %v: want a positive duration such as 30s", o.reqTimeout)
+	}
+	if o.stateDir == "" {
+		if defStateErr == nil {
+			defStateErr = errors.New("empty")
+		}
+		return o, fmt.Errorf("no state dir: %w; name one with --state-dir", defStateErr)
+	}
 	switch {
 	case len(rest) > 1:
 		return o, fmt.Errorf("unexpected arguments %q", rest[1:])
@@ -123,9 +152,13 @@ func parseFlags(args []string) (options, error) {
 	return o, nil
 }
 
-// parseSize reads "10G", "512M", "123456" (powers of 1024).
-func parseSize(s string) (int64, error) {
-	s = strings.TrimSpace(strings.ToUpper(s))
+// minRefresh is the shortest --refresh: a source is not re-read more often.
+const minRefresh = time.Second
+
+// parseSize reads "10G", "512M", "1.5G", "123456" (powers of 1024): a
+// finite, non-negative number of bytes that fits an int64.
+func parseSize(flag, raw string) (int64, error) {
+	s := strings.TrimSpace(strings.ToUpper(raw))
 	mult := int64(1)
 	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
 	if s != "" {
@@ -135,19 +168,24 @@ func parseSize(s string) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseFloat(s, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("--cache-size %q: want bytes with an optional K/M/G/T suffix", s)
+	v := n * float64(mult)
+	if err != nil || math.IsNaN(n) || n < 0 || v >= math.MaxInt64 {
+		return 0, fmt.Errorf("%s %q: want bytes with an optional K/M/G/T suffix, at most 8E", flag, raw)
 	}
-	return int64(n * float64(mult)), nil
+	return int64(v), nil
 }
 
-// defaultStateDir is ${XDG_CACHE_HOME:-~/.cache}/cargohold/fs.
-func defaultStateDir() string {
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "cargohold", "fs")
+// checkGPUFlag refuses a --gpu that was given but names nothing (it would
+// silently mean "detect") and one that does not parse.
+func checkGPUFlag(set bool, v string) error {
+	if !set {
+		return nil
 	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".cache", "cargohold", "fs")
+	if strings.TrimSpace(v) == "" {
+		return fmt.Errorf(`--gpu %q: name targets such as "cuda:90:32", or "none" for no GPU`, v)
 	}
-	return filepath.Join(os.TempDir(), "cargohold-fs")
+	if _, err := gpu.ParseList(v); err != nil {
+		return fmt.Errorf("--gpu: %w", err)
+	}
+	return nil
 }

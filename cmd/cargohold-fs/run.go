@@ -24,15 +24,19 @@ func run(o options) error {
 	if o.status {
 		return printStatus(o.stateDir)
 	}
+	if err := prepareState(o.stateDir); err != nil {
+		return err
+	}
 	if !o.foreground && os.Getenv(daemonEnv) == "" {
 		return daemonize(o.stateDir)
 	}
 	level, _ := cli.ParseLevel(o.logLevel)
-	log := cli.NewLogger(cli.Stderr, level)
+	sink := &logSink{w: cli.Stderr}
+	log := cli.NewLogger(sink, level)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	m, err := mount(ctx, o, log)
+	m, err := mount(ctx, o, log, sink)
 	notifyParent(err)
 	if err != nil {
 		return err
@@ -62,6 +66,7 @@ type mounted struct {
 	eng    *fetch.Engine
 	cancel context.CancelFunc
 	status *statusWriter
+	dir    *os.File // the dir under the mount: the upper dir
 }
 
 func (m *mounted) close() {
@@ -69,12 +74,13 @@ func (m *mounted) close() {
 	m.status.stop()
 	m.eng.Close()
 	m.st.Close()
+	m.dir.Close()
 }
 
 // mount assembles the data path (resolver → fetch engine → catalog → fs)
 // and mounts. The catalog loads from disk at once and refreshes from the
 // sources in the background, so the mount is up before any network answers.
-func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
+func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mounted, error) {
 	rep, err := gpu.Detect(gpu.Options{Override: o.gpu})
 	if err != nil {
 		return nil, err
@@ -83,14 +89,37 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	if len(rep.Targets) == 0 {
 		log.Warn("no local GPU target: no image kernel will fit; the mount serves local compiles only")
 	}
-	if err := os.MkdirAll(o.stateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
-	}
-	st, err := store.Open(filepath.Join(o.stateDir, "store"), o.cacheSize)
+	mp, err := filepath.Abs(o.mountpoint)
 	if err != nil {
 		return nil, err
 	}
-	r := resolver.New(resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP, Timeout: o.fetchTimeout, Logger: log})
+	if err := clearStaleMount(mp, log); err != nil {
+		return nil, err
+	}
+	store0 := o.store
+	if store0 == "" {
+		store0 = resolver.DefaultStore()
+	}
+	if err := checkOverlap(mp, o.stateDir, store0, o.images); err != nil {
+		return nil, err
+	}
+	dir, err := openCacheDir(mp)
+	if err != nil {
+		return nil, err
+	}
+	moveOldUpper(o.stateDir, dir, log)
+	st, err := store.Open(filepath.Join(o.stateDir, "store"), o.cacheSize)
+	if err != nil {
+		dir.Close()
+		return nil, err
+	}
+	// Room for what else lives on that file system (local compiles, when
+	// the cache dir shares it): the store evicts rather than fill it.
+	st.KeepFree(o.minFree)
+	// Lookups are bounded by --fetch-timeout (their ctx); each request by
+	// --request-timeout, so that a TOC larger than a lookup may wait for is
+	// still indexed in the background.
+	r := resolver.New(resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP, Timeout: o.reqTimeout, Logger: log})
 	eng := fetch.NewEngine(r, st, o.stateDir)
 	life, cancel := context.WithCancel(ctx)
 	var metrics net.Listener
@@ -105,6 +134,7 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		cancel()
 		eng.Close()
 		st.Close()
+		dir.Close()
 	}()
 
 	cat, err := catalog.New(r, eng, catalog.Config{
@@ -118,9 +148,6 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	}
 	go cat.Run(life)
 
-	if err := clearStaleMount(o.mountpoint, log); err != nil {
-		return nil, err
-	}
 	if o.metricsAddr != "" {
 		// Opened before mounting: a busy address fails the mount rather than
 		// the metrics going missing.
@@ -128,22 +155,33 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 			return nil, fmt.Errorf("--metrics-addr: %w", err)
 		}
 	}
+	// On a shared (allow_other) mount of a root daemon, other users compile
+	// too: the root shows open to all and sticky, and what they make is
+	// theirs. A non-root daemon cannot give files away, so there others
+	// can only read.
+	shared := o.allowOther && os.Geteuid() == 0
+	if o.allowOther && !shared {
+		log.Warn("--allow-other without root: other users can read the mount, but their compiles fail (the daemon cannot give them what they make)")
+	}
 	stats := &fs.Stats{}
-	srv, err := fs.Mount(life, o.mountpoint, fs.Options{
-		Upper:         filepath.Join(o.stateDir, "upper"),
-		PathPrefix:    o.pathPrefix,
-		Lower:         &images{cat: cat, timeout: o.fetchTimeout},
-		LookupTimeout: o.fetchTimeout,
-		Logger:        log,
-		Stats:         stats,
-		AllowOther:    o.allowOther,
+	srv, err := withFusermountCause(func() (*fs.Server, error) {
+		return fs.Mount(life, mp, fs.Options{
+			Upper:         upperPath(dir),
+			PathPrefix:    o.pathPrefix,
+			Lower:         &images{cat: cat, timeout: o.fetchTimeout},
+			LookupTimeout: o.fetchTimeout,
+			Logger:        log,
+			Stats:         stats,
+			AllowOther:    o.allowOther,
+			SharedRoot:    shared,
+		})
 	})
 	if err != nil {
 		return nil, err
 	}
 	ok = true
-	return &mounted{srv: srv, st: st, eng: eng, cancel: cancel,
-		status: startStatus(life, o, metrics, stats, eng, cat, st, log)}, nil
+	return &mounted{srv: srv, st: st, eng: eng, cancel: cancel, dir: dir,
+		status: startStatus(life, o, metrics, stats, eng, cat, st, log, sink)}, nil
 }
 
 // unmount retries while the mount is busy (a process with its cwd inside),

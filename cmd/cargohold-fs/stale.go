@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -16,11 +15,7 @@ import (
 // clearStaleMount detaches a mount left at mountpoint by a killed
 // cargohold-fs (its FUSE connection is gone: stat says ENOTCONN). A live
 // mount there is an error rather than something to take over.
-func clearStaleMount(mountpoint string, log *slog.Logger) error {
-	mp, err := filepath.Abs(mountpoint)
-	if err != nil {
-		return err
-	}
+func clearStaleMount(mp string, log *slog.Logger) error {
 	fstype, mounted := fs.MountType(mp)
 	if !mounted {
 		return os.MkdirAll(mp, 0o755)

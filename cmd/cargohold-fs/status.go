@@ -19,6 +19,7 @@ import (
 	"cargohold/catalog"
 	"cargohold/fetch"
 	"cargohold/fs"
+	"cargohold/internal/userdir"
 	"cargohold/store"
 )
 
@@ -46,22 +47,38 @@ type status struct {
 	Bytes     int64  `json:"bytes"`
 	Errors    int64  `json:"errors"`
 	LastError string `json:"last_error,omitempty"`
+
+	// Writes of this file and of the log that failed (a full disk), and
+	// the last cause: counted, never silent.
+	StatusWriteErrors int64  `json:"status_write_errors"`
+	LogWriteErrors    int64  `json:"log_write_errors"`
+	LastWriteError    string `json:"last_write_error,omitempty"`
 }
 
+// statusWriter writes status.json every second. Lock order: statusWriter.mu
+// before logSink.mu (write logs while holding mu).
 type statusWriter struct {
 	path string
 	snap func() status
 	log  *slog.Logger
 	srv  *http.Server
 
+	mu       sync.Mutex
+	errs     int64 // guarded by mu: failed writes of the status file
+	lastErr  error // guarded by mu
+	failing  bool  // guarded by mu: the last write failed (logged once per streak)
+	failedAt int64 // guarded by mu: errs when the streak began
+
 	once sync.Once
 	quit chan struct{}
 	done chan struct{}
 }
 
-func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs.Stats, eng *fetch.Engine, cat *catalog.Catalog, st *store.Store, log *slog.Logger) *statusWriter {
+func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs.Stats, eng *fetch.Engine, cat *catalog.Catalog, st *store.Store, log *slog.Logger, sink *logSink) *statusWriter {
 	mp, _ := filepath.Abs(o.mountpoint)
-	snap := func() status {
+	w := &statusWriter{path: filepath.Join(o.stateDir, statusName), log: log,
+		quit: make(chan struct{}), done: make(chan struct{})}
+	w.snap = func() status {
 		s := status{PID: os.Getpid(), Mountpoint: mp, Images: o.images, Updated: time.Now().UTC(), Mounted: true,
 			FS: stats.Snapshot(), Engine: eng.Stats(), Catalog: cat.Stats(), Store: st.Stats(), Sources: errStrings(cat.Errors())}
 		select {
@@ -78,15 +95,21 @@ func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs
 			src := slices.Min(slices.Collect(maps.Keys(s.Sources)))
 			s.LastError = src + ": " + s.Sources[src]
 		}
+		var lastLog, lastStatus error
+		s.LogWriteErrors, lastLog = sink.stats()
+		s.StatusWriteErrors, lastStatus = w.writeErrors()
+		if lastStatus != nil {
+			s.LastWriteError = "status: " + lastStatus.Error()
+		} else if lastLog != nil {
+			s.LastWriteError = "log: " + lastLog.Error()
+		}
 		return s
 	}
-	w := &statusWriter{path: filepath.Join(o.stateDir, "status.json"), snap: snap, log: log,
-		quit: make(chan struct{}), done: make(chan struct{})}
 	if metrics != nil {
 		w.serveMetrics(metrics)
 	}
 	// The first status is there before anyone is told the mount is up.
-	w.write(snap())
+	w.write(w.snap())
 	go w.loop(ctx)
 	return w
 }
@@ -124,16 +147,39 @@ func (w *statusWriter) stop() {
 	})
 }
 
+// write replaces the status file. A failure (a full disk) is counted and
+// logged once per streak with its cause; the loop tries again each second,
+// and the first write that works again is logged too.
 func (w *statusWriter) write(s status) {
 	b, _ := json.MarshalIndent(s, "", "  ")
 	tmp := w.path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		w.log.Warn("status file", "err", err)
-		return
+	err := writeFile(tmp, append(b, '\n'))
+	if err == nil {
+		if err = os.Rename(tmp, w.path); err != nil {
+			os.Remove(tmp)
+		}
 	}
-	if err := os.Rename(tmp, w.path); err != nil {
-		w.log.Warn("status file", "err", err)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case err != nil:
+		w.errs++
+		w.lastErr = err
+		if !w.failing {
+			w.failing, w.failedAt = true, w.errs
+			w.log.Warn("status file not written; retrying every second", "path", w.path, "err", err)
+		}
+	case w.failing:
+		w.failing = false
+		w.log.Info("status file written again", "path", w.path, "failed_writes", w.errs-w.failedAt+1)
 	}
+}
+
+// writeErrors are the failed status writes so far and the last cause.
+func (w *statusWriter) writeErrors() (int64, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.errs, w.lastErr
 }
 
 // serveMetrics serves the status as Prometheus text on ln (opened before
@@ -149,6 +195,7 @@ func (w *statusWriter) serveMetrics(ln net.Listener) {
 			"cargohold_fetches_total": s.Fetches, "cargohold_fetch_bytes_total": s.Bytes,
 			"cargohold_errors_total": s.Errors, "cargohold_indexed_keys": int64(s.Keys),
 			"cargohold_store_bytes": s.Store.Bytes, "cargohold_store_entries": int64(s.Store.Entries),
+			"cargohold_status_write_errors_total": s.StatusWriteErrors, "cargohold_log_write_errors_total": s.LogWriteErrors,
 		}
 		names := make([]string, 0, len(m))
 		for n := range m {
@@ -185,4 +232,17 @@ func errStrings(m map[string]error) map[string]string {
 		out[k] = err.Error()
 	}
 	return out
+}
+
+// writeFile replaces path's content, never through a symlink.
+func writeFile(path string, b []byte) error {
+	f, err := userdir.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

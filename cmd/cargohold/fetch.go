@@ -10,6 +10,7 @@ import (
 
 	"cargohold/fetch"
 	"cargohold/internal/cli"
+	"cargohold/internal/userdir"
 	"cargohold/resolver"
 	"cargohold/store"
 )
@@ -20,7 +21,14 @@ import (
 func fetchKeys(ctx context.Context, o options, ropts resolver.Options, log *slog.Logger) error {
 	state := o.stateDir
 	if state == "" {
-		state = fetch.DefaultStateDir()
+		d, err := fetch.DefaultStateDir()
+		if err != nil {
+			return fmt.Errorf("fetch: no state dir: %w; name one with --state-dir", err)
+		}
+		state = d
+	}
+	if err := userdir.Ensure(state); err != nil {
+		return fmt.Errorf("fetch: state dir %s: %w; use a dir only you own and may write (--state-dir)", state, err)
 	}
 	st, err := store.Open(fetch.StoreDir(state), 0)
 	if err != nil {

@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"cargohold/gpu"
 	"cargohold/internal/cli"
 )
 
@@ -74,11 +76,11 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVarP(&o.dir, "dir", "d", "", "cache dir (extract default: $TRITON_CACHE_DIR or ~/.triton/cache)")
 	fs.StringVarP(&o.logLevel, "log-level", "l", "info", "log level: debug, info, warning, error")
 	fs.BoolVar(&o.push, "push", false, "create: push to the registry named by -i instead of the local store")
-	fs.BoolVar(&o.plainHTTP, "plain-http", false, "talk plain HTTP to the registry (for one on loopback)")
+	fs.BoolVar(&o.plainHTTP, "plain-http", false, "allow plain HTTP to a registry that is not loopback, never with credentials (loopback needs no flag)")
 	fs.StringVar(&o.store, "store", "", "local OCI layout store (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
 	fs.StringVar(&o.stateDir, "state-dir", "", "fetch: content store and layer indexes (default ${XDG_CACHE_HOME:-~/.cache}/cargohold)")
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:80:32,hip:gfx90a:64" or "none" (env CARGOHOLD_GPU)`)
-	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "deadline for each registry request")
+	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "each registry request must answer, and its body keep moving, within this")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -113,6 +115,17 @@ func parseFlags(args []string) (options, error) {
 	}
 	if _, err := cli.ParseLevel(o.logLevel); err != nil {
 		return o, err
+	}
+	if o.timeout <= 0 {
+		return o, fmt.Errorf("--timeout %v: want a positive duration such as 30s", o.timeout)
+	}
+	if fs.Changed("gpu") {
+		if strings.TrimSpace(o.gpu) == "" {
+			return o, fmt.Errorf(`--gpu %q: name targets such as "cuda:90:32", or "none" for no GPU`, o.gpu)
+		}
+		if _, err := gpu.ParseList(o.gpu); err != nil {
+			return o, fmt.Errorf("--gpu: %w", err)
+		}
 	}
 	return o, nil
 }

@@ -113,8 +113,11 @@ func TestMountDaemonAndMetrics(t *testing.T) {
 	}
 }
 
-// A normal user mounts through the setuid fusermount3.
-func TestMountAsUser(t *testing.T) {
+// userMountSetup skips (or fails in CI) where unprivileged mounts cannot
+// work, and returns a local image store, its source cache and a work dir
+// holding mnt/ and state/ owned by uid 65534, everything readable by it.
+func userMountSetup(t *testing.T) (store, src, work string) {
+	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("needs root to switch to an unprivileged user")
 	}
@@ -131,7 +134,7 @@ func TestMountAsUser(t *testing.T) {
 		}
 		t.Skip(msg)
 	}
-	store, src := localImage(t)
+	store, src = localImage(t)
 	work, err := os.MkdirTemp("", "cargohold-user-")
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +153,13 @@ func TestMountAsUser(t *testing.T) {
 	for p := filepath.Dir(store); strings.HasPrefix(p, os.TempDir()+"/"); p = filepath.Dir(p) {
 		os.Chmod(p, 0o755)
 	}
+	return store, src, work
+}
+
+// A normal user mounts through the setuid fusermount3.
+func TestMountAsUser(t *testing.T) {
+	store, src, work := userMountSetup(t)
+	const uid, gid = 65534, 65534
 	mnt := filepath.Join(work, "mnt")
 	cmd := exec.Command(filepath.Join(bin, "cargohold-fs"), "-f", "-i", "life/cache:v1", "--store", store,
 		"--gpu", "cuda:75:32", "--state-dir", filepath.Join(work, "state"), mnt)
@@ -215,5 +225,28 @@ func TestMountMetricsAddrBusy(t *testing.T) {
 	if isMounted(mnt) {
 		syscall.Unmount(mnt, syscall.MNT_DETACH)
 		t.Fatal("mounted despite the busy metrics address")
+	}
+}
+
+// Low: when fusermount3 refuses a mount, the error says why (its own
+// message), not only "fusermount exited with code 256": also from the
+// detaching parent, whose stderr is all a user sees.
+func TestMountFusermountCause(t *testing.T) {
+	if b, _ := os.ReadFile("/etc/fuse.conf"); strings.Contains("\n"+string(b), "\nuser_allow_other") {
+		t.Skip("user_allow_other is set in /etc/fuse.conf: fusermount3 would allow the mount this test needs refused")
+	}
+	store, _, work := userMountSetup(t)
+	mnt := filepath.Join(work, "mnt")
+	cmd := exec.Command(filepath.Join(bin, "cargohold-fs"), "-i", "life/cache:v1", "--store", store,
+		"--gpu", "cuda:75:32", "--state-dir", filepath.Join(work, "state"), "--allow-other", mnt)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd.Env = append(os.Environ(), "HOME="+work)
+	out, err := cmd.CombinedOutput()
+	if isMounted(mnt) {
+		syscall.Unmount(mnt, syscall.MNT_DETACH)
+		t.Fatalf("mounted with allow_other although /etc/fuse.conf does not allow it:\n%s", out)
+	}
+	if err == nil || !strings.Contains(string(out), "user_allow_other") {
+		t.Fatalf("want the refusal to name fusermount3's cause (user_allow_other), got %v:\n%s", err, out)
 	}
 }

@@ -23,6 +23,9 @@ import (
 
 const vectorAddKey = "5W7KJQDTJCL4UGPMKKCS7TEEPZKSWOY4774SZQ6674FWSXG5MNXQ"
 
+// bigCacheDir is bigCache's dir once made; TestMain removes it.
+var bigCacheDir string
+
 // bigCache is the vector-add cache plus 500 generated kernels (cuda:80) and a
 // launcher, built once per test binary.
 var bigCache = sync.OnceValues(func() (string, error) {
@@ -30,6 +33,7 @@ var bigCache = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	bigCacheDir = dir
 	if _, err := gen.Generate(dir, gen.Options{Kernels: 500, Launchers: 1, Seed: 7, Scale: 0.25}); err != nil {
 		return "", err
 	}
@@ -270,8 +274,10 @@ func TestMountNonFittingGPU(t *testing.T) {
 	if _, err := replay.Hit(m2.mnt, vectorAddKey, src); err != nil {
 		t.Fatalf("hit after remount: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(state, "upper", vectorAddKey, "add_kernel.cubin")); err != nil {
-		t.Fatalf("local compile not in the upper dir: %v", err)
+	m2.stop(t)
+	// The upper dir is the dir under the mount: the compile is there.
+	if _, err := os.Stat(filepath.Join(mnt, vectorAddKey, "add_kernel.cubin")); err != nil {
+		t.Fatalf("local compile not in the cache dir after unmount: %v", err)
 	}
 }
 
@@ -463,5 +469,117 @@ func TestMountDeleteWhileRegistryDown(t *testing.T) {
 	m = startFS(t, mnt, state, args...)
 	if _, err := os.Stat(filepath.Join(m.mnt, key)); !os.IsNotExist(err) {
 		t.Fatalf("deleted image KEY is back after a remount: %v", err)
+	}
+}
+
+// Medium 5: a registry down when the mount starts is asked again within
+// seconds, not at the next refresh (5 min): once it is back, its kernels
+// are served.
+func TestMountSourceDownAtStart(t *testing.T) {
+	p, src, ref := servedImage(t)
+	if err := p.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:75:32", "--fetch-timeout", "2s")
+	if s, _ := m.status(); s.Keys != 0 {
+		t.Fatalf("keys indexed with the registry down: %+v", s)
+	}
+	if err := p.SetDown(false); err != nil {
+		t.Fatal(err)
+	}
+	// Polled with stat: a replayed miss would make the KEY dir for a
+	// local compile.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var st syscall.Stat_t
+		err := syscall.Stat(filepath.Join(m.mnt, vectorAddKey), &st)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry back for 20s, kernel still not there: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := replay.Hit(m.mnt, vectorAddKey, src); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Low: a hung registry costs the lookup deadline once; later lookups fail
+// fast (the registry is remembered as failing), and once it answers again
+// lookups are served again.
+func TestMountHungRegistryFailsFast(t *testing.T) {
+	p, src, ref := servedImage(t)
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s")
+	keys := keysOf(t, src, "cuda:80:32")
+	if _, err := replay.Hit(m.mnt, keys[0], src); err != nil {
+		t.Fatal(err)
+	}
+	p.SetStall(true)
+	took := func(key string) time.Duration {
+		start := time.Now()
+		if _, err := replay.Hit(m.mnt, key, src); !errors.Is(err, replay.ErrNotFound) {
+			t.Fatalf("hit %s on a hung registry: %v, want a miss", key, err)
+		}
+		return time.Since(start)
+	}
+	first := took(keys[1])
+	second, third := took(keys[2]), took(keys[3])
+	t.Logf("lookups on a hung registry: %v, then %v, %v", first, second, third)
+	if first < 1500*time.Millisecond {
+		t.Fatalf("first lookup took %v: the stall did not hold it", first)
+	}
+	if third > time.Second {
+		t.Fatalf("later lookups took %v, %v: a registry that keeps failing must fail fast", second, third)
+	}
+	p.SetStall(false)
+	deadline := time.Now().Add(45 * time.Second)
+	for i := 4; ; i++ {
+		_, err := replay.Hit(m.mnt, keys[i], src)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry answering again, lookups still fail: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Medium 11: the lookup deadline (--fetch-timeout) is not the request
+// deadline: on a slow link a TOC that takes longer than a lookup may wait
+// is still indexed (each request is bounded by --request-timeout for its
+// answer and for each stall of its body, not by the lookup's deadline).
+func TestMountSlowLinkIndexes(t *testing.T) {
+	p, src, ref := servedImage(t)
+	p.SetRate(64 << 10)
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:75:32", "--fetch-timeout", "1s")
+	deadline := time.Now().Add(40 * time.Second)
+	for {
+		if s, err := m.status(); err == nil && s.Keys > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			for _, r := range p.Requests() {
+				t.Logf("%s %s %s: %d %d bytes in %v", r.Method, r.Path, r.Range, r.Status, r.Bytes, r.Duration)
+			}
+			t.Fatalf("index not built on a slow link within 40s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var toc proxy.Req
+	for _, r := range p.Requests() {
+		if r.IsBlob() && r.Bytes > toc.Bytes {
+			toc = r
+		}
+	}
+	t.Logf("largest index read: %d bytes in %v", toc.Bytes, toc.Duration)
+	if toc.Duration < 1500*time.Millisecond {
+		t.Errorf("the TOC took %v: the link was not slower than the lookup deadline", toc.Duration)
+	}
+	p.SetRate(0)
+	if _, err := replay.Hit(m.mnt, vectorAddKey, src); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -9,7 +9,8 @@
 #   2. cold: kernels.py compiles 3 kernels into an empty TRITON_CACHE_DIR.
 #   3. pack: cargohold -c puts that cache into the local store.
 #   4. fuse: cargohold-fs mounts the image on an empty dir; kernels.py runs
-#      against it; Triton must compile nothing (no KEY dir in the upper dir)
+#      against it; Triton must compile nothing (no KEY dir lands in the dir
+#      under the mount, the upper dir, read after unmount)
 #      and the mount's status must count hits. No FUSE here: said, skipped.
 #   5. extract: cargohold -e into another empty dir; kernels.py runs against
 #      it; the KEY dirs must be the same before and after.
@@ -45,7 +46,8 @@ STORE_FLAG=--store
 STATE_FLAG=--state-dir
 FOREGROUND_FLAG=--foreground
 GPU_CMD=(gpu)
-UPPER_SUBDIR=upper       # the mount's upper dir: STATE/upper
+# The mount's upper dir is the mountpoint's own dir (what lies under the
+# mount): writes land there, seen once the mount is gone.
 STATUS_FILE=status.json  # the mount's status: STATE/status.json
 # ---------------------------------------------------------------------------
 
@@ -357,7 +359,8 @@ fi
 
 # --- 4a. FUSE: can a cargohold-fs mount be made here? --------------------------------
 # Probe with a tiny image of one non-kernel entry: it needs no GPU, and a
-# write through the mount must land in STATE/upper, the dir the warm check reads.
+# write through the mount must land in the dir under the mount (the upper
+# dir, which the warm check reads after unmount).
 fuse_ok=false
 if [ -e /dev/fuse ]; then
 	jset fuse.dev_fuse true
@@ -372,13 +375,9 @@ if [ -e /dev/fuse ]; then
 		if mount_fs "$PROBE_IMAGE" "$work/probe/state" "$work/probe/mnt" "$work/probe/fs.log"; then
 			jset fuse.probe.mounted true
 			wk=$("$PY" -c 'import base64,hashlib; print(base64.b32encode(hashlib.sha256(b"cargohold e2e write probe").digest()).decode().rstrip("="))')
-			if mkdir "$work/probe/mnt/$wk" && echo probe >"$work/probe/mnt/$wk/w.txt" &&
-				[ -f "$work/probe/state/$UPPER_SUBDIR/$wk/w.txt" ]; then
-				jset fuse.probe.upper_ok true
-				fuse_ok=true
-			else
-				jset fuse.probe.upper_ok false
-				fail "a write through the probe mount did not land in STATE/$UPPER_SUBDIR ($work/probe/state/$UPPER_SUBDIR/$wk/w.txt)"
+			wrote=false
+			if mkdir "$work/probe/mnt/$wk" && echo probe >"$work/probe/mnt/$wk/w.txt"; then
+				wrote=true
 			fi
 			if [ -f "$work/probe/mnt/$pk/probe.txt" ]; then
 				jset fuse.probe.lower_visible true
@@ -390,6 +389,13 @@ if [ -e /dev/fuse ]; then
 			else
 				jset fuse.probe.clean_unmount false
 				fail "cargohold-fs did not unmount and exit on SIGTERM within 10 s"
+			fi
+			if [ "$wrote" = true ] && [ -f "$work/probe/mnt/$wk/w.txt" ] && [ ! -e "$work/probe/mnt/$pk" ]; then
+				jset fuse.probe.upper_ok true
+				fuse_ok=true
+			else
+				jset fuse.probe.upper_ok false
+				fail "a write through the probe mount did not land in the dir under the mount ($work/probe/mnt/$wk/w.txt after unmount)"
 			fi
 		else
 			jset fuse.probe.mounted false
@@ -468,22 +474,12 @@ else
 		say "fuse: skipped (FUSE cannot be mounted here)"
 	elif mount_fs "$IMAGE" "$work/fs/state" "$work/fs/mnt" "$work/fs/fs.log"; then
 		jset fuse.mounted true
-		upper=$work/fs/state/$UPPER_SUBDIR
+		upper=$work/fs/mnt # the dir under the mount, read after unmount
 		run_kernels fuse "$work/fs/mnt" || kernels_ok=false
 		jset fuse.result "$run_json"
 		jset fuse.warm_s "$run_wall"
 		jset fuse.launch_s "$(field "$run_json" launch_s)"
 		jset fuse.launch_speedup "$("$PY" -c 'import sys; c, w = float(sys.argv[1]), float(sys.argv[2]); print(round(c / w, 2) if w > 0 else None)' "$cold_launch" "$(field "$run_json" launch_s)" 2>/dev/null || echo null)"
-		if [ -d "$upper" ]; then
-			keys "$upper" >"$work/fs.upper.keys"
-			jlines fuse.upper_new_keys "$work/fs.upper.keys"
-			jset fuse.upper_files "$(find "$upper" -type f | wc -l)"
-			if [ -s "$work/fs.upper.keys" ]; then
-				fail "fuse: Triton compiled $(wc -l <"$work/fs.upper.keys") KEY dir(s) into the upper dir: $(paste -sd ' ' "$work/fs.upper.keys")"
-			fi
-		else
-			fail "fuse: upper dir $upper does not exist: cannot prove that Triton compiled nothing"
-		fi
 		# The status file may be written on a timer: wait (bounded) for the
 		# hits, and keep a copy in case the file goes away with the mount.
 		st=$work/fs/state/$STATUS_FILE
@@ -500,6 +496,17 @@ else
 			jset fuse.clean_unmount false
 			fail "fuse: cargohold-fs did not unmount and exit on SIGTERM within 10 s"
 		fi
+		if [ -d "$upper" ]; then
+			keys "$upper" >"$work/fs.upper.keys"
+			jlines fuse.upper_new_keys "$work/fs.upper.keys"
+			jset fuse.upper_files "$(find "$upper" -type f | wc -l)"
+			if [ -s "$work/fs.upper.keys" ]; then
+				fail "fuse: Triton compiled $(wc -l <"$work/fs.upper.keys") KEY dir(s) into the upper dir: $(paste -sd ' ' "$work/fs.upper.keys")"
+			fi
+		else
+			fail "fuse: upper dir $upper does not exist: cannot prove that Triton compiled nothing"
+		fi
+
 		[ -f "$st" ] || st=$work/status.live.json
 		if [ -f "$st" ] && status=$("$PY" -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))' "$st" 2>/dev/null); then
 			jset fuse.status "$status"

@@ -35,16 +35,18 @@ type Proxy struct {
 	handlers  sync.WaitGroup
 	conns     sync.WaitGroup // connections not yet closed or hijacked
 
-	mu       sync.Mutex
-	closed   bool
-	latency  time.Duration
-	down     bool
-	stall    chan struct{} // non-nil while stalled; closed on unstall
-	flips    []flip
-	reqs     []Req
-	pending  int // requests in ServeHTTP, not yet logged
-	live     map[net.Conn]struct{}
-	closeErr error
+	mu        sync.Mutex
+	closed    bool
+	latency   time.Duration
+	rate      int64 // bytes per second of each response body; 0: no limit
+	stallBody int64 // body bytes sent before a response hangs; < 0: never
+	down      bool
+	stall     chan struct{} // non-nil while stalled; closed on unstall
+	flips     []flip
+	reqs      []Req
+	pending   int // requests in ServeHTTP, not yet logged
+	live      map[net.Conn]struct{}
+	closeErr  error
 }
 
 // New starts a proxy to target ("http://127.0.0.1:port"). Like
@@ -86,6 +88,7 @@ func Listen(target string) (*Proxy, error) {
 		closing:   make(chan struct{}),
 		serveDone: make(chan struct{}),
 		live:      make(map[net.Conn]struct{}),
+		stallBody: -1,
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -153,11 +156,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	p.handlers.Add(1)
 	p.pending++
-	latency, stall, offs := p.latency, p.stall, offsetsFor(p.flips, r.URL.Path)
+	latency, stall, rate, stallBody, offs := p.latency, p.stall, p.rate, p.stallBody, offsetsFor(p.flips, r.URL.Path)
 	p.mu.Unlock()
 	defer p.handlers.Done()
 
 	rw := &writer{ResponseWriter: w, flips: offs}
+	if rate > 0 || stallBody >= 0 {
+		rw.out = &paced{w: w, rate: rate, stall: stallBody, ctx: r.Context(), closing: p.closing}
+	}
 	defer func() {
 		p.finish(Req{
 			Method:   r.Method,
@@ -262,10 +268,12 @@ func (p *Proxy) FlipByte(pathSubstring string, offset int64) {
 	p.mu.Unlock()
 }
 
-// ClearFaults removes latency, stall and FlipByte rules and brings the
+// ClearFaults removes latency, rate, stall, body stall and FlipByte rules and brings the
 // proxy up if it is down.
 func (p *Proxy) ClearFaults() error {
 	p.SetLatency(0)
+	p.SetRate(0)
+	p.SetStallBody(-1)
 	p.SetStall(false)
 	p.mu.Lock()
 	p.flips = nil

@@ -499,3 +499,67 @@ func TestListenBadTarget(t *testing.T) {
 		}
 	}
 }
+
+// SetRate paces bodies: 40 KiB at 80 KiB/s takes about half a second.
+func TestSetRate(t *testing.T) {
+	body := bytes.Repeat([]byte("x"), 40<<10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) }))
+	defer srv.Close()
+	p := New(srv.URL)
+	defer p.Close()
+	p.SetRate(80 << 10)
+	start := time.Now()
+	resp, err := http.Get(p.URL + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(start)
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("body: %d bytes, %v", len(got), err)
+	}
+	if took < 400*time.Millisecond {
+		t.Fatalf("40 KiB at 80 KiB/s took %v", took)
+	}
+	p.SetRate(0)
+	start = time.Now()
+	resp, _ = http.Get(p.URL + "/x")
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if d := time.Since(start); d > took/2 {
+		t.Fatalf("without a rate: %v (with: %v)", d, took)
+	}
+}
+
+// SetStallBody sends the first n bytes, then hangs until the client goes.
+func TestSetStallBody(t *testing.T) {
+	body := bytes.Repeat([]byte("y"), 10000)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) }))
+	defer srv.Close()
+	p := New(srv.URL)
+	defer p.Close()
+	p.SetStallBody(100)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.URL+"/x", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if len(got) != 100 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %d bytes, %v; want 100 and a deadline", len(got), err)
+	}
+	p.SetStallBody(-1)
+	resp, err = http.Get(p.URL + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if len(got) != len(body) {
+		t.Fatalf("after the rule is removed: %d bytes", len(got))
+	}
+}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net/http"
 	"strings"
 )
@@ -27,6 +28,7 @@ func offsetsFor(rules []flip, path string) []int64 {
 // the bytes at flips, body offsets of a 2xx response.
 type writer struct {
 	http.ResponseWriter
+	out     io.Writer // where body bytes go: the ResponseWriter, or paced (SetRate)
 	flips   []int64
 	status  int
 	n       int64
@@ -59,7 +61,11 @@ func (w *writer) Write(p []byte) (int, error) {
 			w.flipped = true
 		}
 	}
-	n, err := w.ResponseWriter.Write(out)
+	dst := w.out
+	if dst == nil {
+		dst = w.ResponseWriter
+	}
+	n, err := dst.Write(out)
 	w.n += int64(n)
 	return n, err
 }

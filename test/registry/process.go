@@ -41,6 +41,7 @@ type Registry struct {
 
 	// Immutable after construction.
 	bin, config, logPath string
+	htpasswd             string // "" when the registry needs no login
 
 	// mu guards the running process and serialises Stop and Restart.
 	mu     sync.Mutex
@@ -52,7 +53,13 @@ type Registry struct {
 // dir (created if needed) and returns once it answers GET /v2/ with 200.
 // The caller must Close it. An error wraps ErrNotInstalled when the binary
 // is missing.
-func StartProcess(dir string) (*Registry, error) {
+func StartProcess(dir string) (*Registry, error) { return startProcess(dir, false) }
+
+// StartProcessAuth is StartProcess with HTTP Basic authentication: every
+// request needs AuthUser and AuthPassword.
+func StartProcessAuth(dir string) (*Registry, error) { return startProcess(dir, true) }
+
+func startProcess(dir string, auth bool) (*Registry, error) {
 	bin, err := findRegistry()
 	if err != nil {
 		return nil, err
@@ -71,6 +78,12 @@ func StartProcess(dir string) (*Registry, error) {
 		config:  filepath.Join(dir, "config.yml"),
 		logPath: filepath.Join(dir, "registry.log"),
 	}
+	if auth {
+		r.htpasswd = filepath.Join(dir, "htpasswd")
+		if err := os.WriteFile(r.htpasswd, []byte(AuthUser+":"+authHash+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("registry: write htpasswd: %w", err)
+		}
+	}
 	for try := 1; ; try++ {
 		port, err := freePort()
 		if err != nil {
@@ -78,7 +91,7 @@ func StartProcess(dir string) (*Registry, error) {
 		}
 		r.Addr = fmt.Sprintf("127.0.0.1:%d", port)
 		r.URL = "http://" + r.Addr
-		if err := writeConfig(r.config, storage, r.Addr); err != nil {
+		if err := writeConfig(r.config, storage, r.Addr, r.htpasswd); err != nil {
 			return nil, err
 		}
 		err = r.start()
@@ -151,7 +164,7 @@ func (r *Registry) waitReady(exited <-chan struct{}) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		last = ping(ctx, client, r.URL+"/v2/")
+		last = ping(ctx, client, r.URL+"/v2/", r.htpasswd != "")
 		if last == nil {
 			return nil
 		}
@@ -165,8 +178,9 @@ func (r *Registry) waitReady(exited <-chan struct{}) error {
 	}
 }
 
-// ping returns nil when url answers 200.
-func ping(ctx context.Context, client *http.Client, url string) error {
+// ping returns nil when url answers 200 (or 401, when auth says the
+// registry wants a login).
+func ping(ctx context.Context, client *http.Client, url string, auth bool) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
@@ -177,7 +191,7 @@ func ping(ctx context.Context, client *http.Client, url string) error {
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode != http.StatusOK && !(auth && resp.StatusCode == http.StatusUnauthorized) {
 		return fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	return nil

@@ -11,12 +11,17 @@ const logDumpBytes = 32 << 10
 // Start starts a registry in tb.TempDir() and stops it when tb ends,
 // printing the tail of its log if tb failed. It skips tb when the binary is
 // missing, or fails it when CI=true.
-func Start(tb testing.TB) *Registry {
+func Start(tb testing.TB) *Registry { tb.Helper(); return start(tb, false) }
+
+// StartAuth is Start for a registry that needs AuthUser and AuthPassword.
+func StartAuth(tb testing.TB) *Registry { tb.Helper(); return start(tb, true) }
+
+func start(tb testing.TB, auth bool) *Registry {
 	tb.Helper()
 	if _, err := findRegistry(); err != nil {
 		missing(tb, "docker-registry", registryHint, err)
 	}
-	r, err := StartProcess(tb.TempDir())
+	r, err := startProcess(tb.TempDir(), auth)
 	if errors.Is(err, ErrNotInstalled) {
 		missing(tb, "docker-registry", registryHint, err)
 	}
