@@ -30,21 +30,27 @@ type Proxy struct {
 	closing   chan struct{} // closed by Close: ends stalls and latency waits
 	serveDone chan struct{} // closed when srv.Serve returns
 
+	link link // bandwidth cap (SetBandwidth), its own lock
+
 	closeOnce sync.Once
 	downMu    sync.Mutex // serialises SetDown
 	handlers  sync.WaitGroup
 	conns     sync.WaitGroup // connections not yet closed or hijacked
 
-	mu       sync.Mutex
-	closed   bool
-	latency  time.Duration
-	down     bool
-	stall    chan struct{} // non-nil while stalled; closed on unstall
-	flips    []flip
-	reqs     []Req
-	pending  int // requests in ServeHTTP, not yet logged
-	live     map[net.Conn]struct{}
-	closeErr error
+	mu      sync.Mutex
+	closed  bool
+	latency time.Duration
+	down    bool
+	stall   chan struct{} // non-nil while stalled; closed on unstall
+	// rangeStall is non-nil while ranges over stallOver bytes stall
+	// (SetStallRanges); closed on unstall.
+	rangeStall chan struct{}
+	stallOver  int64
+	flips      []flip
+	reqs       []Req
+	pending    int // requests in ServeHTTP, not yet logged
+	live       map[net.Conn]struct{}
+	closeErr   error
 }
 
 // New starts a proxy to target ("http://127.0.0.1:port"). Like
@@ -154,10 +160,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.handlers.Add(1)
 	p.pending++
 	latency, stall, offs := p.latency, p.stall, offsetsFor(p.flips, r.URL.Path)
+	if stall == nil && p.rangeStall != nil && rangeLen(r.Header.Get("Range")) > p.stallOver {
+		stall = p.rangeStall
+	}
 	p.mu.Unlock()
 	defer p.handlers.Done()
 
-	rw := &writer{ResponseWriter: w, flips: offs}
+	rw := &writer{ResponseWriter: w, flips: offs, link: &p.link, closing: p.closing, gone: r.Context().Done()}
 	defer func() {
 		p.finish(Req{
 			Method:   r.Method,
@@ -262,11 +271,13 @@ func (p *Proxy) FlipByte(pathSubstring string, offset int64) {
 	p.mu.Unlock()
 }
 
-// ClearFaults removes latency, stall and FlipByte rules and brings the
-// proxy up if it is down.
+// ClearFaults removes latency, stalls, the bandwidth cap and FlipByte rules
+// and brings the proxy up if it is down.
 func (p *Proxy) ClearFaults() error {
 	p.SetLatency(0)
 	p.SetStall(false)
+	p.SetStallRanges(0)
+	p.SetBandwidth(0)
 	p.mu.Lock()
 	p.flips = nil
 	p.mu.Unlock()
