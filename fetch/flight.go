@@ -2,7 +2,9 @@ package fetch
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"time"
 )
 
 // lifetime owns an Engine's background goroutines: they run under ctx and
@@ -69,12 +71,22 @@ type flightCall[T any] struct {
 	err     error
 	waiters int // guarded by flight.mu
 	cancel  context.CancelFunc
+	// owned: claimed by background work (claim), which ends it with
+	// settle; callers that give up waiting for it do not stop it.
+	owned bool
 }
 
 // do returns fn's result for key, running fn unless a call for key is in
 // flight already. It returns ctx's error as soon as ctx ends, and
 // errEngineClosed when life is closed.
 func (g *flight[T]) do(ctx context.Context, life *lifetime, key string, fn func(context.Context) (T, error)) (T, error) {
+	return g.doPatient(ctx, life, key, 0, fn)
+}
+
+// doPatient is do that waits at most patience (0: no bound) for a call
+// claimed by background work; past it, it returns an error wrapping
+// errBackground, and the caller may fetch on its own.
+func (g *flight[T]) doPatient(ctx context.Context, life *lifetime, key string, patience time.Duration, fn func(context.Context) (T, error)) (T, error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
 		return zero, err
@@ -110,13 +122,24 @@ func (g *flight[T]) do(ctx context.Context, life *lifetime, key string, fn func(
 	c.waiters++
 	g.mu.Unlock()
 
+	var slow <-chan time.Time
+	if c.owned && patience > 0 {
+		t := time.NewTimer(patience)
+		defer t.Stop()
+		slow = t.C
+	}
 	select {
 	case <-c.done:
 		return c.val, c.err
+	case <-slow:
+		g.mu.Lock()
+		c.waiters--
+		g.mu.Unlock()
+		return zero, fmt.Errorf("%w: not in within %s", errBackground, patience)
 	case <-ctx.Done():
 		g.mu.Lock()
 		c.waiters--
-		if c.waiters == 0 && !g.keep {
+		if c.waiters == 0 && !g.keep && !c.owned {
 			// Nobody wants the result any more: stop the work, and let the
 			// next caller start afresh rather than join a canceled call.
 			c.cancel()
@@ -127,4 +150,32 @@ func (g *flight[T]) do(ctx context.Context, life *lifetime, key string, fn func(
 		g.mu.Unlock()
 		return zero, ctx.Err()
 	}
+}
+
+// claim registers a call for key that the caller runs itself and ends with
+// settle; nil when a call for key is in flight already. Meanwhile callers of
+// do for key wait for it (doPatient: for a while).
+func (g *flight[T]) claim(key string) *flightCall[T] {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.calls == nil {
+		g.calls = map[string]*flightCall[T]{}
+	}
+	if _, ok := g.calls[key]; ok {
+		return nil
+	}
+	c := &flightCall[T]{done: make(chan struct{}), cancel: func() {}, owned: true}
+	g.calls[key] = c
+	return c
+}
+
+// settle ends a claimed call with its result.
+func (g *flight[T]) settle(key string, c *flightCall[T], v T, err error) {
+	g.mu.Lock()
+	if g.calls[key] == c {
+		delete(g.calls, key)
+	}
+	g.mu.Unlock()
+	c.val, c.err = v, err
+	close(c.done)
 }
