@@ -4,7 +4,7 @@
 // kept in a bounded local store. Local compiles land in the upper dir.
 //
 //	cargohold-fs -i REGISTRY/REPO:TAG [-i ...] [MOUNTPOINT]
-//	cargohold-fs status [--state-dir DIR]
+//	cargohold-fs status [--state-dir DIR] [--trace]
 package main
 
 import (
@@ -24,6 +24,7 @@ import (
 const usage = `Usage:
   cargohold-fs [flags] [MOUNTPOINT]     mount (default $TRITON_CACHE_DIR or ~/.triton/cache)
   cargohold-fs status [--state-dir DIR] print the status of a running mount
+  cargohold-fs status --trace           print the KEYs in the order first looked up (for cargohold -c --order)
 
 Image sources (-i, repeatable, first wins for a KEY held twice):
   REG/REPO:TAG or REG/REPO@sha256:...   one image
@@ -51,7 +52,15 @@ type options struct {
 	metricsAddr  string
 	foreground   bool
 	allowOther   bool
+	prefetch     string
+	trace        bool
 }
+
+// --prefetch modes.
+const (
+	prefetchFitting = "fitting" // a layer that served a lookup: its KEYs that fit the local GPU
+	prefetchNone    = "none"    // strictly lazy
+)
 
 func main() {
 	o, err := parseFlags(os.Args[1:])
@@ -86,6 +95,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9477 (default off)")
 	fs.BoolVarP(&o.foreground, "foreground", "f", false, "stay in the foreground (default: detach once mounted)")
 	fs.BoolVar(&o.allowOther, "allow-other", false, "let other users see the mount (needs user_allow_other for non-root)")
+	fs.StringVar(&o.prefetch, "prefetch", prefetchFitting, `"fitting": once a layer served a lookup, fetch its KEYs that fit the local GPU in the background, within --cache-size; "none": strictly lazy`)
+	fs.BoolVar(&o.trace, "trace", false, "status: print the KEYs in the order first looked up instead")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -95,6 +106,12 @@ func parseFlags(args []string) (options, error) {
 	}
 	if _, err := cli.ParseLevel(o.logLevel); err != nil {
 		return o, err
+	}
+	if o.prefetch != prefetchFitting && o.prefetch != prefetchNone {
+		return o, fmt.Errorf("--prefetch %q: want %q or %q", o.prefetch, prefetchFitting, prefetchNone)
+	}
+	if o.trace && !o.status {
+		return o, fmt.Errorf("--trace goes with status")
 	}
 	n, err := parseSize(cacheSize)
 	if err != nil {

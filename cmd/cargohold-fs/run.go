@@ -22,6 +22,9 @@ import (
 
 func run(o options) error {
 	if o.status {
+		if o.trace {
+			return printTrace(o.stateDir)
+		}
 		return printStatus(o.stateDir)
 	}
 	if !o.foreground && os.Getenv(daemonEnv) == "" {
@@ -60,6 +63,7 @@ type mounted struct {
 	srv    *fs.Server
 	st     *store.Store
 	eng    *fetch.Engine
+	access *accessLog
 	cancel context.CancelFunc
 	status *statusWriter
 }
@@ -69,6 +73,7 @@ func (m *mounted) close() {
 	m.status.stop()
 	m.eng.Close()
 	m.st.Close()
+	m.access.close()
 }
 
 // mount assembles the data path (resolver → fetch engine → catalog → fs)
@@ -90,8 +95,18 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := resolver.New(resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP, Timeout: o.fetchTimeout, Logger: log})
+	// A request may take longer than a lookup waits: a fetch that misses
+	// --fetch-timeout goes on for a later lookup, and a prefetch range is
+	// large. Each attempt is bounded all the same.
+	r := resolver.New(resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP,
+		Timeout: max(o.fetchTimeout, resolver.DefaultTimeout), Logger: log})
 	eng := fetch.NewEngine(r, st, o.stateDir)
+	access, err := openAccessLog(o.stateDir, log)
+	if err != nil {
+		eng.Close()
+		st.Close()
+		return nil, err
+	}
 	life, cancel := context.WithCancel(ctx)
 	var metrics net.Listener
 	ok := false
@@ -105,10 +120,12 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		cancel()
 		eng.Close()
 		st.Close()
+		access.close()
 	}()
 
 	cat, err := catalog.New(r, eng, catalog.Config{
 		Sources: o.images, Targets: rep.Targets, StateDir: o.stateDir, Refresh: o.refresh, Logger: log,
+		Prefetch: o.prefetch == prefetchFitting,
 	})
 	if err != nil {
 		return nil, err
@@ -137,12 +154,13 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		Logger:        log,
 		Stats:         stats,
 		AllowOther:    o.allowOther,
+		OnKeyLookup:   access.add,
 	})
 	if err != nil {
 		return nil, err
 	}
 	ok = true
-	return &mounted{srv: srv, st: st, eng: eng, cancel: cancel,
+	return &mounted{srv: srv, st: st, eng: eng, access: access, cancel: cancel,
 		status: startStatus(life, o, metrics, stats, eng, cat, st, log)}, nil
 }
 
