@@ -74,6 +74,9 @@ type flightCall[T any] struct {
 	// owned: claimed by background work (claim), which ends it with
 	// settle; callers that give up waiting for it do not stop it.
 	owned bool
+	// wake, for an owned call, tells the background work that a caller
+	// waits for it (so it does this one first); it must not block.
+	wake func()
 }
 
 // do returns fn's result for key, running fn unless a call for key is in
@@ -123,6 +126,9 @@ func (g *flight[T]) doPatient(ctx context.Context, life *lifetime, key string, p
 	g.mu.Unlock()
 
 	var slow <-chan time.Time
+	if c.wake != nil {
+		c.wake()
+	}
 	if c.owned && patience > 0 {
 		t := time.NewTimer(patience)
 		defer t.Stop()
@@ -154,8 +160,9 @@ func (g *flight[T]) doPatient(ctx context.Context, life *lifetime, key string, p
 
 // claim registers a call for key that the caller runs itself and ends with
 // settle; nil when a call for key is in flight already. Meanwhile callers of
-// do for key wait for it (doPatient: for a while).
-func (g *flight[T]) claim(key string) *flightCall[T] {
+// do for key wait for it (doPatient: for a while), calling wake (may be nil)
+// as they start to.
+func (g *flight[T]) claim(key string, wake func()) *flightCall[T] {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.calls == nil {
@@ -164,7 +171,7 @@ func (g *flight[T]) claim(key string) *flightCall[T] {
 	if _, ok := g.calls[key]; ok {
 		return nil
 	}
-	c := &flightCall[T]{done: make(chan struct{}), cancel: func() {}, owned: true}
+	c := &flightCall[T]{done: make(chan struct{}), cancel: func() {}, owned: true, wake: wake}
 	g.calls[key] = c
 	return c
 }

@@ -20,8 +20,11 @@ import (
 // prefetch holds.
 const (
 	// prefetchRange is the most bytes one ranged read covers (a dir whose
-	// span alone is larger is a range of its own).
-	prefetchRange = 8 << 20
+	// span alone is larger is a range of its own). Each range is committed
+	// by one goroutine once read: smaller ranges spread the commit work
+	// over prefetchRanges of them and get a waiting lookup its dir sooner;
+	// larger ones cost fewer requests.
+	prefetchRange = 2 << 20
 	// prefetchGap is the most bytes between two dirs' spans that one range
 	// reads through (dirs that do not fit the local GPU, or are stored
 	// already) rather than splitting it in two.
@@ -233,11 +236,13 @@ func (e *Engine) skipped(rs []span) {
 // readRange reads r with one ranged request and commits its dirs. Dirs a
 // demand fetch has in flight already are left to it; the others are
 // claimed first, so that a lookup of one of them waits for this range (for
-// a while: rangePatience) instead of fetching it again.
+// a while: rangePatience) instead of fetching it again, and the range
+// commits the dirs lookups wait for before the others.
 func (e *Engine) readRange(ctx context.Context, l resolver.LayerRef, ix *indexed, r span) (err error) {
+	q := newCommitQueue(len(r.dirs))
 	claims := make([]*flightCall[[]KeyFile], len(r.dirs))
 	for i, d := range r.dirs {
-		claims[i] = e.dirs.claim(dirKey(l, d.Key))
+		claims[i] = e.dirs.claim(dirKey(l, d.Key), func() { q.hurry(i) })
 	}
 	done := 0
 	defer func() {
@@ -260,9 +265,13 @@ func (e *Engine) readRange(ctx context.Context, l resolver.LayerRef, ix *indexed
 		return err
 	}
 	e.bump(func(s *Stats) { s.PrefetchRanges++ })
-	for i, d := range r.dirs {
+	for i := q.next(); i >= 0; i = q.next() {
+		d := r.dirs[i]
 		if claims[i] == nil {
 			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 		if d.Offset < r.off || d.End > r.end {
 			return fmt.Errorf("KEY %s: span [%d,%d) outside its range [%d,%d)", d.Key, d.Offset, d.End, r.off, r.end)
@@ -281,4 +290,45 @@ func (e *Engine) readRange(ctx context.Context, l resolver.LayerRef, ix *indexed
 	e.log.Debug("prefetched range", "layer", l.String(), "off", r.off, "bytes", r.end-r.off, "dirs", done,
 		"took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// commitQueue is the order a range commits its dirs in: in layer order,
+// except that a dir a lookup waits for goes next.
+type commitQueue struct {
+	mu     sync.Mutex
+	taken  []bool // guarded by mu
+	urgent []int  // guarded by mu: dirs lookups wait for, in the order they asked
+	pos    int    // guarded by mu: the next dir in layer order
+}
+
+func newCommitQueue(n int) *commitQueue { return &commitQueue{taken: make([]bool, n)} }
+
+// hurry puts dir i next (a lookup waits for it).
+func (q *commitQueue) hurry(i int) {
+	q.mu.Lock()
+	q.urgent = append(q.urgent, i)
+	q.mu.Unlock()
+}
+
+// next returns the dir to commit next; -1 when all are taken.
+func (q *commitQueue) next() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.urgent) > 0 {
+		i := q.urgent[0]
+		q.urgent = q.urgent[1:]
+		if !q.taken[i] {
+			q.taken[i] = true
+			return i
+		}
+	}
+	for q.pos < len(q.taken) {
+		i := q.pos
+		q.pos++
+		if !q.taken[i] {
+			q.taken[i] = true
+			return i
+		}
+	}
+	return -1
 }

@@ -68,7 +68,7 @@ func TestPrefetchCoalesces(t *testing.T) {
 	if s.PrefetchDirs != int64(len(want)) || s.PrefetchSkipped != 0 || int64(reqs) != s.PrefetchRanges {
 		t.Fatalf("stats %+v, %d blob requests: want %d dirs in as many requests as ranges", s, reqs, len(want))
 	}
-	if reqs > 1+int(l.Desc.Size/(4<<20)) {
+	if reqs > 1+int(l.Desc.Size/(1<<20)) {
 		t.Errorf("%d dirs took %d requests for a %d-byte layer: not coalesced", len(want), reqs, l.Desc.Size)
 	}
 	if e.px.BytesSent() > l.Desc.Size {
