@@ -1,7 +1,9 @@
 // Command cargohold-fs mounts a FUSE filesystem as Triton's cache dir. A
 // lookup of a kernel KEY that is not on local disk is answered from a cache
 // image that fits the local GPU: only that KEY dir is fetched, verified and
-// kept in a bounded local store. Local compiles land in the upper dir.
+// kept in a bounded local store; then, unless --prefetch none, the other
+// fitting KEYs of that image layer in the background. Local compiles land
+// in the upper dir.
 //
 //	cargohold-fs -i REGISTRY/REPO:TAG [-i ...] [MOUNTPOINT]
 //	cargohold-fs status [--state-dir DIR] [--trace]
@@ -88,7 +90,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&cacheSize, "cache-size", "10G", "bound on the content store, bytes with K/M/G/T suffix (0: unbounded)")
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:90:32" or "none" (env CARGOHOLD_GPU)`)
 	fs.BoolVar(&o.plainHTTP, "plain-http", false, "talk plain HTTP to registries (for one on loopback)")
-	fs.DurationVar(&o.fetchTimeout, "fetch-timeout", 5*time.Second, "deadline for a lookup that fetches a KEY; past it Triton sees ENOENT and compiles")
+	fs.DurationVar(&o.fetchTimeout, "fetch-timeout", 5*time.Second, "deadline for a lookup that fetches a KEY dir; past it Triton sees ENOENT and compiles, and the fetch goes on for a later lookup")
 	fs.DurationVar(&o.refresh, "refresh", 5*time.Minute, "how often image sources are re-read (tags move)")
 	fs.StringVar(&o.pathPrefix, "path-prefix", "", "the path Triton sees the cache at, for bind mounts (default the mountpoint)")
 	fs.StringVarP(&o.logLevel, "log-level", "l", "info", "log level: debug, info, warning, error")
