@@ -151,13 +151,16 @@ func (n *dirNode) ensureLower(ctx context.Context) (*lowerDir, error) {
 			n.v.stats.miss() // listed, but no image that fits has it after all
 		}
 		n.setLower(nil, false)
+	case ctx.Err() != nil:
+		// An interrupted caller says nothing about the images: its caller
+		// answers EINTR (retried by Python and Go), and the fetch goes on.
+		n.v.log.Debug("fs: interrupted while fetching", "key", n.key, "err", err)
+		return nil, err
 	default:
 		n.v.errno("fetch "+n.key, err, true) // recorded; lookups see the upper half alone
-		if ctx.Err() == nil {                // an interrupted caller says nothing about the images
-			n.mu.Lock()
-			n.failErr, n.failedAt = err, time.Now()
-			n.mu.Unlock()
-		}
+		n.mu.Lock()
+		n.failErr, n.failedAt = err, time.Now()
+		n.mu.Unlock()
 		return nil, err
 	}
 	return n.lowerState()
@@ -241,7 +244,12 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		}
 		return n.lookupKey(ctx, name, out)
 	case keyDir:
-		ld, _ := n.ensureLower(ctx)
+		ld, err := n.ensureLower(ctx)
+		if err != nil {
+			if errno := n.interrupted(ctx, "lookup "+p); errno != 0 {
+				return nil, errno
+			}
+		}
 		if ld == nil || ld.files[name] == nil {
 			return nil, syscall.ENOENT
 		}
@@ -344,7 +352,13 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 			}
 		}
 	case keyDir:
-		if ld, _ := n.ensureLower(ctx); ld != nil {
+		ld, err := n.ensureLower(ctx)
+		if err != nil {
+			if errno := n.interrupted(ctx, "readdir "+dir); errno != 0 {
+				return nil, errno
+			}
+		}
+		if ld != nil {
 			for name := range ld.files {
 				add(name, syscall.S_IFREG, lowerIno(n.key, name))
 			}

@@ -23,7 +23,9 @@
 // lookup or listing inside it (Lower.Entry), with a deadline
 // (Options.LookupTimeout) bound to the FUSE request; any failure, including
 // the deadline, makes the files absent (ENOENT) so that Triton compiles as
-// if there were no image, into the dir it sees. The fetch itself is not
+// if there were no image, into the dir it sees. An interrupted request is
+// answered EINTR (Python and Go retry it): an interruption says nothing
+// about the images. The fetch itself is not
 // bound to the lookup: it goes on in the background (one per KEY, at most
 // maxOrphans nobody waits for, canceled at unmount), and a later lookup in
 // the dir finds the files.
