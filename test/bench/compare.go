@@ -110,17 +110,7 @@ func checkpoints(n int) []int {
 }
 
 func runCompare(ctx context.Context, o compareOptions, out io.Writer) error {
-	work := o.work
-	if work == "" {
-		var err error
-		if work, err = os.MkdirTemp("", "cargohold-bench-compare-"); err != nil {
-			return err
-		}
-	}
-	work, err := filepath.Abs(work)
-	if err == nil {
-		err = os.MkdirAll(work, 0o755)
-	}
+	work, err := workDir(o.work, "cargohold-bench-compare-")
 	if err != nil {
 		return err
 	}
@@ -128,34 +118,13 @@ func runCompare(ctx context.Context, o compareOptions, out io.Writer) error {
 		defer os.RemoveAll(work)
 	}
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
-	if o.fresh {
-		os.Remove(filepath.Join(o.data, "cache.done"))
-	}
-	bin, err := binaries(ctx, o.bin, work)
+	sv, err := serve(ctx, mountOptions{kernels: o.kernels, seed: o.seed, scale: o.scale, latency: o.latency,
+		bin: o.bin, data: o.data, fresh: o.fresh}, work)
 	if err != nil {
 		return err
 	}
-	mo := mountOptions{kernels: o.kernels, seed: o.seed, scale: o.scale}
-	src, keys, err := source(o.data, mo)
-	if err != nil {
-		return err
-	}
-	reg, err := registry.StartProcess(filepath.Join(o.data, "registry"))
-	if err != nil {
-		return err
-	}
-	defer reg.Close()
-	info, err := pushOnce(ctx, reg, src, o.data, work)
-	if err != nil {
-		return err
-	}
-	px, err := proxy.Listen(reg.URL)
-	if err != nil {
-		return err
-	}
-	defer px.Close()
-	px.SetLatency(o.latency)
-	ref := px.Addr + "/" + benchRepo
+	defer sv.close()
+	bin, src, keys, info, px, ref := sv.bin, sv.src, sv.keys, sv.info, sv.px, sv.ref
 	say("image:    %d KEY dirs (%s), %d files, %s; eStargz layer %s", len(keys), benchGPU, info.Files,
 		cli.Bytes(info.Size), cli.Bytes(info.Compressed))
 	say("registry: docker-registry behind a proxy adding %s per request; work dir %s", o.latency, work)
