@@ -24,7 +24,10 @@
 //     Engine closes (legacy downloads run on until Close).
 //   - A Dir call never waits for prefetch work that has not started; it
 //     waits for a prefetch range in flight that covers its dir at most
-//     rangePatience, then fetches the dir alone.
+//     rangePatience for the bytes, then fetches the dir alone; once the
+//     range's bytes are in, it commits its dir itself rather than wait for
+//     the range's commits (which run commitSlots at once, leaving CPU to
+//     lookups).
 //   - Prefetch evicts nothing (store.PutSpare) and stops when the store's
 //     spare room (store.Room) is used; what a lookup fetched or has open
 //     stays.

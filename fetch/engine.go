@@ -77,8 +77,10 @@ type Engine struct {
 	// it misses until it is in. Close stops them.
 	downloads flight[struct{}]
 	traffic   resolver.Counters
-	// prefetchSem holds a token per prefetch range in flight.
+	// prefetchSem holds a token per prefetch range in flight, commitSem
+	// one per prefetch commit running.
 	prefetchSem chan struct{}
+	commitSem   chan struct{}
 
 	mu       sync.Mutex
 	reserved int64                // guarded by mu: store bytes that prefetch ranges in flight will put
@@ -101,6 +103,7 @@ func NewEngine(r *resolver.Resolver, st *store.Store, stateDir string) *Engine {
 		life:        newLifetime(),
 		downloads:   flight[struct{}]{keep: true},
 		prefetchSem: make(chan struct{}, prefetchRanges),
+		commitSem:   make(chan struct{}, commitSlots()),
 		idx:         newIndexLRU(r.Options().LayerIndexes),
 		known:       map[string][]KeyFile{},
 	}

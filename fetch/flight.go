@@ -74,9 +74,11 @@ type flightCall[T any] struct {
 	// owned: claimed by background work (claim), which ends it with
 	// settle; callers that give up waiting for it do not stop it.
 	owned bool
-	// wake, for an owned call, tells the background work that a caller
-	// waits for it (so it does this one first); it must not block.
-	wake func()
+	// ready, for an owned call, is closed once what is left of the work is
+	// local (the bytes are in); help then lets a waiter do that part itself
+	// rather than wait for the background work to get to it.
+	ready <-chan struct{}
+	help  func()
 }
 
 // do returns fn's result for key, running fn unless a call for key is in
@@ -126,43 +128,56 @@ func (g *flight[T]) doPatient(ctx context.Context, life *lifetime, key string, p
 	g.mu.Unlock()
 
 	var slow <-chan time.Time
-	if c.wake != nil {
-		c.wake()
-	}
-	if c.owned && patience > 0 {
-		t := time.NewTimer(patience)
-		defer t.Stop()
-		slow = t.C
-	}
-	select {
-	case <-c.done:
-		return c.val, c.err
-	case <-slow:
-		g.mu.Lock()
-		c.waiters--
-		g.mu.Unlock()
-		return zero, fmt.Errorf("%w: not in within %s", errBackground, patience)
-	case <-ctx.Done():
-		g.mu.Lock()
-		c.waiters--
-		if c.waiters == 0 && !g.keep && !c.owned {
-			// Nobody wants the result any more: stop the work, and let the
-			// next caller start afresh rather than join a canceled call.
-			c.cancel()
-			if g.calls[key] == c {
-				delete(g.calls, key)
-			}
+	var ready <-chan struct{}
+	if c.owned {
+		ready = c.ready
+		if patience > 0 {
+			t := time.NewTimer(patience)
+			defer t.Stop()
+			slow = t.C
 		}
-		g.mu.Unlock()
-		return zero, ctx.Err()
+	}
+	for {
+		select {
+		case <-c.done:
+			return c.val, c.err
+		case <-ready:
+			// The rest is local work: do it now if nobody has started
+			// it, and wait for it without the patience meant for the
+			// network.
+			ready, slow = nil, nil
+			if c.help != nil {
+				c.help()
+			}
+		case <-slow:
+			g.mu.Lock()
+			c.waiters--
+			g.mu.Unlock()
+			return zero, fmt.Errorf("%w: not in within %s", errBackground, patience)
+		case <-ctx.Done():
+			g.mu.Lock()
+			c.waiters--
+			if c.waiters == 0 && !g.keep && !c.owned {
+				// Nobody wants the result any more: stop the work, and let
+				// the next caller start afresh rather than join a canceled
+				// call.
+				c.cancel()
+				if g.calls[key] == c {
+					delete(g.calls, key)
+				}
+			}
+			g.mu.Unlock()
+			return zero, ctx.Err()
+		}
 	}
 }
 
 // claim registers a call for key that the caller runs itself and ends with
 // settle; nil when a call for key is in flight already. Meanwhile callers of
-// do for key wait for it (doPatient: for a while), calling wake (may be nil)
-// as they start to.
-func (g *flight[T]) claim(key string, wake func()) *flightCall[T] {
+// do for key wait for it (doPatient: for a while, until ready is closed);
+// once ready is closed, a waiter calls help (may be nil), which may do the
+// rest of the work and settle the call itself.
+func (g *flight[T]) claim(key string, ready <-chan struct{}, help func()) *flightCall[T] {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.calls == nil {
@@ -171,7 +186,7 @@ func (g *flight[T]) claim(key string, wake func()) *flightCall[T] {
 	if _, ok := g.calls[key]; ok {
 		return nil
 	}
-	c := &flightCall[T]{done: make(chan struct{}), cancel: func() {}, owned: true, wake: wake}
+	c := &flightCall[T]{done: make(chan struct{}), cancel: func() {}, owned: true, ready: ready, help: help}
 	g.calls[key] = c
 	return c
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -31,12 +32,18 @@ const (
 	prefetchGap = 256 << 10
 	// prefetchMaxDir: a dir whose span is larger is left to its lookup.
 	prefetchMaxDir = 64 << 20
-	// prefetchRanges is how many ranges are read at once, over all layers.
+	// prefetchRanges is how many ranges are read (and held) at once, over
+	// all layers; how many are committed at once is commitSlots.
 	prefetchRanges = 4
 	// rangePatience is how long a lookup waits for the prefetch range in
 	// flight that covers its dir before fetching the dir alone.
 	rangePatience = 250 * time.Millisecond
 )
+
+// commitSlots is how many prefetch commits (decompress, verify, write)
+// run at once: a quarter of the CPUs, at least one, so that lookups keep
+// the rest.
+func commitSlots() int { return max(1, runtime.GOMAXPROCS(0)/4) }
 
 // errBackground says a prefetch range did not deliver a dir a caller
 // waited for (too slow, failed, out of budget): the caller fetches it alone.
@@ -236,99 +243,106 @@ func (e *Engine) skipped(rs []span) {
 // readRange reads r with one ranged request and commits its dirs. Dirs a
 // demand fetch has in flight already are left to it; the others are
 // claimed first, so that a lookup of one of them waits for this range (for
-// a while: rangePatience) instead of fetching it again, and the range
-// commits the dirs lookups wait for before the others.
-func (e *Engine) readRange(ctx context.Context, l resolver.LayerRef, ix *indexed, r span) (err error) {
-	q := newCommitQueue(len(r.dirs))
-	claims := make([]*flightCall[[]KeyFile], len(r.dirs))
+// a while: rangePatience) instead of fetching it again, and once the bytes
+// are in, commits its dir itself (help) rather than wait for the range's
+// commits, which take a commit token each (commitSem) so that prefetch
+// leaves CPU to lookups.
+func (e *Engine) readRange(ctx context.Context, l resolver.LayerRef, ix *indexed, r span) error {
+	rr := &rangeRead{e: e, l: l, r: r, ready: make(chan struct{}), taken: make([]bool, len(r.dirs)),
+		claims: make([]*flightCall[[]KeyFile], len(r.dirs))}
 	for i, d := range r.dirs {
-		claims[i] = e.dirs.claim(dirKey(l, d.Key), func() { q.hurry(i) })
+		rr.claims[i] = e.dirs.claim(dirKey(l, d.Key), rr.ready, func() { rr.commitIfFree(i) })
+		rr.taken[i] = rr.claims[i] == nil // a demand fetch has it
 	}
-	done := 0
-	defer func() {
-		// Whatever was not committed is settled with the reason, so that a
-		// waiting lookup fetches its dir alone.
-		why := err
-		if why == nil {
-			why = errors.New("not read")
-		}
-		for i, d := range r.dirs {
-			if claims[i] != nil {
-				e.dirs.settle(dirKey(l, d.Key), claims[i], nil, fmt.Errorf("%w: %w", errBackground, why))
-			}
-		}
-		e.bump(func(s *Stats) { s.PrefetchDirs += int64(done) })
-	}()
 	start := time.Now()
 	buf := make([]byte, r.end-r.off)
 	if err := e.readSpan(ctx, l, ix.src, buf, r.off); err != nil {
+		rr.abandon(err)
 		return err
 	}
 	e.bump(func(s *Stats) { s.PrefetchRanges++ })
-	for i := q.next(); i >= 0; i = q.next() {
-		d := r.dirs[i]
-		if claims[i] == nil {
-			continue
+	rr.buf = buf
+	close(rr.ready)
+	for i := range r.dirs {
+		select {
+		case e.commitSem <- struct{}{}:
+		case <-ctx.Done():
+			rr.abandon(ctx.Err())
+			return ctx.Err()
 		}
-		if err := ctx.Err(); err != nil {
+		err := rr.commitIfFree(i)
+		<-e.commitSem
+		if err != nil {
+			rr.abandon(err)
 			return err
 		}
-		if d.Offset < r.off || d.End > r.end {
-			return fmt.Errorf("KEY %s: span [%d,%d) outside its range [%d,%d)", d.Key, d.Offset, d.End, r.off, r.end)
-		}
-		files, err := e.commit(l, d, buf[d.Offset-r.off:d.End-r.off], true)
-		if err != nil {
-			if errors.Is(err, store.ErrFull) {
-				err = fmt.Errorf("%w: %w", ErrPrefetchBudget, err)
-			}
-			return fmt.Errorf("KEY %s: %w", d.Key, err)
-		}
-		e.dirs.settle(dirKey(l, d.Key), claims[i], files, nil)
-		claims[i] = nil
-		done++
 	}
-	e.log.Debug("prefetched range", "layer", l.String(), "off", r.off, "bytes", r.end-r.off, "dirs", done,
+	e.log.Debug("prefetched range", "layer", l.String(), "off", r.off, "bytes", r.end-r.off, "dirs", len(r.dirs),
 		"took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-// commitQueue is the order a range commits its dirs in: in layer order,
-// except that a dir a lookup waits for goes next.
-type commitQueue struct {
-	mu     sync.Mutex
-	taken  []bool // guarded by mu
-	urgent []int  // guarded by mu: dirs lookups wait for, in the order they asked
-	pos    int    // guarded by mu: the next dir in layer order
+// rangeRead is one prefetch range being committed, by the range itself in
+// layer order and by lookups that wait for one of its dirs (help): whoever
+// takes a dir first commits it and settles its claim.
+type rangeRead struct {
+	e      *Engine
+	l      resolver.LayerRef
+	r      span
+	claims []*flightCall[[]KeyFile] // nil where a demand fetch had the dir
+	ready  chan struct{}            // closed once buf is read
+	buf    []byte                   // set before ready is closed
+
+	mu    sync.Mutex
+	taken []bool // guarded by mu
 }
 
-func newCommitQueue(n int) *commitQueue { return &commitQueue{taken: make([]bool, n)} }
-
-// hurry puts dir i next (a lookup waits for it).
-func (q *commitQueue) hurry(i int) {
-	q.mu.Lock()
-	q.urgent = append(q.urgent, i)
-	q.mu.Unlock()
+// take marks dir i as someone's to commit; false when it was already.
+func (rr *rangeRead) take(i int) bool {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if rr.taken[i] {
+		return false
+	}
+	rr.taken[i] = true
+	return true
 }
 
-// next returns the dir to commit next; -1 when all are taken.
-func (q *commitQueue) next() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for len(q.urgent) > 0 {
-		i := q.urgent[0]
-		q.urgent = q.urgent[1:]
-		if !q.taken[i] {
-			q.taken[i] = true
-			return i
+// commitIfFree commits dir i unless someone else has it, and settles its
+// claim. The error is for the range (a budget or integrity failure ends the
+// prefetch); the claim gets it wrapped in errBackground, so that a waiting
+// lookup fetches the dir alone.
+func (rr *rangeRead) commitIfFree(i int) error {
+	if !rr.take(i) {
+		return nil
+	}
+	d := rr.r.dirs[i]
+	key := dirKey(rr.l, d.Key)
+	var files []KeyFile
+	var err error
+	if d.Offset < rr.r.off || d.End > rr.r.end {
+		err = fmt.Errorf("span [%d,%d) outside its range [%d,%d)", d.Offset, d.End, rr.r.off, rr.r.end)
+	} else {
+		files, err = rr.e.commit(rr.l, d, rr.buf[d.Offset-rr.r.off:d.End-rr.r.off], true)
+	}
+	if err != nil {
+		if errors.Is(err, store.ErrFull) {
+			err = fmt.Errorf("%w: %w", ErrPrefetchBudget, err)
+		}
+		err = fmt.Errorf("KEY %s: %w", d.Key, err)
+		rr.e.dirs.settle(key, rr.claims[i], nil, fmt.Errorf("%w: %w", errBackground, err))
+		return err
+	}
+	rr.e.dirs.settle(key, rr.claims[i], files, nil)
+	rr.e.bump(func(s *Stats) { s.PrefetchDirs++ })
+	return nil
+}
+
+// abandon settles every dir nobody has taken with why.
+func (rr *rangeRead) abandon(why error) {
+	for i, d := range rr.r.dirs {
+		if rr.take(i) {
+			rr.e.dirs.settle(dirKey(rr.l, d.Key), rr.claims[i], nil, fmt.Errorf("%w: %w", errBackground, why))
 		}
 	}
-	for q.pos < len(q.taken) {
-		i := q.pos
-		q.pos++
-		if !q.taken[i] {
-			q.taken[i] = true
-			return i
-		}
-	}
-	return -1
 }
