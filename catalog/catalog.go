@@ -58,6 +58,10 @@ type Config struct {
 	// Logger receives refresh results, per-source errors, label errors and
 	// skipped locations. Default discards.
 	Logger *slog.Logger
+	// Prefetch: once a layer has served an Entry, its other KEY dirs that
+	// fit the local targets are fetched in the background (prefetch.go).
+	// Default false: strictly lazy.
+	Prefetch bool
 }
 
 // Location is one place a KEY lives: a layer of an image.
@@ -122,11 +126,14 @@ type fetcher interface {
 	Index(ctx context.Context, l resolver.LayerRef) (*layer.Index, error)
 	Key(ctx context.Context, layers []resolver.LayerRef, key string) ([]fetch.KeyFile, error)
 	Open(f fetch.KeyFile) (*store.File, error)
+	Prefetch(l resolver.LayerRef, keys []string) <-chan error
 }
 
 // Catalog maps KEY -> locations over a list of image sources. Lookups read
 // an immutable snapshot through an atomic pointer: they take no lock that a
 // refresh holds and do no I/O.
+//
+// Lock order: refreshMu, verdictMu and prefetchMu are never held together.
 type Catalog struct {
 	// immutable after New
 	r       *resolver.Resolver
@@ -143,6 +150,10 @@ type Catalog struct {
 	// guarded by verdictMu: Entry's fit verdicts by layer digest + KEY
 	verdictMu sync.Mutex
 	verdicts  map[string]bool
+
+	// guarded by prefetchMu: layers whose prefetch started, by digest
+	prefetchMu sync.Mutex
+	prefetched map[string]bool
 
 	refreshes   atomic.Int64
 	refreshNS   atomic.Int64
@@ -215,7 +226,8 @@ func newCatalog(r *resolver.Resolver, eng fetcher, cfg Config) (*Catalog, error)
 	if len(cfg.Sources) == 0 {
 		return nil, fmt.Errorf("catalog: no sources")
 	}
-	cat := &Catalog{r: r, eng: eng, cfg: cfg, ready: make(chan struct{}), verdicts: map[string]bool{}}
+	cat := &Catalog{r: r, eng: eng, cfg: cfg, ready: make(chan struct{}), verdicts: map[string]bool{},
+		prefetched: map[string]bool{}}
 	cat.cfg.Targets = gpu.Dedup(slices.Clone(cfg.Targets))
 	if cat.cfg.Refresh == 0 {
 		cat.cfg.Refresh = DefaultRefresh

@@ -26,6 +26,13 @@
 // are listed whole, and Entry checks each fetched kernel JSON, which wins
 // over any label.
 //
+// Prefetch (Config.Prefetch): once a layer has served an Entry, the catalog
+// names that layer's KEYs that fit by the image's labels (and that no other
+// image serves first) to fetch.Engine.Prefetch, once per layer; the engine
+// decides how (coalesced ranges, within the store's spare room). Images
+// without usable labels and layers that have served nothing are not
+// prefetched.
+//
 // Invariants.
 //   - Lookups read an immutable snapshot through an atomic pointer and do no
 //     I/O; a refresh builds the next snapshot beside it.

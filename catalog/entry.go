@@ -29,7 +29,7 @@ const maxKernelJSON = 4 << 20
 // the image's labels said (the kernel JSON wins: a location whose kernel
 // does not fit is skipped, counted in IndexStats.LabelLies or Misfits, and
 // the next one is tried). It returns the files of the first location that
-// passes. A location that fails is logged at debug level and counted
+// passes; with Config.Prefetch, that location's layer is then prefetched. A location that fails is logged at debug level and counted
 // (Stats.EntryFallbacks when a next one is tried); the caller records the
 // failure that ends the call.
 //
@@ -79,6 +79,9 @@ func (cat *Catalog) Entry(ctx context.Context, key string) ([]fetch.KeyFile, err
 			continue
 		}
 		cat.hits.Add(1)
+		if cat.cfg.Prefetch {
+			cat.prefetchAfter(s, l)
+		}
 		return files, nil
 	}
 	cat.misses.Add(1)

@@ -57,9 +57,15 @@ func (e *Engine) Dir(ctx context.Context, l resolver.LayerRef, key string) ([]Ke
 		e.bump(func(s *Stats) { s.Hits++ })
 		return files, nil
 	}
-	files, err := e.dirs.do(ctx, e.life, dirKey(l, key), func(ctx context.Context) ([]KeyFile, error) {
-		return e.fetchDir(ctx, l, ix, d)
-	})
+	fetch := func(ctx context.Context) ([]KeyFile, error) { return e.fetchDir(ctx, l, ix, d) }
+	k := dirKey(l, key)
+	// A prefetch range in flight that covers the dir serves it, unless it
+	// is slow or fails: then the dir is fetched alone, at once.
+	files, err := e.dirs.doPatient(ctx, e.life, k, rangePatience, fetch)
+	if errors.Is(err, errBackground) && ctx.Err() == nil {
+		e.log.Debug("prefetch range did not deliver; fetching the KEY dir alone", "layer", l.String(), "key", key, "err", err)
+		files, err = e.dirs.do(ctx, e.life, "alone/"+k, fetch)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("fetch: KEY %s from layer %s: %w", key, l, err)
 	}
@@ -132,13 +138,28 @@ func (e *Engine) fetchDir(ctx context.Context, l resolver.LayerRef, ix *indexed,
 	}
 	e.bump(func(s *Stats) { s.Fetches++ })
 	read := time.Since(start)
+	files, err := e.commit(l, d, span, false)
+	if err != nil {
+		return nil, err
+	}
+	e.log.Debug("fetched KEY dir", "layer", l.String(), "key", d.Key, "files", len(files), "span", n,
+		"read", read, "verify+commit", time.Since(start)-read)
+	return files, nil
+}
+
+// commit verifies every file of d in span (the bytes of d's span, read by
+// a demand fetch or cut out of a prefetch range) and only then puts them
+// into the store. A demand fetch (spare false) may evict older content, and
+// keeps each stored file open (pinned) until the last is in, so that
+// putting one does not evict another. A prefetch (spare true) puts into
+// spare room only (store.PutSpare: nothing is evicted; ErrFull when the
+// budget is used) and checks at the end that no demand Put evicted a file
+// meanwhile.
+func (e *Engine) commit(l resolver.LayerRef, d *layer.Dir, span []byte, spare bool) ([]KeyFile, error) {
 	contents, err := d.Read(span)
 	if err != nil {
 		return nil, err
 	}
-	verified := time.Since(start)
-	// Every file passed: commit. Each stored file stays open (pinned) until
-	// the last is in, so that putting one does not evict another.
 	var pins []*store.File
 	defer func() {
 		for _, f := range pins {
@@ -149,23 +170,34 @@ func (e *Engine) fetchDir(ctx context.Context, l resolver.LayerRef, ix *indexed,
 	learnt := false
 	for i, c := range contents {
 		dg := digest.Digest(c.File.Digest)
-		if err := e.st.Put(dg, bytes.NewReader(c.Data)); err != nil {
-			return nil, fmt.Errorf("%s: %w", c.File.Name, err)
+		if spare {
+			if err := e.st.PutSpare(dg, bytes.NewReader(c.Data)); err != nil {
+				return nil, fmt.Errorf("%s: %w", c.File.Name, err)
+			}
+		} else {
+			if err := e.st.Put(dg, bytes.NewReader(c.Data)); err != nil {
+				return nil, fmt.Errorf("%s: %w", c.File.Name, err)
+			}
+			f, err := e.st.Open(dg)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", c.File.Name, err)
+			}
+			pins = append(pins, f)
 		}
-		f, err := e.st.Open(dg)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", c.File.Name, err)
-		}
-		pins = append(pins, f)
 		files[i] = KeyFile{Name: c.File.Name, Size: c.File.Size, Mode: os.FileMode(c.File.Mode & 0o777),
 			Digest: dg, Group: triton.IsGroupFile(c.File.Name)}
 		learnt = learnt || d.Files[i].Digest == ""
 	}
+	if spare {
+		for _, f := range files {
+			if !e.st.Has(f.Digest) {
+				return nil, fmt.Errorf("%s: evicted while its dir was committed", f.Name)
+			}
+		}
+	}
 	if learnt {
 		e.learn(l, d.Key, files)
 	}
-	e.log.Debug("fetched KEY dir", "layer", l.String(), "key", d.Key, "files", len(files), "span", n,
-		"read", read, "verify", verified-read, "commit", time.Since(start)-verified)
 	return files, nil
 }
 

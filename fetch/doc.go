@@ -11,7 +11,10 @@
 // byte source, verifies every file (layer.Dir.Read) and only then commits
 // them to the store; Engine.Key merges a KEY dir spread over several layers
 // of an image, a later layer's file winning; Engine.Install copies a fetched
-// dir into a cache dir.
+// dir into a cache dir. Engine.Prefetch (prefetch.go) fetches the dirs a
+// caller names in the background: sorted by offset, coalesced into large
+// ranges, each range one ranged read split into its dirs, each dir
+// verified and committed as Dir does, into the store's spare room only.
 //
 // Invariants.
 //   - Nothing is committed to the store unless every file of the dir passed
@@ -19,6 +22,15 @@
 //   - Concurrent calls for one layer index or one KEY dir share one fetch
 //     (flight); the shared work ends when its last caller gives up or the
 //     Engine closes (legacy downloads run on until Close).
+//   - A Dir call never waits for prefetch work that has not started; it
+//     waits for a prefetch range in flight that covers its dir at most
+//     rangePatience for the bytes, then fetches the dir alone; once the
+//     range's bytes are in, it commits its dir itself rather than wait for
+//     the range's commits (which run commitSlots at once, leaving CPU to
+//     lookups).
+//   - Prefetch evicts nothing (store.PutSpare) and stops when the store's
+//     spare room (store.Room) is used; what a lookup fetched or has open
+//     stays.
 //   - Stats count work (fetches, hits, indexes, traffic), not failures: a
 //     failed call is returned, and recorded once by whoever turns it into an
 //     errno or an exit code.

@@ -47,6 +47,12 @@ type Stats struct {
 	Requests int64 `json:"requests"`
 	Bytes    int64 `json:"bytes"`
 	Retries  int64 `json:"retries"`
+	// PrefetchRanges is ranged reads made by Prefetch, PrefetchDirs the KEY
+	// dirs they committed, PrefetchSkipped the dirs left out because the
+	// budget (store limit, disk space) was used or a range failed.
+	PrefetchRanges  int64 `json:"prefetch_ranges"`
+	PrefetchDirs    int64 `json:"prefetch_dirs"`
+	PrefetchSkipped int64 `json:"prefetch_skipped"`
 }
 
 // Engine fetches single KEY dirs out of image layers: it indexes a layer
@@ -72,11 +78,16 @@ type Engine struct {
 	// it misses until it is in. Close stops them.
 	downloads flight[struct{}]
 	traffic   resolver.Counters
+	// prefetchSem holds a token per prefetch range in flight, commitSem
+	// one per prefetch commit running.
+	prefetchSem chan struct{}
+	commitSem   chan struct{}
 
-	mu    sync.Mutex
-	idx   *indexLRU            // guarded by mu: the layer indexes kept in memory
-	known map[string][]KeyFile // guarded by mu: dirs whose digests were learnt by fetching, by dirKey
-	stats Stats                // guarded by mu; traffic fields filled in by Stats
+	mu       sync.Mutex
+	reserved int64                // guarded by mu: store bytes that prefetch ranges in flight will put
+	idx      *indexLRU            // guarded by mu: the layer indexes kept in memory
+	known    map[string][]KeyFile // guarded by mu: dirs whose digests were learnt by fetching, by dirKey
+	stats    Stats                // guarded by mu; traffic fields filled in by Stats
 }
 
 // NewEngine returns an Engine reading blobs through r and storing files in
@@ -86,14 +97,16 @@ type Engine struct {
 // stateDir/layers/<digest>.keys/<KEY>.json.
 func NewEngine(r *resolver.Resolver, st *store.Store, stateDir string) *Engine {
 	return &Engine{
-		res:       r,
-		st:        st,
-		state:     stateDir,
-		log:       r.Options().Logger,
-		life:      newLifetime(),
-		downloads: flight[struct{}]{keep: true},
-		idx:       newIndexLRU(r.Options().LayerIndexes),
-		known:     map[string][]KeyFile{},
+		res:         r,
+		st:          st,
+		state:       stateDir,
+		log:         r.Options().Logger,
+		life:        newLifetime(),
+		downloads:   flight[struct{}]{keep: true},
+		prefetchSem: make(chan struct{}, prefetchRanges),
+		commitSem:   make(chan struct{}, commitSlots()),
+		idx:         newIndexLRU(r.Options().LayerIndexes),
+		known:       map[string][]KeyFile{},
 	}
 }
 

@@ -2,7 +2,9 @@ package fetch
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"time"
 )
 
 // lifetime owns an Engine's background goroutines: they run under ctx and
@@ -69,12 +71,27 @@ type flightCall[T any] struct {
 	err     error
 	waiters int // guarded by flight.mu
 	cancel  context.CancelFunc
+	// owned: claimed by background work (claim), which ends it with
+	// settle; callers that give up waiting for it do not stop it.
+	owned bool
+	// ready, for an owned call, is closed once what is left of the work is
+	// local (the bytes are in); help then lets a waiter do that part itself
+	// rather than wait for the background work to get to it.
+	ready <-chan struct{}
+	help  func()
 }
 
 // do returns fn's result for key, running fn unless a call for key is in
 // flight already. It returns ctx's error as soon as ctx ends, and
 // errEngineClosed when life is closed.
 func (g *flight[T]) do(ctx context.Context, life *lifetime, key string, fn func(context.Context) (T, error)) (T, error) {
+	return g.doPatient(ctx, life, key, 0, fn)
+}
+
+// doPatient is do that waits at most patience (0: no bound) for a call
+// claimed by background work; past it, it returns an error wrapping
+// errBackground, and the caller may fetch on its own.
+func (g *flight[T]) doPatient(ctx context.Context, life *lifetime, key string, patience time.Duration, fn func(context.Context) (T, error)) (T, error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
 		return zero, err
@@ -110,21 +127,77 @@ func (g *flight[T]) do(ctx context.Context, life *lifetime, key string, fn func(
 	c.waiters++
 	g.mu.Unlock()
 
-	select {
-	case <-c.done:
-		return c.val, c.err
-	case <-ctx.Done():
-		g.mu.Lock()
-		c.waiters--
-		if c.waiters == 0 && !g.keep {
-			// Nobody wants the result any more: stop the work, and let the
-			// next caller start afresh rather than join a canceled call.
-			c.cancel()
-			if g.calls[key] == c {
-				delete(g.calls, key)
-			}
+	var slow <-chan time.Time
+	var ready <-chan struct{}
+	if c.owned {
+		ready = c.ready
+		if patience > 0 {
+			t := time.NewTimer(patience)
+			defer t.Stop()
+			slow = t.C
 		}
-		g.mu.Unlock()
-		return zero, ctx.Err()
 	}
+	for {
+		select {
+		case <-c.done:
+			return c.val, c.err
+		case <-ready:
+			// The rest is local work: do it now if nobody has started
+			// it, and wait for it without the patience meant for the
+			// network.
+			ready, slow = nil, nil
+			if c.help != nil {
+				c.help()
+			}
+		case <-slow:
+			g.mu.Lock()
+			c.waiters--
+			g.mu.Unlock()
+			return zero, fmt.Errorf("%w: not in within %s", errBackground, patience)
+		case <-ctx.Done():
+			g.mu.Lock()
+			c.waiters--
+			if c.waiters == 0 && !g.keep && !c.owned {
+				// Nobody wants the result any more: stop the work, and let
+				// the next caller start afresh rather than join a canceled
+				// call.
+				c.cancel()
+				if g.calls[key] == c {
+					delete(g.calls, key)
+				}
+			}
+			g.mu.Unlock()
+			return zero, ctx.Err()
+		}
+	}
+}
+
+// claim registers a call for key that the caller runs itself and ends with
+// settle; nil when a call for key is in flight already. Meanwhile callers of
+// do for key wait for it (doPatient: for a while, until ready is closed);
+// once ready is closed, a waiter calls help (may be nil), which may do the
+// rest of the work and settle the call itself.
+func (g *flight[T]) claim(key string, ready <-chan struct{}, help func()) *flightCall[T] {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.calls == nil {
+		g.calls = map[string]*flightCall[T]{}
+	}
+	if _, ok := g.calls[key]; ok {
+		return nil
+	}
+	c := &flightCall[T]{done: make(chan struct{}), cancel: func() {}, owned: true, ready: ready, help: help}
+	g.calls[key] = c
+	return c
+}
+
+// settle ends a claimed call with its result.
+func (g *flight[T]) settle(key string, c *flightCall[T], v T, err error) {
+	g.mu.Lock()
+	if g.calls[key] == c {
+		delete(g.calls, key)
+	}
+	g.mu.Unlock()
+	c.val, c.err = v, err
+	close(c.done)
 }

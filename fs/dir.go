@@ -46,6 +46,10 @@ type dirNode struct {
 	lower     *lowerDir
 	failErr   error     // why the images last failed to answer
 	failedAt  time.Time // when
+	// promised: the images list the KEY (Lower.Has), so the dir is shown
+	// before its files are fetched, and stays shown (empty but for what
+	// Triton writes) when the fetch fails.
+	promised bool
 }
 
 var _ = (gofs.NodeLookuper)((*dirNode)(nil))
@@ -82,19 +86,42 @@ func (n *dirNode) lowerState() (*lowerDir, error) {
 var errLowerUnknown = errors.New("fs: the images' part of this KEY dir is not known yet")
 
 // setLower records the lower half unless it is known already. A known lower
-// half changes only from "none" to an image's files (adopt).
+// half changes only from "none" to an image's files (adopt). The first time
+// a node gets an image's files counts as a hit.
 func (n *dirNode) setLower(ld *lowerDir, adopt bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !n.lowerDone || (adopt && n.lower == nil) {
+		if ld != nil && n.lower == nil {
+			n.v.stats.hit()
+		}
 		n.lower, n.lowerDone = ld, true
+		n.failErr = nil
 	}
 }
 
-// ensureLower finds the lower half of a KEY dir that has an upper half: it
-// asks the images once per node and keeps the answer (nil: no image has the
-// KEY). An error says the images could not answer (the cause is recorded);
-// the dir then shows its upper half alone and asks again after lowerRetry.
+// promise marks a KEY dir the images list (Lower.Has).
+func (n *dirNode) promise() {
+	n.mu.Lock()
+	n.promised = true
+	n.mu.Unlock()
+}
+
+// shown reports whether the view shows this KEY dir without an upper half:
+// the images list it, or their files for it are known.
+func (n *dirNode) shown() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.promised || n.lower != nil
+}
+
+// ensureLower finds the lower half of a KEY dir: it fetches the KEY's files
+// from the images (the first lookup or listing inside the dir) once per
+// node and keeps the answer (nil: no image has the KEY). An error says the
+// images could not answer (the cause is recorded); the dir then shows its
+// upper half alone (empty when it has none: Triton compiles into it) and
+// asks again after lowerRetry, or when a fetch that outlived its lookup
+// comes in (adoptLate).
 func (n *dirNode) ensureLower(ctx context.Context) (*lowerDir, error) {
 	if n.kind != keyDir {
 		return nil, nil
@@ -120,14 +147,20 @@ func (n *dirNode) ensureLower(ctx context.Context) (*lowerDir, error) {
 	case err == nil:
 		n.setLower(ld, false)
 	case errors.Is(err, iofs.ErrNotExist):
-		n.setLower(nil, false)
-	default:
-		n.v.errno("merge "+n.key, err, true) // recorded; lookups see the upper half alone
-		if ctx.Err() == nil {                // an interrupted caller says nothing about the images
-			n.mu.Lock()
-			n.failErr, n.failedAt = err, time.Now()
-			n.mu.Unlock()
+		if n.shown() {
+			n.v.stats.miss() // listed, but no image that fits has it after all
 		}
+		n.setLower(nil, false)
+	case ctx.Err() != nil:
+		// An interrupted caller says nothing about the images: its caller
+		// answers EINTR (retried by Python and Go), and the fetch goes on.
+		n.v.log.Debug("fs: interrupted while fetching", "key", n.key, "err", err)
+		return nil, err
+	default:
+		n.v.errno("fetch "+n.key, err, true) // recorded; lookups see the upper half alone
+		n.mu.Lock()
+		n.failErr, n.failedAt = err, time.Now()
+		n.mu.Unlock()
 		return nil, err
 	}
 	return n.lowerState()
@@ -179,10 +212,15 @@ func (n *dirNode) lowerHas(ctx context.Context, name string) (bool, error) {
 	return n.kind == rootDir || ld.files[name] != nil, nil
 }
 
-// Lookup finds name upper first, then in the images.
+// Lookup finds name upper first, then in the images. A KEY at the root is
+// answered from the images' index (Lower.Has: no fetch, as the kernel holds
+// the root's lock); its files are fetched on the first lookup inside it.
 func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if isWhiteoutName(name) {
 		return nil, syscall.ENOENT
+	}
+	if n.kind == rootDir && n.v.onKey != nil && triton.IsKey(name) {
+		n.v.onKey(name)
 	}
 	dir, ok := n.dirPath()
 	if !ok {
@@ -206,7 +244,12 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		}
 		return n.lookupKey(ctx, name, out)
 	case keyDir:
-		ld, _ := n.ensureLower(ctx)
+		ld, err := n.ensureLower(ctx)
+		if err != nil {
+			if errno := n.interrupted(ctx, "lookup "+p); errno != 0 {
+				return nil, errno
+			}
+		}
 		if ld == nil || ld.files[name] == nil {
 			return nil, syscall.ENOENT
 		}
@@ -237,31 +280,26 @@ func (n *dirNode) upperChild(ctx context.Context, name string, st *syscall.Stat_
 	return n.NewInode(ctx, node, gofs.StableAttr{Mode: mode, Ino: n.v.upperIno(st), Gen: gen})
 }
 
-// lookupKey asks the images for a KEY the upper dir does not have.
+// lookupKey answers a KEY the upper dir does not have from the images'
+// index: no fetch here, so that no lookup holds the root's lock across a
+// network round trip (Triton's mkdir(ROOT/KEY) takes it). The dir is
+// shown at once; its files come with the first lookup inside it.
 func (n *dirNode) lookupKey(ctx context.Context, key string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	d := n.keyChild(key)
-	if d != nil {
-		// Image files are immutable: a node that has them answers again.
-		if ld, err := d.lowerState(); err != nil || ld == nil {
-			d = nil
-		}
-	}
-	if d == nil {
-		ld, err := n.v.resolve(ctx, key)
+	if d == nil || !d.shown() {
+		has, err := n.v.has(ctx, key)
 		if err != nil {
-			if errors.Is(err, iofs.ErrNotExist) {
-				n.v.stats.miss()
-			}
 			return nil, n.v.errno("lookup "+key, err, true)
 		}
-		if d = n.keyChild(key); d != nil {
-			d.setLower(ld, true)
-		} else {
-			d = n.v.newKeyDir(key)
-			d.setLower(ld, false)
+		if !has {
+			n.v.stats.miss()
+			return nil, syscall.ENOENT
 		}
+		if d = n.keyChild(key); d == nil {
+			d = n.v.newKeyDir(key)
+		}
+		d.promise()
 	}
-	n.v.stats.hit()
 	n.v.lowerDirAttr(&out.Attr)
 	out.SetEntryTimeout(lowerTTL)
 	out.SetAttrTimeout(lowerTTL)
@@ -314,7 +352,13 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 			}
 		}
 	case keyDir:
-		if ld, _ := n.ensureLower(ctx); ld != nil {
+		ld, err := n.ensureLower(ctx)
+		if err != nil {
+			if errno := n.interrupted(ctx, "readdir "+dir); errno != 0 {
+				return nil, errno
+			}
+		}
+		if ld != nil {
 			for name := range ld.files {
 				add(name, syscall.S_IFREG, lowerIno(n.key, name))
 			}
@@ -365,12 +409,10 @@ func (n *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Attr
 		}
 		return 0
 	}
-	if n.kind == keyDir && errors.Is(err, syscall.ENOENT) {
-		if ld, _ := n.lowerState(); ld != nil {
-			n.v.lowerDirAttr(&out.Attr)
-			out.SetTimeout(lowerTTL)
-			return 0
-		}
+	if n.kind == keyDir && errors.Is(err, syscall.ENOENT) && n.shown() {
+		n.v.lowerDirAttr(&out.Attr)
+		out.SetTimeout(lowerTTL)
+		return 0
 	}
 	return n.v.errno("getattr "+dir, err, false)
 }

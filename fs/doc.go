@@ -15,15 +15,36 @@
 //	/KEY/             upper/KEY   ∪  Lower.Entry(KEY)     (minus whiteouts)
 //	/KEY/tmp.../, /x  upper only
 //
-// Lookups go upper first. A KEY that is not in the upper dir is asked of the
-// Lower with a deadline (Options.LookupTimeout) bound to the FUSE request, so
-// an interrupted syscall cancels its fetch; any failure, including the
-// deadline, answers ENOENT so that Triton compiles as if there were no image.
+// Lookups go upper first. A KEY at the root that is not in the upper dir is
+// answered from the images' index (Lower.Has: no fetch), because the kernel
+// holds the root's directory lock during that lookup (Triton's
+// mkdir(ROOT/KEY)) and a network round trip there would make every cold
+// lookup wait for the others. The KEY dir's files are fetched on the first
+// lookup or listing inside it (Lower.Entry), with a deadline
+// (Options.LookupTimeout) bound to the FUSE request; any failure, including
+// the deadline, makes the files absent (ENOENT) so that Triton compiles as
+// if there were no image, into the dir it sees. An interrupted request is
+// answered EINTR (Python and Go retry it): an interruption says nothing
+// about the images. The fetch itself is not
+// bound to the lookup: it goes on in the background (one per KEY, at most
+// maxOrphans nobody waits for, canceled at unmount), and a later lookup in
+// the dir finds the files.
+//
+// Rule 1 of the mount, as this package keeps it: a KEY dir that an image
+// lists may be shown before its files are fetched; its files are seen only
+// after the whole dir was fetched, verified and committed, with exact
+// sizes; when the fetch fails or the kernel does not fit, the dir is an
+// empty dir whose writes land in the upper dir (Triton's MISS: mkdir(KEY)
+// gets EEXIST, which makedirs(exist_ok=True) accepts, the tmp dir and the
+// rename land in upper/KEY, and rmdir(KEY) fails ENOTEMPTY).
 //
 // Invariants.
-//   - A KEY dir from an image becomes visible only after Lower.Entry returned
-//     all its files and every group file was read and rewritten: sizes are
-//     exact at the first lookup and Triton never sees half a dir.
+//   - A file of a KEY dir from an image becomes visible only after
+//     Lower.Entry returned all the dir's files and every group file was read
+//     and rewritten: sizes are exact at the first lookup and Triton never
+//     sees half a dir. The dir itself may show (empty) before that.
+//   - No lookup at the root waits on the network (only, at mount start, for
+//     the images' index to load).
 //   - Image content is immutable: lower nodes carry long kernel timeouts
 //     (lowerTTL), opens get FOPEN_KEEP_CACHE, reads come from the content's
 //     file descriptor; group files are served from their rewritten bytes in
@@ -38,7 +59,7 @@
 //     they are not renamed (EXDEV: mv copies) and not written in place
 //     (EROFS). KEY dirs are not renamed either way.
 //   - No lock is held across a call into the Lower: a slow KEY blocks only
-//     the lookups of that KEY.
+//     the lookups inside that KEY dir.
 //   - errno (errno.go) is the one place where Go errors become errnos; it
 //     records the cause (log and Stats) before the errno is returned.
 //
@@ -48,10 +69,12 @@
 //     that long.
 //   - Lower files are not copied up for in-place writes (Triton never writes
 //     in place; it renames over).
-//   - A KEY dir that has an upper half shows that half alone while the
-//     images fail to answer for it (retried after lowerRetry). Writes there
-//     go on as if the images had nothing (Triton's MISS must not fail);
-//     removals and renames away leave a whiteout just in case, so a few
+//   - A KEY dir shows its upper half alone while the images fail to answer
+//     for it (retried after lowerRetry, or when a fetch that outlived its
+//     lookup comes in: then the image's files show under what Triton wrote
+//     meanwhile, upper first). Writes there go on as if the images had
+//     nothing (Triton's MISS must not fail); removals and renames away
+//     leave a whiteout just in case, so a few
 //     stray whiteouts (Triton's tmp dirs) may stay behind, hiding nothing;
 //     only rmdir of the KEY and RENAME_NOREPLACE onto a name the images may
 //     hold answer EIO, as no exact answer exists.

@@ -15,12 +15,13 @@ var ErrReadOnly = errors.New("fs: image content is read-only")
 // cause before answering:
 //
 //   - not found (fs.ErrNotExist, ENOENT) → ENOENT, logged at debug level;
+//   - canceled (the caller was interrupted, or the mount is going away) →
+//     EINTR, which Python and Go retry: an interruption says nothing about
+//     the images;
 //   - keyPath (looking up a KEY in the images, where the design says "fall
-//     back to compiling"): every other failure too, timeouts and
-//     interruptions included → ENOENT, counted in Stats.LookupErrors and
-//     kept as Stats' last error;
+//     back to compiling"): every other failure too, timeouts included →
+//     ENOENT, counted in Stats.LookupErrors and kept as Stats' last error;
 //   - read-only (ErrReadOnly, EROFS) → EROFS;
-//   - canceled (the caller was interrupted) → EINTR;
 //   - an errno from the upper dir's file system → itself (EEXIST, ENOTEMPTY
 //     and the like are answers, not failures: logged at debug level); one
 //     from the images' side (ECONNREFUSED inside a fetch error) is not an
@@ -36,6 +37,10 @@ func (v *view) errno(op string, err error, keyPath bool) syscall.Errno {
 	case errors.Is(err, iofs.ErrNotExist):
 		v.log.Debug("fs: not found", "op", op, "err", err)
 		return syscall.ENOENT
+	case errors.Is(err, context.Canceled):
+		// Not an answer about the images: Python and Go retry EINTR.
+		v.log.Debug("fs: interrupted", "op", op, "err", err)
+		return syscall.EINTR
 	case keyPath:
 		v.stats.lookupError(err)
 		v.log.Warn("fs: the images failed for a KEY; treated as absent, so Triton compiles", "op", op, "err", err)
@@ -43,9 +48,6 @@ func (v *view) errno(op string, err error, keyPath bool) syscall.Errno {
 	case errors.Is(err, ErrReadOnly):
 		v.log.Debug("fs: read-only", "op", op, "err", err)
 		return syscall.EROFS
-	case errors.Is(err, context.Canceled):
-		v.log.Debug("fs: interrupted", "op", op, "err", err)
-		return syscall.EINTR
 	case errors.As(err, &e) && e != syscall.EIO && e != 0 && !fromImages(err):
 		v.log.Debug("fs: upper dir says", "op", op, "err", err)
 		return e

@@ -55,6 +55,8 @@ type fakeLower struct {
 	gates     map[string]chan struct{}
 	ignoreCtx bool
 	ctxErrs   []error // ctx.Err() of Entry calls that left a gate because of ctx
+	hasErr    error   // Has fails with it
+	hasCalls  int
 
 	open atomic.Int64 // contents opened and not closed
 }
@@ -115,6 +117,19 @@ func (l *fakeLower) Keys() []string {
 		keys = append(keys, de.Name())
 	}
 	return keys
+}
+
+// Has answers from the image dir, as an index would: no Entry call, no gate.
+func (l *fakeLower) Has(ctx context.Context, key string) (bool, error) {
+	l.mu.Lock()
+	l.hasCalls++
+	err := l.hasErr
+	l.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	_, err = os.Stat(filepath.Join(l.dir, key))
+	return err == nil, nil
 }
 
 func (l *fakeLower) Entry(ctx context.Context, key string) ([]LowerFile, error) {

@@ -7,31 +7,59 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
 
+// TestLookupErrorIsENOENT: a KEY the images list is a dir at once (from
+// the index, no fetch); a fetch that fails makes its files absent, recorded
+// once, and the dir takes a local compile.
 func TestLookupErrorIsENOENT(t *testing.T) {
 	l := newFakeLower(t)
 	l.fail(cudaKey, errors.New("registry exploded"))
 	s, mp := testMount(t, Options{Lower: l})
-	if _, err := os.Stat(filepath.Join(mp, cudaKey)); !errors.Is(err, iofs.ErrNotExist) {
-		t.Fatalf("stat of a KEY the images fail on: %v, want ENOENT", err)
+	kd := filepath.Join(mp, cudaKey)
+	if fi, err := os.Stat(kd); err != nil || !fi.IsDir() {
+		t.Fatalf("stat of a listed KEY: %v", err)
+	}
+	if n := l.totalCalls(); n != 0 {
+		t.Fatalf("a lookup of the KEY fetched: %d Entry calls", n)
+	}
+	for range 3 {
+		if _, err := os.Stat(filepath.Join(kd, grpName)); !errors.Is(err, iofs.ErrNotExist) {
+			t.Fatalf("stat in a KEY the images fail on: %v, want ENOENT", err)
+		}
 	}
 	st := s.Stats().Snapshot()
 	if st.LookupErrors != 1 || !strings.Contains(st.LastError, "registry exploded") || st.LastErrorTime.IsZero() {
-		t.Errorf("stats %+v: want the cause recorded", st)
+		t.Errorf("stats %+v: want the cause recorded once", st)
 	}
-	// Not cached: the next lookup asks again and may succeed.
-	l.fail(cudaKey, nil)
-	if _, err := os.Stat(filepath.Join(mp, cudaKey, grpName)); err != nil {
-		t.Fatalf("stat after the images recovered: %v", err)
+	if n := l.callsFor(cudaKey); n != 1 {
+		t.Errorf("Entry called %d times, want 1 (the failure is kept for a while)", n)
 	}
-	if n := l.callsFor(cudaKey); n != 2 {
-		t.Errorf("Entry called %d times, want 2", n)
+	// Triton compiles: its writes land, and the KEY is not removable.
+	writeViaTmp(t, kd, "add_kernel.json", []byte("local"))
+	if got, err := os.ReadFile(filepath.Join(kd, "add_kernel.json")); err != nil || string(got) != "local" {
+		t.Fatalf("local compile: %q, %v", got, err)
+	}
+	wantErrno(t, "rmdir KEY", syscall.Rmdir(kd), syscall.ENOTEMPTY)
+
+	// The index unable to answer: the KEY lookup itself is ENOENT, recorded.
+	l.mu.Lock()
+	l.hasErr = errors.New("index exploded")
+	l.mu.Unlock()
+	if _, err := os.Stat(filepath.Join(mp, rocmKey)); !errors.Is(err, iofs.ErrNotExist) {
+		t.Fatalf("stat of a KEY while the index fails: %v", err)
+	}
+	if st := s.Stats().Snapshot(); st.LookupErrors != 2 || !strings.Contains(st.LastError, "index exploded") {
+		t.Errorf("stats %+v: want the index failure recorded", st)
 	}
 }
 
+// TestLookupTimeout: a fetch slower than the lookup deadline answers
+// ENOENT in time, goes on in the background, and a later lookup finds the
+// files.
 func TestLookupTimeout(t *testing.T) {
 	for _, ignoreCtx := range []bool{false, true} {
 		name := "honours ctx"
@@ -41,14 +69,14 @@ func TestLookupTimeout(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			l := newFakeLower(t)
 			l.ignoreCtx = ignoreCtx
-			l.hold(t, cudaKey)
+			release := l.hold(t, cudaKey)
 			const timeout = 300 * time.Millisecond
 			s, mp := testMount(t, Options{Lower: l, LookupTimeout: timeout})
 			start := time.Now()
-			_, err := os.Stat(filepath.Join(mp, cudaKey))
+			_, err := os.Stat(filepath.Join(mp, cudaKey, grpName))
 			took := time.Since(start)
 			if !errors.Is(err, iofs.ErrNotExist) {
-				t.Fatalf("stat of a KEY stuck in the images: %v, want ENOENT", err)
+				t.Fatalf("stat in a KEY stuck in the images: %v, want ENOENT", err)
 			}
 			if took < timeout || took > timeout+2*time.Second {
 				t.Errorf("ENOENT after %v, want within %v + 2s margin", took, timeout)
@@ -60,6 +88,23 @@ func TestLookupTimeout(t *testing.T) {
 			// Other KEYs still work meanwhile.
 			if _, err := os.Stat(filepath.Join(mp, rocmKey, grpName)); err != nil {
 				t.Errorf("another KEY: %v", err)
+			}
+			// The fetch went on: once it is in, the files are there.
+			release()
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				_, err := os.Stat(filepath.Join(mp, cudaKey, grpName))
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("KEY whose fetch outlived its lookup: %v", err)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			checkHit(t, l, mp, mp, cudaKey)
+			if n := l.callsFor(cudaKey); n != 1 {
+				t.Errorf("Entry called %d times, want 1", n)
 			}
 		})
 	}
@@ -118,7 +163,17 @@ func TestBlockedKeyDoesNotBlockOthers(t *testing.T) {
 		done <- err
 	}()
 	l.waitEntered(t, cudaKey)
-	// KEY A is held in Entry; KEY B must be served meanwhile.
+	// KEY A's fetch is held in Entry. Triton's mkdir(ROOT/KEY), which takes
+	// the root's lock, answers EEXIST at once for A and for others: no
+	// fetch holds that lock.
+	for _, key := range []string{cudaKey, rocmKey, soKey} {
+		start := time.Now()
+		wantErrno(t, "mkdir "+key, syscall.Mkdir(filepath.Join(mp, key), 0o777), syscall.EEXIST)
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("mkdir %s while a fetch is held took %v", key, took)
+		}
+	}
+	// KEY B must be served meanwhile.
 	for _, key := range []string{rocmKey, soKey} {
 		if _, err := os.ReadDir(filepath.Join(mp, key)); err != nil {
 			t.Fatalf("KEY %s while another is blocked: %v", key, err)

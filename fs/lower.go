@@ -7,6 +7,7 @@ import (
 	"io"
 	iofs "io/fs"
 	"strings"
+	"time"
 
 	"cargohold/triton"
 )
@@ -38,10 +39,38 @@ func (e *lowerEntry) size() int64 {
 // errNoImages answers every KEY when the view has no Lower.
 var errNoImages = fmt.Errorf("no images: %w", iofs.ErrNotExist)
 
+// Loads that outlive their lookups.
+const (
+	// maxOrphans bounds the loads that go on with nobody waiting for them;
+	// past it, a load nobody waits for any more is canceled.
+	maxOrphans = 32
+	// loadLimit bounds one load, however long lookups keep asking.
+	loadLimit = 10 * time.Minute
+)
+
+// pending is one load (Lower.Entry, then the group rewrite) of a KEY dir,
+// shared by the lookups that want it, at most one per KEY. It runs under
+// the mount's lifetime, not a lookup's: a lookup that gives up (its
+// deadline, or an interruption) leaves it running as an orphan, up to
+// maxOrphans at once, so that a KEY whose fetch takes longer than a lookup
+// waits is found by a later lookup; unmount cancels it.
+type pending struct {
+	key    string
+	done   chan struct{} // closed once ld and err are set
+	ld     *lowerDir
+	err    error
+	cancel context.CancelFunc
+
+	waiters int  // guarded by view.mu
+	orphan  bool // guarded by view.mu
+}
+
 // resolve asks the Lower for KEY's dir within the lookup deadline. The
-// deadline holds even when the Lower ignores ctx: the answer is awaited here,
-// and a late one is dropped. The returned error wraps fs.ErrNotExist when no
-// image has KEY, and ctx's error when no answer came in time.
+// deadline holds even when the Lower ignores ctx: the answer is awaited here.
+// A load still running when the lookup gives up goes on (pending), and its
+// result is handed to the KEY's node when it comes (adoptLate). The returned
+// error wraps fs.ErrNotExist when no image has KEY, and ctx's error when no
+// answer came in time.
 func (v *view) resolve(ctx context.Context, key string) (*lowerDir, error) {
 	if v.lower == nil {
 		return nil, fmt.Errorf("fs: KEY %s: %w", key, errNoImages)
@@ -49,26 +78,15 @@ func (v *view) resolve(ctx context.Context, key string) (*lowerDir, error) {
 	req := ctx
 	ctx, cancel := v.bound(ctx)
 	defer cancel()
-
-	type result struct {
-		ld  *lowerDir
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		ld, err := v.load(ctx, key)
-		done <- result{ld, err}
-	}()
-	var r result
+	p := v.join(key)
 	select {
-	case r = <-done:
-		if r.err == nil || ctx.Err() == nil || !errors.Is(r.err, ctx.Err()) {
-			return r.ld, r.err
-		}
-		// The Lower gave up because ctx ended: say why, as below.
+	case <-p.done:
+		v.leave(p)
+		return p.ld, p.err
 	case <-ctx.Done():
+		v.leave(p)
 	}
-	why := fmt.Sprintf("no answer from the images within %s", v.timeout)
+	why := fmt.Sprintf("no answer from the images within %s (the fetch goes on)", v.timeout)
 	switch {
 	case v.life.Err() != nil:
 		why = "the mount is going away"
@@ -78,12 +96,97 @@ func (v *view) resolve(ctx context.Context, key string) (*lowerDir, error) {
 	return nil, fmt.Errorf("fs: KEY %s: %s: %w", key, why, ctx.Err())
 }
 
+// join returns the load of key in flight, or starts one.
+func (v *view) join(key string) *pending {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if p := v.loads[key]; p != nil {
+		p.waiters++
+		return p
+	}
+	lctx, cancel := context.WithTimeout(v.life, loadLimit)
+	p := &pending{key: key, done: make(chan struct{}), cancel: cancel, waiters: 1}
+	v.loads[key] = p
+	go func() {
+		ld, err := v.load(lctx, key)
+		cancel()
+		v.mu.Lock()
+		if v.loads[key] == p {
+			delete(v.loads, key)
+		}
+		late := p.orphan
+		if late {
+			v.orphans--
+		}
+		v.mu.Unlock()
+		p.ld, p.err = ld, err
+		close(p.done)
+		if late {
+			v.adoptLate(key, ld, err)
+		}
+	}()
+	return p
+}
+
+// leave drops a waiter; the last one to leave a load in flight makes it an
+// orphan, or cancels it when maxOrphans run already (the next lookup then
+// starts afresh).
+func (v *view) leave(p *pending) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	p.waiters--
+	if p.waiters > 0 || p.orphan {
+		return
+	}
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	if v.orphans < maxOrphans {
+		p.orphan = true
+		v.orphans++
+		return
+	}
+	p.cancel()
+	if v.loads[p.key] == p {
+		delete(v.loads, p.key)
+	}
+}
+
+// adoptLate hands the result of an orphaned load to the KEY's node, so
+// that the next lookup in the dir sees the files at once.
+func (v *view) adoptLate(key string, ld *lowerDir, err error) {
+	if err != nil {
+		v.log.Info("fs: a KEY fetch that outlived its lookup failed", "key", key, "err", err)
+		return
+	}
+	v.log.Info("fs: a KEY fetch that outlived its lookup is in; later lookups see it", "key", key)
+	if d := v.root.keyChild(key); d != nil {
+		d.setLower(ld, true)
+	}
+}
+
 // bound gives a call into the Lower its deadline (Options.LookupTimeout) on
 // top of the FUSE request's interruption; unmount cancels it too.
 func (v *view) bound(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(ctx, v.timeout)
 	stop := context.AfterFunc(v.life, cancel)
 	return ctx, func() { stop(); cancel() }
+}
+
+// has asks the Lower whether an image lists KEY, within the lookup deadline.
+func (v *view) has(ctx context.Context, key string) (bool, error) {
+	if v.lower == nil {
+		return false, nil
+	}
+	ctx, cancel := v.bound(ctx)
+	defer cancel()
+	ok, err := v.lower.Has(ctx, key)
+	if err != nil {
+		return false, &imagesError{fmt.Errorf("fs: KEY %s: %w", key, err)}
+	}
+	return ok, nil
 }
 
 // load calls Lower.Entry and checks and prepares what it returns, so that a

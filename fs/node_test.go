@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +25,13 @@ import (
 
 func newTestRoot(t *testing.T, opts Options) (*dirNode, *view) {
 	t.Helper()
+	return newTestRootLife(t, t.Context(), opts)
+}
+
+// newTestRootLife is newTestRoot with the mount's lifetime life: when it
+// ends, loads in flight are canceled, as at unmount.
+func newTestRootLife(t *testing.T, life context.Context, opts Options) (*dirNode, *view) {
+	t.Helper()
 	if opts.Upper == "" {
 		opts.Upper = t.TempDir()
 	}
@@ -32,14 +41,13 @@ func newTestRoot(t *testing.T, opts Options) (*dirNode, *view) {
 	if opts.Logger == nil {
 		opts.Logger = testLogger(t)
 	}
-	root, err := NewRoot(opts)
+	v, err := newView(life, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	zero := time.Duration(0)
-	gofs.NewNodeFS(root, &gofs.Options{EntryTimeout: &zero, AttrTimeout: &zero, NegativeTimeout: &zero})
-	d := root.(*dirNode)
-	return d, d.v
+	gofs.NewNodeFS(v.root, &gofs.Options{EntryTimeout: &zero, AttrTimeout: &zero, NegativeTimeout: &zero})
+	return v.root, v
 }
 
 // funcLower is a Lower made of a function.
@@ -47,6 +55,7 @@ type funcLower func(ctx context.Context, key string) ([]LowerFile, error)
 
 func (f funcLower) Entry(ctx context.Context, key string) ([]LowerFile, error) { return f(ctx, key) }
 func (f funcLower) Keys() []string                                             { return nil }
+func (f funcLower) Has(context.Context, string) (bool, error)                  { return true, nil }
 
 // memContent is content without a file descriptor.
 type memContent struct{ *bytes.Reader }
@@ -82,7 +91,7 @@ func TestErrnoMapping(t *testing.T) {
 		{&os.PathError{Op: "open", Path: "p", Err: syscall.ENOENT}, false, syscall.ENOENT},
 		{errors.New("registry said 500"), true, syscall.ENOENT},
 		{fmt.Errorf("x: %w", context.DeadlineExceeded), true, syscall.ENOENT},
-		{fmt.Errorf("x: %w", context.Canceled), true, syscall.ENOENT},
+		{fmt.Errorf("x: %w", context.Canceled), true, syscall.EINTR},
 		{fmt.Errorf("x: %w", ErrReadOnly), false, syscall.EROFS},
 		{syscall.EROFS, false, syscall.EROFS},
 		{fmt.Errorf("x: %w", context.Canceled), false, syscall.EINTR},
@@ -101,8 +110,8 @@ func TestErrnoMapping(t *testing.T) {
 		t.Errorf("errno(nil) = %v", got)
 	}
 	st := v.stats.Snapshot()
-	if st.LookupErrors != 3 || st.IOErrors != 3 || st.LastError == "" {
-		t.Errorf("recorded %+v, want 3 lookup errors, 3 I/O errors and a last error", st)
+	if st.LookupErrors != 2 || st.IOErrors != 3 || st.LastError == "" {
+		t.Errorf("recorded %+v, want 2 lookup errors, 3 I/O errors and a last error", st)
 	}
 }
 
@@ -132,36 +141,97 @@ func TestStatsSnapshotJSON(t *testing.T) {
 	}
 }
 
-func TestLookupInterruptedCancelsEntry(t *testing.T) {
+// TestLookupInterruptedLeavesFetch: an interrupted lookup answers at once;
+// the fetch it started goes on for a later lookup.
+func TestLookupInterruptedLeavesFetch(t *testing.T) {
 	left := make(chan error, 1)
 	entered := make(chan struct{})
+	var once sync.Once
+	release := make(chan struct{})
 	l := funcLower(func(ctx context.Context, key string) ([]LowerFile, error) {
-		close(entered)
-		<-ctx.Done()
-		left <- ctx.Err()
-		return nil, ctx.Err()
+		once.Do(func() { close(entered) })
+		select {
+		case <-release:
+			return []LowerFile{memFile("add_kernel.json", []byte("{}"), false)}, nil
+		case <-ctx.Done():
+			left <- ctx.Err()
+			return nil, ctx.Err()
+		}
 	})
 	root, v := newTestRoot(t, Options{Lower: l, LookupTimeout: time.Minute})
+	var out fuse.EntryOut
+	kin, errno := root.Lookup(context.Background(), cudaKey, &out)
+	if errno != 0 {
+		t.Fatal(errno)
+	}
+	kd := kin.Operations().(*dirNode)
 	cancel := make(chan struct{})
 	go func() {
 		<-entered
 		close(cancel) // the kernel's INTERRUPT
 	}()
-	var out fuse.EntryOut
-	_, errno := root.Lookup(&fuse.Context{Cancel: cancel}, cudaKey, &out)
-	if errno != syscall.ENOENT {
-		t.Fatalf("interrupted lookup: %v, want ENOENT", errno)
+	_, errno = kd.Lookup(&fuse.Context{Cancel: cancel}, "add_kernel.json", &out)
+	if errno != syscall.EINTR {
+		t.Fatalf("interrupted lookup: %v, want EINTR (retried; not an answer about the images)", errno)
+	}
+	if st := v.stats.Snapshot(); st.LookupErrors != 0 {
+		t.Errorf("stats %+v: an interruption is not a lookup error", st)
 	}
 	select {
 	case err := <-left:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("Entry's ctx: %v, want canceled", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Entry's ctx was not canceled")
+		t.Fatalf("the fetch was canceled with its lookup: %v", err)
+	case <-time.After(100 * time.Millisecond):
 	}
-	if st := v.stats.Snapshot(); !strings.Contains(st.LastError, "interrupted") {
-		t.Errorf("last error %q, want the interruption", st.LastError)
+	close(release)
+	if _, errno := kd.Lookup(context.Background(), "add_kernel.json", &out); errno != 0 {
+		t.Fatalf("lookup once the fetch is in: %v", errno)
+	}
+}
+
+// TestOrphanFetchesBounded: at most maxOrphans fetches go on with nobody
+// waiting; the next one is canceled when its lookup gives up.
+func TestOrphanFetchesBounded(t *testing.T) {
+	var running atomic.Int64
+	l := funcLower(func(ctx context.Context, key string) ([]LowerFile, error) {
+		running.Add(1)
+		<-ctx.Done()
+		running.Add(-1)
+		return nil, ctx.Err()
+	})
+	life, unmount := context.WithCancel(context.Background())
+	defer unmount()
+	root, v := newTestRootLife(t, life, Options{Lower: l, LookupTimeout: 20 * time.Millisecond})
+	var out fuse.EntryOut
+	for i := range maxOrphans + 3 {
+		key := keyOf(fmt.Sprint("orphan ", i))
+		kin, errno := root.Lookup(context.Background(), key, &out)
+		if errno != 0 {
+			t.Fatal(errno)
+		}
+		if _, errno := kin.Operations().(*dirNode).Lookup(context.Background(), "x", &out); errno != syscall.ENOENT {
+			t.Fatalf("lookup past the deadline: %v", errno)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for running.Load() != maxOrphans && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := running.Load(); n != maxOrphans {
+		t.Fatalf("%d fetches running with nobody waiting, want %d", n, maxOrphans)
+	}
+	v.mu.Lock()
+	n := v.orphans
+	v.mu.Unlock()
+	if n != maxOrphans {
+		t.Errorf("view counts %d orphans, want %d", n, maxOrphans)
+	}
+	unmount() // the mount goes away: its fetches end
+	deadline = time.Now().Add(10 * time.Second)
+	for running.Load() != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := running.Load(); n != 0 {
+		t.Fatalf("%d fetches still running after unmount", n)
 	}
 }
 
@@ -200,8 +270,12 @@ func TestBadImageEntriesAreNotShown(t *testing.T) {
 			l := funcLower(func(ctx context.Context, key string) ([]LowerFile, error) { return files, nil })
 			root, v := newTestRoot(t, Options{Lower: l})
 			var out fuse.EntryOut
-			if _, errno := root.Lookup(context.Background(), cudaKey, &out); errno != syscall.ENOENT {
-				t.Fatalf("lookup: %v, want ENOENT", errno)
+			kin, errno := root.Lookup(context.Background(), cudaKey, &out)
+			if errno != 0 {
+				t.Fatalf("lookup of a listed KEY: %v", errno)
+			}
+			if _, errno := kin.Operations().(*dirNode).Lookup(context.Background(), "add_kernel.json", &out); errno != syscall.ENOENT {
+				t.Fatalf("lookup in the KEY dir: %v, want ENOENT", errno)
 			}
 			if st := v.stats.Snapshot(); st.LookupErrors != 1 || st.Hits != 0 {
 				t.Errorf("stats %+v, want one lookup error", st)

@@ -10,10 +10,16 @@ import (
 
 // Lower is the read-only, image-backed side of the view.
 type Lower interface {
+	// Has reports whether an image that fits lists KEY, without fetching
+	// anything: the answer to a lookup of KEY at the root, where the
+	// kernel holds the root's lock. It may wait (within ctx) until the
+	// images' index is first loaded; an error says it could not tell.
+	Has(ctx context.Context, key string) (bool, error)
 	// Entry makes KEY's dir available locally (fetched and verified) and
 	// lists its files. It returns an error wrapping fs.ErrNotExist (io/fs)
 	// when no fitting image has KEY. It may block on the network; ctx
-	// carries the lookup's deadline and interruption.
+	// carries the lookup's deadline and interruption until the lookup gives
+	// up, then the mount's lifetime (the fetch outlives the lookup).
 	Entry(ctx context.Context, key string) ([]LowerFile, error)
 	// Keys lists the KEYs the images hold, without network (for readdir of
 	// the root).
@@ -59,9 +65,15 @@ type Options struct {
 	// Lower supplies the images' KEY dirs. Default nil: no images, the view
 	// is the upper dir alone.
 	Lower Lower
-	// LookupTimeout bounds one KEY lookup in the Lower, group rewrite
-	// included. Default DefaultLookupTimeout (5s).
+	// LookupTimeout bounds how long one lookup waits for a KEY dir from the
+	// Lower, group rewrite included (the load itself goes on in the
+	// background, see pending). Default DefaultLookupTimeout (5s).
 	LookupTimeout time.Duration
+	// OnKeyLookup, when set, is called with each KEY name looked up at the
+	// root, whatever the answer, in the order the lookups come (the
+	// kernel's dentry cache keeps repeats away for a while). It runs on the
+	// lookup's path and must be quick. Default none.
+	OnKeyLookup func(key string)
 	// Logger receives failures with their cause. Default slog.Default().
 	Logger *slog.Logger
 	// Stats receives the counters. Default: a fresh Stats (Server.Stats).

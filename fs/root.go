@@ -7,15 +7,19 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 )
 
-// view is the state shared by every node of one mount. All fields are
-// immutable after newView.
+// view is the state shared by every node of one mount.
+//
+// Lock order: dirNode.mu is never held while view.mu is taken, nor the
+// other way round.
 type view struct {
+	// immutable after newView
 	upper    string // absolute upper dir
 	upperDev uint64 // its device, mixed out of upper inode numbers
 	uid, gid uint32 // owner of the upper dir, reported for lower nodes
@@ -28,6 +32,11 @@ type view struct {
 	life     context.Context // done when the mount goes away: cancels lookups
 	start    time.Time       // times reported for lower nodes
 	root     *dirNode
+	onKey    func(string) // Options.OnKeyLookup; nil: none
+
+	mu      sync.Mutex
+	loads   map[string]*pending // guarded by mu: KEY dir loads in flight, by KEY
+	orphans int                 // guarded by mu: loads nobody waits for any more
 }
 
 // NewRoot returns the root node of a view, for use with go-fuse's
@@ -73,6 +82,8 @@ func newView(life context.Context, opts Options) (*view, error) {
 		stats:    opts.Stats,
 		life:     life,
 		start:    time.Now(),
+		onKey:    opts.OnKeyLookup,
+		loads:    map[string]*pending{},
 	}
 	if v.timeout <= 0 {
 		v.timeout = DefaultLookupTimeout

@@ -8,9 +8,9 @@ import (
 // Stats counts what the view answered. The zero value is ready; it is safe
 // for concurrent use.
 type Stats struct {
-	hits         atomic.Int64 // KEY lookups answered from an image
-	misses       atomic.Int64 // KEY lookups that no layer could answer
-	lookupErrors atomic.Int64 // KEY lookups that failed (error, timeout): answered ENOENT
+	hits         atomic.Int64 // KEY dirs whose files an image served (once per dir node)
+	misses       atomic.Int64 // KEY lookups no image lists, and listed KEYs no fitting image has after all
+	lookupErrors atomic.Int64 // KEY lookups and fetches that failed (error, timeout): answered ENOENT
 	ioErrors     atomic.Int64 // other failures answered EIO
 	last         atomic.Pointer[lastError]
 }

@@ -72,10 +72,8 @@ func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	if n.kind == rootDir {
 		// The LOOKUP before this MKDIR asked the images already; a known
 		// node answers without asking again.
-		if d := n.keyChild(name); d != nil {
-			if ld, _ := d.lowerState(); ld != nil {
-				return nil, syscall.EEXIST
-			}
+		if d := n.keyChild(name); d != nil && d.shown() {
+			return nil, syscall.EEXIST
 		}
 	} else if has, err := n.lowerHas(ctx, name); has {
 		return nil, syscall.EEXIST

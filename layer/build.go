@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -51,21 +50,24 @@ var epoch = time.Unix(0, 0)
 
 // Build writes the eStargz layer of a Triton cache dir to w: a no-prefetch
 // landmark (as estargz.Build writes it), io.triton.cache/, then per KEY in
-// sorted order its dir and its files in sorted order. Entries carry mtime 0,
+// the order of entries (the layer's order, which the caller decides:
+// image.Pack sorts them, or puts an access order first) its dir and its
+// files in sorted order. Entries carry mtime 0,
 // uid/gid 0, no owner names, mode 0755 (dirs, executables) or 0644. Group
 // files are stored with child paths rewritten to triton.ImageRoot. entries
 // come from triton.Scan(dir); files are read again, without following
 // symlinks.
 func Build(ctx context.Context, w io.Writer, dir string, entries []triton.Entry) (Built, error) {
-	es := slices.Clone(entries)
-	slices.SortFunc(es, func(a, b triton.Entry) int { return strings.Compare(a.Key, b.Key) })
-	for i, e := range es {
+	es := entries
+	seen := make(map[string]bool, len(es))
+	for _, e := range es {
 		if !triton.IsKey(e.Key) {
 			return Built{}, fmt.Errorf("layer: build: %q is not a cache KEY", e.Key)
 		}
-		if i > 0 && es[i-1].Key == e.Key {
+		if seen[e.Key] {
 			return Built{}, fmt.Errorf("layer: build: KEY %s listed twice", e.Key)
 		}
+		seen[e.Key] = true
 	}
 
 	out := &countWriter{w: w, h: sha256.New()}

@@ -19,6 +19,11 @@
 //     unpinned entries first, and fails with ErrFull, committing nothing,
 //     when that is not enough (space.go).
 //   - An entry with an open File is pinned and never evicted.
+//   - PutSpare (content nobody asked for yet: prefetch) evicts nothing: it
+//     fits under the limit as the store stands or fails with ErrFull. Its
+//     entries sit at the back of the eviction list (mtime 0 on disk), the
+//     first to go when a Put needs room, until they are opened. Room says
+//     how much spare content still fits, leaving a reserve of the disk free.
 //   - Sizes are content bytes (file lengths), not disk blocks.
 //
 // Recency: Open of a File marks its entry most recently used in memory

@@ -49,6 +49,7 @@ func (s *Store) Open(d digest.Digest) (*File, error) {
 		s.unpinned -= e.size
 	}
 	e.pins++
+	e.spare = false // a use: it goes back to the front when closed
 	now := s.now()
 	touch := now.Sub(e.stamp) >= touchEvery
 	if touch {

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -23,8 +24,22 @@ func (e *DigestError) Error() string {
 // temp file and becomes visible only once its sha256 equals d (else a
 // *DigestError). On any failure (read, write, full disk, ErrFull, mismatch)
 // the temp file is removed and nothing is committed. Putting content that
-// is already stored returns nil without reading r.
-func (s *Store) Put(d digest.Digest, r io.Reader) error {
+// is already stored returns nil without reading r. Least recently used
+// entries are evicted to make room.
+func (s *Store) Put(d digest.Digest, r io.Reader) error { return s.put(d, r, false) }
+
+// PutSpare is Put into spare room only, for content nobody asked for yet
+// (prefetch): it evicts nothing, failing with ErrFull when the content does
+// not fit under the limit as the store stands, and the new entry goes to
+// the back of the eviction list, the first to go when a Put needs room,
+// until it is opened. Its mtime is spareTime, so that it stays least
+// recent across restarts too.
+func (s *Store) PutSpare(d digest.Digest, r io.Reader) error { return s.put(d, r, true) }
+
+// spareTime is the mtime of content put by PutSpare and not opened since.
+var spareTime = time.Unix(0, 0)
+
+func (s *Store) put(d digest.Digest, r io.Reader, spare bool) error {
 	if err := checkDigest(d); err != nil {
 		return fmt.Errorf("store: put %q: %w", d, err)
 	}
@@ -72,6 +87,9 @@ func (s *Store) Put(d digest.Digest, r io.Reader) error {
 		return &DigestError{Want: d, Got: got}
 	}
 	now := s.now()
+	if spare {
+		now = spareTime
+	}
 	// Put's mtime is its recency after a restart; a failure only costs order.
 	_ = os.Chtimes(tmp.Name(), now, now)
 
@@ -83,16 +101,24 @@ func (s *Store) Put(d digest.Digest, r io.Reader) error {
 	if _, ok := s.entries[d]; ok {
 		return nil // a concurrent Put of the same content won
 	}
-	if err := s.makeRoom(n); err != nil {
+	if spare {
+		if s.limit > 0 && s.total+n > s.limit {
+			return fmt.Errorf("store: put %s: %w: %d bytes, %d of %d bytes used (spare room only)", d, ErrFull, n, s.total, s.limit)
+		}
+	} else if err := s.makeRoom(n); err != nil {
 		return fmt.Errorf("store: put %s: %w", d, err)
 	}
 	if err := os.Rename(tmp.Name(), final); err != nil {
 		return fmt.Errorf("store: put %s: commit: %w", d, err)
 	}
 	committed = true
-	e := &entry{d: d, size: n, stamp: now}
+	e := &entry{d: d, size: n, stamp: now, spare: spare}
 	s.entries[d] = e
-	e.elem = s.lru.PushFront(e)
+	if spare {
+		e.elem = s.lru.PushBack(e)
+	} else {
+		e.elem = s.lru.PushFront(e)
+	}
 	s.total += n
 	s.unpinned += n
 	return nil

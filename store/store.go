@@ -54,6 +54,7 @@ type entry struct {
 	pins  int
 	stamp time.Time     // last mtime written to disk
 	elem  *list.Element // nil while pinned
+	spare bool          // put by PutSpare and not opened since: kept at the back of lru
 }
 
 // Stats is a snapshot of the store's counters.
@@ -141,7 +142,7 @@ func (s *Store) load() error {
 				}
 				return fmt.Errorf("store: open: %w", err)
 			}
-			found = append(found, &entry{d: d, size: info.Size(), stamp: info.ModTime()})
+			found = append(found, &entry{d: d, size: info.Size(), stamp: info.ModTime(), spare: info.ModTime().Equal(spareTime)})
 		}
 	}
 	sort.Slice(found, func(i, j int) bool { return found[i].stamp.Before(found[j].stamp) })

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"cargohold/catalog"
@@ -18,6 +19,17 @@ type images struct {
 var _ fs.Lower = (*images)(nil)
 
 func (l *images) Keys() []string { return l.cat.Keys() }
+
+// Has answers from the catalog's snapshot; before the first one is loaded
+// it waits for it (within ctx).
+func (l *images) Has(ctx context.Context, key string) (bool, error) {
+	select {
+	case <-l.cat.Ready():
+	case <-ctx.Done():
+		return false, fmt.Errorf("catalog not ready: %w", ctx.Err())
+	}
+	return l.cat.Has(key), nil
+}
 
 func (l *images) Entry(ctx context.Context, key string) ([]fs.LowerFile, error) {
 	files, err := l.cat.Entry(ctx, key)

@@ -1,11 +1,12 @@
 // Command cargohold-fs mounts a FUSE filesystem as Triton's cache dir. A
 // lookup of a kernel KEY that is not on local disk is answered from a cache
 // image that fits the local GPU: only that KEY dir is fetched, verified and
-// kept in a bounded local store. The dir under the mount stays visible and
-// takes the local compiles (it is the upper dir).
+// kept in a bounded local store; then, unless --prefetch none, the other
+// fitting KEYs of that image layer in the background. The dir under the
+// mount stays visible and takes the local compiles (it is the upper dir).
 //
 //	cargohold-fs -i REGISTRY/REPO:TAG [-i ...] [MOUNTPOINT]
-//	cargohold-fs status [--state-dir DIR]
+//	cargohold-fs status [--state-dir DIR] [--trace]
 package main
 
 import (
@@ -28,6 +29,7 @@ import (
 const usage = `Usage:
   cargohold-fs [flags] [MOUNTPOINT]     mount (default $TRITON_CACHE_DIR or ~/.triton/cache)
   cargohold-fs status [--state-dir DIR] print the status of a running mount
+  cargohold-fs status --trace           print the KEYs in the order first looked up (for cargohold -c --order)
 
 Image sources (-i, repeatable, first wins for a KEY held twice):
   REG/REPO:TAG or REG/REPO@sha256:...   one image
@@ -57,7 +59,15 @@ type options struct {
 	metricsAddr  string
 	foreground   bool
 	allowOther   bool
+	prefetch     string
+	trace        bool
 }
+
+// --prefetch modes.
+const (
+	prefetchFitting = "fitting" // a layer that served a lookup: its KEYs that fit the local GPU
+	prefetchNone    = "none"    // strictly lazy
+)
 
 func main() {
 	o, err := parseFlags(os.Args[1:])
@@ -87,7 +97,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&minFree, "min-free", "1G", "free space the content store leaves on its file system for local compiles; it evicts rather than go below (0: none)")
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:90:32" or "none" (env CARGOHOLD_GPU)`)
 	fs.BoolVar(&o.plainHTTP, "plain-http", false, "allow plain HTTP to registries that are not loopback, never with credentials (loopback needs no flag)")
-	fs.DurationVar(&o.fetchTimeout, "fetch-timeout", 5*time.Second, "deadline for a lookup that fetches a KEY; past it Triton sees ENOENT and compiles")
+	fs.DurationVar(&o.fetchTimeout, "fetch-timeout", 5*time.Second, "deadline for a lookup that fetches a KEY dir; past it Triton sees ENOENT and compiles, and the fetch goes on for a later lookup")
 	fs.DurationVar(&o.reqTimeout, "request-timeout", 30*time.Second, "each registry request must answer, and its body move, within this (index loads are bounded by it, not by --fetch-timeout)")
 	fs.DurationVar(&o.refresh, "refresh", 5*time.Minute, "how often image sources are re-read (tags move)")
 	fs.StringVar(&o.pathPrefix, "path-prefix", "", "the path Triton sees the cache at, for bind mounts (default the mountpoint)")
@@ -95,6 +105,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9477 (default off)")
 	fs.BoolVarP(&o.foreground, "foreground", "f", false, "stay in the foreground (default: detach once mounted)")
 	fs.BoolVar(&o.allowOther, "allow-other", false, "let other users use the mount (needs user_allow_other for non-root); as root, they may compile into it too")
+	fs.StringVar(&o.prefetch, "prefetch", prefetchFitting, `"fitting": once a layer served a lookup, fetch its KEYs that fit the local GPU in the background, within --cache-size; "none": strictly lazy`)
+	fs.BoolVar(&o.trace, "trace", false, "status: print the KEYs in the order first looked up instead")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -104,6 +116,12 @@ func parseFlags(args []string) (options, error) {
 	}
 	if _, err := cli.ParseLevel(o.logLevel); err != nil {
 		return o, err
+	}
+	if o.prefetch != prefetchFitting && o.prefetch != prefetchNone {
+		return o, fmt.Errorf("--prefetch %q: want %q or %q", o.prefetch, prefetchFitting, prefetchNone)
+	}
+	if o.trace && !o.status {
+		return o, fmt.Errorf("--trace goes with status")
 	}
 	n, err := parseSize("--cache-size", cacheSize)
 	if err != nil {

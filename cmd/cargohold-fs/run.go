@@ -22,6 +22,9 @@ import (
 
 func run(o options) error {
 	if o.status {
+		if o.trace {
+			return printTrace(o.stateDir)
+		}
 		return printStatus(o.stateDir)
 	}
 	if err := prepareState(o.stateDir); err != nil {
@@ -64,6 +67,7 @@ type mounted struct {
 	srv    *fs.Server
 	st     *store.Store
 	eng    *fetch.Engine
+	access *accessLog
 	cancel context.CancelFunc
 	status *statusWriter
 	dir    *os.File // the dir under the mount: the upper dir
@@ -75,6 +79,7 @@ func (m *mounted) close() {
 	m.eng.Close()
 	m.st.Close()
 	m.dir.Close()
+	m.access.close()
 }
 
 // mount assembles the data path (resolver → fetch engine → catalog → fs)
@@ -121,6 +126,13 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 	// still indexed in the background.
 	r := resolver.New(resolver.Options{Store: o.store, PlainHTTP: o.plainHTTP, Timeout: o.reqTimeout, Logger: log})
 	eng := fetch.NewEngine(r, st, o.stateDir)
+	access, err := openAccessLog(o.stateDir, log)
+	if err != nil {
+		eng.Close()
+		st.Close()
+		dir.Close()
+		return nil, err
+	}
 	life, cancel := context.WithCancel(ctx)
 	var metrics net.Listener
 	ok := false
@@ -135,10 +147,12 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 		eng.Close()
 		st.Close()
 		dir.Close()
+		access.close()
 	}()
 
 	cat, err := catalog.New(r, eng, catalog.Config{
 		Sources: o.images, Targets: rep.Targets, StateDir: o.stateDir, Refresh: o.refresh, Logger: log,
+		Prefetch: o.prefetch == prefetchFitting,
 	})
 	if err != nil {
 		return nil, err
@@ -174,13 +188,14 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 			Stats:         stats,
 			AllowOther:    o.allowOther,
 			SharedRoot:    shared,
+			OnKeyLookup:   access.add,
 		})
 	})
 	if err != nil {
 		return nil, err
 	}
 	ok = true
-	return &mounted{srv: srv, st: st, eng: eng, cancel: cancel, dir: dir,
+	return &mounted{srv: srv, st: st, eng: eng, access: access, cancel: cancel, dir: dir,
 		status: startStatus(life, o, metrics, stats, eng, cat, st, log, sink)}, nil
 }
 

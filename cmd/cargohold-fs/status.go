@@ -223,6 +223,17 @@ func printStatus(stateDir string) error {
 	return err
 }
 
+// printTrace prints the KEYs of the running (or last) mount in the order
+// of their first lookup.
+func printTrace(stateDir string) error {
+	b, err := os.ReadFile(filepath.Join(stateDir, accessOrderFile))
+	if err != nil {
+		return fmt.Errorf("status --trace: no mount has recorded %s: %w", filepath.Join(stateDir, accessOrderFile), err)
+	}
+	_, err = os.Stdout.Write(b)
+	return err
+}
+
 func errStrings(m map[string]error) map[string]string {
 	if len(m) == 0 {
 		return nil

@@ -20,7 +20,8 @@ import (
 )
 
 const usage = `Usage:
-  cargohold -c -i IMAGE -d DIR [--push]      pack a Triton cache dir into an image
+  cargohold -c -i IMAGE -d DIR [--push] [--order FILE]
+                                             pack a Triton cache dir into an image
   cargohold -e -i IMAGE [-d DIR]             unpack the entries that fit this host's GPU
   cargohold inspect -i IMAGE                 labels, targets, entries, size, fit
   cargohold gpu                              the GPU targets of this host
@@ -46,6 +47,7 @@ type options struct {
 	gpu       string
 	logLevel  string
 	timeout   time.Duration
+	order     string
 }
 
 func main() {
@@ -81,6 +83,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.stateDir, "state-dir", "", "fetch: content store and layer indexes (default ${XDG_CACHE_HOME:-~/.cache}/cargohold)")
 	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:80:32,hip:gfx90a:64" or "none" (env CARGOHOLD_GPU)`)
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "each registry request must answer, and its body keep moving, within this")
+	fs.StringVar(&o.order, "order", "", "create: KEYs one a line (cargohold-fs status --trace) whose dirs go first in the layer, in that order")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -112,6 +115,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.mode == "create" && o.dir == "" {
 		return o, fmt.Errorf("create: -d DIR is required")
+	}
+	if o.order != "" && o.mode != "create" {
+		return o, fmt.Errorf("--order goes with -c")
 	}
 	if _, err := cli.ParseLevel(o.logLevel); err != nil {
 		return o, err

@@ -51,13 +51,31 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 	if !ref.IsLayout() {
 		title = path.Base(ref.Image.Context().RepositoryStr())
 	}
-	p, err := image.Pack(ctx, o.dir, title, "")
+	var order []string
+	if o.order != "" {
+		f, err := os.Open(o.order)
+		if err != nil {
+			return fmt.Errorf("create: --order: %w", err)
+		}
+		order, err = image.ReadOrder(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("create: --order %s: %w", o.order, err)
+		}
+	}
+	p, err := image.PackOrdered(ctx, o.dir, title, "", order)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
 	for _, s := range p.Skipped {
 		log.Warn("skipped", "path", s.Path, "why", s.Reason)
+	}
+	if n := len(p.Unknown); n > 0 {
+		log.Warn("the order names KEYs the cache dir does not hold; ignored", "count", n, "first", p.Unknown[0])
+	}
+	if len(order) > 0 {
+		log.Info("KEY dirs in access order first", "order", o.order, "keys", len(order), "unknown", len(p.Unknown))
 	}
 	log.Info("packed", "entries", len(p.Entries), "layer", cli.Bytes(p.Layer.Size), "uncompressed", cli.Bytes(p.Layer.UncompressedSize))
 	var d fmt.Stringer

@@ -14,10 +14,73 @@ import (
 
 	"cargohold/image"
 	"cargohold/resolver"
+	"cargohold/test/proxy"
 	"cargohold/test/registry"
 	"cargohold/triton"
 	"cargohold/triton/gen"
 )
+
+// workDir returns dir made absolute and present, or a new temp dir named
+// after prefix when dir is "".
+func workDir(dir, prefix string) (string, error) {
+	if dir == "" {
+		return os.MkdirTemp("", prefix)
+	}
+	dir, err := filepath.Abs(dir)
+	if err == nil {
+		err = os.MkdirAll(dir, 0o755)
+	}
+	return dir, err
+}
+
+// served is the image of a mode's generated cache in a registry process,
+// behind a proxy adding o.latency, and the commands to run against it.
+type served struct {
+	bin, src string
+	keys     []string // sorted
+	info     imageInfo
+	reg      *registry.Registry
+	px       *proxy.Proxy
+	ref      string // the image through the proxy
+}
+
+// serve generates (or reuses, from o.data) the cache and its image, starts
+// the registry on it and the proxy in front, and finds or builds the
+// commands (o.bin, or under work).
+func serve(ctx context.Context, o mountOptions, work string) (*served, error) {
+	if o.fresh {
+		os.Remove(filepath.Join(o.data, "cache.done"))
+	}
+	bin, err := binaries(ctx, o.bin, work)
+	if err != nil {
+		return nil, err
+	}
+	src, keys, err := source(o.data, o)
+	if err != nil {
+		return nil, err
+	}
+	reg, err := registry.StartProcess(filepath.Join(o.data, "registry"))
+	if err != nil {
+		return nil, err
+	}
+	info, err := pushOnce(ctx, reg, src, o.data, work)
+	if err != nil {
+		reg.Close()
+		return nil, err
+	}
+	px, err := proxy.Listen(reg.URL)
+	if err != nil {
+		reg.Close()
+		return nil, err
+	}
+	px.SetLatency(o.latency)
+	return &served{bin: bin, src: src, keys: keys, info: info, reg: reg, px: px, ref: px.Addr + "/" + benchRepo}, nil
+}
+
+func (s *served) close() {
+	s.px.Close()
+	s.reg.Close()
+}
 
 // The mount mode's image: every kernel for one target, which the mount and
 // the extract both claim, so all 2,000 fit.

@@ -25,8 +25,9 @@ type fsProc struct {
 	err    error
 }
 
-// startFS starts cargohold-fs on dir/mnt with its state in dir/state.
-func startFS(bin, ref, dir string) (*fsProc, error) {
+// startFS starts cargohold-fs on dir/mnt with its state in dir/state, and
+// args added to its flags.
+func startFS(bin, ref, dir string, args ...string) (*fsProc, error) {
 	p := &fsProc{mnt: filepath.Join(dir, "mnt"), state: filepath.Join(dir, "state"),
 		log: filepath.Join(dir, "cargohold-fs.log"), exited: make(chan struct{})}
 	if err := os.MkdirAll(p.mnt, 0o755); err != nil {
@@ -36,8 +37,8 @@ func startFS(bin, ref, dir string) (*fsProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.cmd = exec.Command(filepath.Join(bin, "cargohold-fs"), "-f", "--state-dir", p.state, "-i", ref,
-		"--plain-http", "--gpu", benchGPU, p.mnt)
+	all := append([]string{"-f", "--state-dir", p.state, "-i", ref, "--plain-http", "--gpu", benchGPU}, args...)
+	p.cmd = exec.Command(filepath.Join(bin, "cargohold-fs"), append(all, p.mnt)...)
 	p.cmd.Stdout, p.cmd.Stderr = lf, lf
 	p.start = time.Now()
 	if err := p.cmd.Start(); err != nil {

@@ -18,7 +18,6 @@ import (
 
 	"cargohold/internal/cli"
 	"cargohold/test/proxy"
-	"cargohold/test/registry"
 	"cargohold/test/replay"
 )
 
@@ -103,14 +102,7 @@ func traffic(px *proxy.Proxy) (int, int64) {
 }
 
 func runMount(ctx context.Context, o mountOptions, out io.Writer) error {
-	work := o.work
-	if work == "" {
-		var err error
-		if work, err = os.MkdirTemp("", "cargohold-bench-mount-"); err != nil {
-			return err
-		}
-	}
-	work, err := filepath.Abs(work)
+	work, err := workDir(o.work, "cargohold-bench-mount-")
 	if err != nil {
 		return err
 	}
@@ -119,36 +111,15 @@ func runMount(ctx context.Context, o mountOptions, out io.Writer) error {
 	}
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
 
-	if o.fresh {
-		os.Remove(filepath.Join(o.data, "cache.done"))
-	}
-	bin, err := binaries(ctx, o.bin, work)
-	if err != nil {
-		return err
-	}
 	start := time.Now()
-	src, keys, err := source(o.data, o)
+	sv, err := serve(ctx, o, work)
 	if err != nil {
 		return err
 	}
-	reg, err := registry.StartProcess(filepath.Join(o.data, "registry"))
-	if err != nil {
-		return err
-	}
-	defer reg.Close()
-	info, err := pushOnce(ctx, reg, src, o.data, work)
-	if err != nil {
-		return err
-	}
+	defer sv.close()
+	bin, src, keys, info, reg, px, ref := sv.bin, sv.src, sv.keys, sv.info, sv.reg, sv.px, sv.ref
 	say("image:    %d KEY dirs (%s), %d files, %s; eStargz layer %s (cache and image ready in %s, kept in %s)",
 		len(keys), benchGPU, info.Files, cli.Bytes(info.Size), cli.Bytes(info.Compressed), since(start), o.data)
-	px, err := proxy.Listen(reg.URL)
-	if err != nil {
-		return err
-	}
-	defer px.Close()
-	px.SetLatency(o.latency)
-	ref := px.Addr + "/" + benchRepo
 	sample := spread(keys, o.hits, 0)
 	say("registry: docker-registry %s behind a proxy adding %s per request; %d of %d kernels hit", reg.Addr, o.latency,
 		len(sample), len(keys))

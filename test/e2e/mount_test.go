@@ -172,6 +172,17 @@ type fsStatus struct {
 	Fetches   int64  `json:"fetches"`
 	Errors    int64  `json:"errors"`
 	LastError string `json:"last_error"`
+	Engine    struct {
+		PrefetchRanges  int64 `json:"prefetch_ranges"`
+		PrefetchDirs    int64 `json:"prefetch_dirs"`
+		PrefetchSkipped int64 `json:"prefetch_skipped"`
+	} `json:"engine"`
+	Store struct {
+		Bytes     int64  `json:"bytes"`
+		Pinned    int    `json:"pinned"`
+		Evictions uint64 `json:"evictions"`
+		Limit     int64  `json:"limit"`
+	} `json:"store"`
 }
 
 func (m *fsMount) status() (fsStatus, error) {
@@ -220,7 +231,7 @@ func blobGets(p *proxy.Proxy) int {
 func TestMountColdHit(t *testing.T) {
 	p, src, ref := servedImage(t)
 
-	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:75:32")
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:75:32", "--prefetch", "none")
 	indexReqs := p.Count(nil)
 	if blobs := blobGets(p); blobs > 3 {
 		t.Errorf("index load took %d blob GETs (config, footer, TOC: want <= 3)", blobs)
@@ -283,7 +294,7 @@ func TestMountNonFittingGPU(t *testing.T) {
 
 func TestMountConcurrentReplays(t *testing.T) {
 	p, src, ref := servedImage(t)
-	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32")
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--prefetch", "none")
 	keys := keysOf(t, src, "cuda:80:32")[:20]
 	p.Reset()
 	r := run(t, nil, "replay", append([]string{"hit", "--root", m.mnt, "--expect", src, "-p", "8"}, keys...)...)
@@ -300,7 +311,7 @@ func TestMountConcurrentReplays(t *testing.T) {
 
 func TestMountRegistryFailures(t *testing.T) {
 	p, src, ref := servedImage(t)
-	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s")
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s", "--prefetch", "none")
 	keys := keysOf(t, src, "cuda:80:32")
 	if _, err := replay.Hit(m.mnt, keys[0], src); err != nil {
 		t.Fatal(err)
@@ -357,7 +368,7 @@ func TestMountRegistryFailures(t *testing.T) {
 // layers of the data path it passed through.
 func TestMountStatusCountsFailuresOnce(t *testing.T) {
 	p, src, ref := servedImage(t)
-	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s")
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s", "--prefetch", "none")
 	keys := keysOf(t, src, "cuda:80:32")
 	if _, err := replay.Hit(m.mnt, keys[0], src); err != nil {
 		t.Fatal(err)
@@ -368,10 +379,17 @@ func TestMountStatusCountsFailuresOnce(t *testing.T) {
 	if err := p.SetDown(true); err != nil {
 		t.Fatal(err)
 	}
+	// The KEY dirs show (from the catalog); their files cannot be had, and
+	// however often Triton looks, each KEY's failure counts once.
 	for _, k := range keys[1:4] {
 		var st syscall.Stat_t
-		if err := syscall.Stat(filepath.Join(m.mnt, k), &st); !errors.Is(err, syscall.ENOENT) {
-			t.Fatalf("stat %s with the registry down: %v, want ENOENT", k, err)
+		if err := syscall.Stat(filepath.Join(m.mnt, k), &st); err != nil {
+			t.Fatalf("stat %s with the registry down: %v, want the dir from the catalog", k, err)
+		}
+		for range 3 {
+			if _, err := replay.Hit(m.mnt, k, src); !errors.Is(err, replay.ErrNotFound) {
+				t.Fatalf("hit of %s with the registry down: %v, want a miss", k, err)
+			}
 		}
 	}
 	s := m.statusAfter(t)

@@ -1,7 +1,9 @@
 // Package proxy is an HTTP reverse proxy for putting in front of a registry
 // in tests and benchmarks, to count what a client asks for and to inject
-// faults: added latency, a slow link (a rate limit on bodies), a refusing
-// (down) or silent (stalled) server, and corrupted response bytes.
+// faults: added latency, a slow link (a rate limit on each response body),
+// a bandwidth cap shared by all responses (one link), a refusing (down) or
+// silent (stalled) server, bodies that stall part way, stalled large
+// ranges, and corrupted response bytes.
 //
 // Model: one Proxy listens on 127.0.0.1 and forwards every request to one
 // target, httptest-style (New, URL, Close). Requests pass through intact:

@@ -30,6 +30,8 @@ type Proxy struct {
 	closing   chan struct{} // closed by Close: ends stalls and latency waits
 	serveDone chan struct{} // closed when srv.Serve returns
 
+	link link // bandwidth cap (SetBandwidth), its own lock
+
 	closeOnce sync.Once
 	downMu    sync.Mutex // serialises SetDown
 	handlers  sync.WaitGroup
@@ -42,11 +44,15 @@ type Proxy struct {
 	stallBody int64 // body bytes sent before a response hangs; < 0: never
 	down      bool
 	stall     chan struct{} // non-nil while stalled; closed on unstall
-	flips     []flip
-	reqs      []Req
-	pending   int // requests in ServeHTTP, not yet logged
-	live      map[net.Conn]struct{}
-	closeErr  error
+	// rangeStall is non-nil while ranges over stallOver bytes stall
+	// (SetStallRanges); closed on unstall.
+	rangeStall chan struct{}
+	stallOver  int64
+	flips      []flip
+	reqs       []Req
+	pending    int // requests in ServeHTTP, not yet logged
+	live       map[net.Conn]struct{}
+	closeErr   error
 }
 
 // New starts a proxy to target ("http://127.0.0.1:port"). Like
@@ -157,10 +163,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.handlers.Add(1)
 	p.pending++
 	latency, stall, rate, stallBody, offs := p.latency, p.stall, p.rate, p.stallBody, offsetsFor(p.flips, r.URL.Path)
+	if stall == nil && p.rangeStall != nil && rangeLen(r.Header.Get("Range")) > p.stallOver {
+		stall = p.rangeStall
+	}
 	p.mu.Unlock()
 	defer p.handlers.Done()
 
-	rw := &writer{ResponseWriter: w, flips: offs}
+	rw := &writer{ResponseWriter: w, flips: offs, link: &p.link, closing: p.closing, gone: r.Context().Done()}
 	if rate > 0 || stallBody >= 0 {
 		rw.out = &paced{w: w, rate: rate, stall: stallBody, ctx: r.Context(), closing: p.closing}
 	}
@@ -268,13 +277,15 @@ func (p *Proxy) FlipByte(pathSubstring string, offset int64) {
 	p.mu.Unlock()
 }
 
-// ClearFaults removes latency, rate, stall, body stall and FlipByte rules and brings the
-// proxy up if it is down.
+// ClearFaults removes latency, rate, stalls, body stall, the bandwidth cap
+// and FlipByte rules and brings the proxy up if it is down.
 func (p *Proxy) ClearFaults() error {
 	p.SetLatency(0)
 	p.SetRate(0)
 	p.SetStallBody(-1)
 	p.SetStall(false)
+	p.SetStallRanges(0)
+	p.SetBandwidth(0)
 	p.mu.Lock()
 	p.flips = nil
 	p.mu.Unlock()

@@ -28,7 +28,10 @@ func offsetsFor(rules []flip, path string) []int64 {
 // the bytes at flips, body offsets of a 2xx response.
 type writer struct {
 	http.ResponseWriter
-	out     io.Writer // where body bytes go: the ResponseWriter, or paced (SetRate)
+	out     io.Writer       // where body bytes go: the ResponseWriter, or paced (SetRate)
+	link    *link           // bandwidth cap
+	closing <-chan struct{} // the proxy closes: a wait for the link ends
+	gone    <-chan struct{} // the client went away: likewise
 	flips   []int64
 	status  int
 	n       int64
@@ -65,9 +68,20 @@ func (w *writer) Write(p []byte) (int, error) {
 	if dst == nil {
 		dst = w.ResponseWriter
 	}
-	n, err := dst.Write(out)
-	w.n += int64(n)
-	return n, err
+	written := 0
+	for written < len(out) {
+		chunk := out[written:min(len(out), written+linkChunk)]
+		if !w.link.wait(len(chunk), w.closing, w.gone) {
+			return written, http.ErrAbortHandler
+		}
+		n, err := dst.Write(chunk)
+		written += n
+		w.n += int64(n)
+		if err != nil {
+			return written, err
+		}
+	}
+	return written, nil
 }
 
 // Flush passes flushes through so streamed responses stream.
