@@ -293,6 +293,7 @@ func (n *dirNode) lookupKey(ctx context.Context, key string, out *fuse.EntryOut)
 		}
 		if !has {
 			n.v.stats.miss()
+			n.v.log.Debug("fs: no image lists the KEY", "key", key)
 			return nil, syscall.ENOENT
 		}
 		if d = n.keyChild(key); d == nil {

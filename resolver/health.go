@@ -30,11 +30,20 @@ const (
 // host backs off, its requests fail at once with ErrRegistryDown. When the
 // back-off ends one request goes through as a probe (the others still fail
 // fast); an answer makes the host healthy again.
+//
+// A request still waiting for its answer after hungAfter counts as a
+// failure while it waits: a lookup gives up on its fetch long before the
+// request's own timeout (the fetch goes on for a later lookup), and the
+// next lookups must not each wait for the same hung host. While such a
+// request is pending the host stays failing (it is the probe); its answer
+// heals the host, its failure starts the back-off.
 type health struct {
 	now func() time.Time
 
-	mu    sync.Mutex
-	hosts map[string]*hostHealth // guarded by mu
+	mu       sync.Mutex
+	hosts    map[string]*hostHealth          // guarded by mu
+	inflight map[string]map[uint64]time.Time // guarded by mu: requests sent, by host, id -> start
+	nextID   uint64                          // guarded by mu
 }
 
 type hostHealth struct {
@@ -45,24 +54,55 @@ type hostHealth struct {
 	last    error         // the last failure
 }
 
-func newHealth() *health { return &health{now: time.Now, hosts: map[string]*hostHealth{}} }
+func newHealth() *health {
+	return &health{now: time.Now, hosts: map[string]*hostHealth{}, inflight: map[string]map[uint64]time.Time{}}
+}
 
 // admit says whether a request to host may go out; probe is set when it is
-// the one request let through after a back-off.
-func (h *health) admit(host string) (probe bool, err error) {
+// the one request let through after a back-off. A request that goes out
+// is registered in flight under id until finish.
+func (h *health) admit(host string) (id uint64, probe bool, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	hh := h.hosts[host]
-	if hh == nil || hh.fails < downAfter {
-		return false, nil
-	}
 	now := h.now()
-	if now.Before(hh.until) || hh.probing {
-		left := max(hh.until.Sub(now), 0).Round(100 * time.Millisecond)
-		return false, fmt.Errorf("%w: %s: %d failed requests in a row (last: %v); asked again in %v", ErrRegistryDown, host, hh.fails, hh.last, left)
+	hung := 0
+	for _, start := range h.inflight[host] {
+		if now.Sub(start) >= hungAfter {
+			hung++
+		}
 	}
-	hh.probing = true
-	return true, nil
+	hh := h.hosts[host]
+	fails := hung
+	if hh != nil {
+		fails += hh.fails
+	}
+	switch {
+	case fails < downAfter:
+	case hung > 0:
+		return 0, false, fmt.Errorf("%w: %s: %d requests without an answer for %v or more", ErrRegistryDown, host, hung, hungAfter)
+	case now.Before(hh.until) || hh.probing:
+		left := max(hh.until.Sub(now), 0).Round(100 * time.Millisecond)
+		return 0, false, fmt.Errorf("%w: %s: %d failed requests in a row (last: %v); asked again in %v", ErrRegistryDown, host, hh.fails, hh.last, left)
+	default:
+		hh.probing = true
+		probe = true
+	}
+	h.nextID++
+	if h.inflight[host] == nil {
+		h.inflight[host] = map[uint64]time.Time{}
+	}
+	h.inflight[host][h.nextID] = now
+	return h.nextID, probe, nil
+}
+
+// finish takes request id of host out of flight.
+func (h *health) finish(host string, id uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.inflight[host], id)
+	if len(h.inflight[host]) == 0 {
+		delete(h.inflight, host)
+	}
 }
 
 // done records how a request that went out ended.
@@ -104,7 +144,7 @@ func (h *health) done(host string, probe bool, ok bool, cause error) {
 // retries handle them.
 func (h *health) roundTrip(next http.RoundTripper, req *http.Request) (*http.Response, error) {
 	host := req.URL.Host
-	probe, err := h.admit(host)
+	id, probe, err := h.admit(host)
 	if err != nil {
 		if req.Body != nil {
 			req.Body.Close()
@@ -113,6 +153,7 @@ func (h *health) roundTrip(next http.RoundTripper, req *http.Request) (*http.Res
 	}
 	start := h.now()
 	resp, err := next.RoundTrip(req)
+	h.finish(host, id)
 	slow := h.now().Sub(start) >= hungAfter
 	switch {
 	case err != nil && slow:

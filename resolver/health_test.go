@@ -88,3 +88,42 @@ func TestHealthBackoff(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// blockRT holds every request until release, then answers 200.
+type blockRT struct {
+	sent    chan struct{}
+	release chan struct{}
+}
+
+func (b *blockRT) RoundTrip(*http.Request) (*http.Response, error) {
+	b.sent <- struct{}{}
+	<-b.release
+	return &http.Response{StatusCode: 200, Body: http.NoBody}, nil
+}
+
+// TestHealthHangingInFlight: requests still waiting for an answer count as
+// failures while they wait (a lookup gives up on its fetch long before the
+// request's timeout): with two hung in flight the next request fails at
+// once; their answers heal the host.
+func TestHealthHangingInFlight(t *testing.T) {
+	clock := &clockRT{now: time.Unix(1000, 0)}
+	h := newHealth()
+	h.now = clock.clock
+	rt := &blockRT{sent: make(chan struct{}, 4), release: make(chan struct{})}
+	req, _ := http.NewRequest(http.MethodGet, "http://reg.example:5000/v2/x", nil)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() { h.roundTrip(rt, req) })
+		<-rt.sent
+		clock.advance(hungAfter + 100*time.Millisecond)
+	}
+	if _, err := h.roundTrip(rt, req); !errors.Is(err, ErrRegistryDown) {
+		t.Fatalf("with two requests hung in flight: %v, want ErrRegistryDown at once", err)
+	}
+	close(rt.release)
+	wg.Wait()
+	go func() { <-rt.sent }()
+	if _, err := h.roundTrip(rt, req); err != nil {
+		t.Fatalf("after the hung requests answered: %v", err)
+	}
+}

@@ -529,7 +529,8 @@ func TestMountSourceDownAtStart(t *testing.T) {
 // lookups are served again.
 func TestMountHungRegistryFailsFast(t *testing.T) {
 	p, src, ref := servedImage(t)
-	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s")
+	// No prefetch: every KEY looked up below must need the registry.
+	m := startFS(t, "", "", "-i", ref, "--plain-http", "--gpu", "cuda:80:32", "--fetch-timeout", "2s", "--prefetch", "none")
 	keys := keysOf(t, src, "cuda:80:32")
 	if _, err := replay.Hit(m.mnt, keys[0], src); err != nil {
 		t.Fatal(err)
