@@ -10,38 +10,59 @@ package image
 import (
 	"context"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"cargohold/layer"
 	"cargohold/triton"
 )
 
-// Packed is a built image whose layer lives in a temp file until Close.
+// Packed is a cache image ready to be written. Its layer is built while it
+// is written (Save or Push read it once, into the layout's blob file or
+// into the upload) unless Pack staged it in a temp file first; its digests
+// are known once it has been built (Built).
 type Packed struct {
 	Image   v1.Image
 	Entries []triton.Entry
 	Skipped []triton.Skipped
-	Layer   layer.Built
 
-	blob string
+	layer *lazyLayer
 }
 
-// Close removes the temp layer file. The image must not be used after.
-func (p *Packed) Close() error { return os.RemoveAll(filepath.Dir(p.blob)) }
+// Built describes the layer once it has been built: by Pack, or by
+// writing Image. Before, it returns an error matching
+// stream.ErrNotComputed.
+func (p *Packed) Built() (layer.Built, error) { return p.layer.result() }
 
-// Pack scans dir and builds its cache image. title goes into
-// org.opencontainers.image.title. tmp is where the layer is staged ("" for
-// the system temp dir).
+// Close removes the staged layer file, if any. The image must not be used
+// after.
+func (p *Packed) Close() error { return p.layer.close() }
+
+// Pack scans dir and builds its cache image, staging the layer in a temp
+// file under tmp ("" for the system temp dir) so that every digest is
+// known before the image is written. title goes into
+// org.opencontainers.image.title.
 func Pack(ctx context.Context, dir, title, tmp string) (*Packed, error) {
+	p, err := Prepare(ctx, dir, title)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.layer.stage(tmp); err != nil {
+		return nil, fmt.Errorf("image: pack %s: %w", dir, err)
+	}
+	return p, nil
+}
+
+// Prepare scans dir and returns its cache image without building the
+// layer: writing the image (resolver.Push, resolver.Save) builds it as it
+// goes, in one pass, and ctx bounds that build. Until then the image's
+// digest is unknown (stream.ErrNotComputed); each read of the layer builds
+// it again, with the same bytes.
+func Prepare(ctx context.Context, dir, title string) (*Packed, error) {
 	entries, skipped, err := triton.Scan(dir)
 	if err != nil {
 		return nil, fmt.Errorf("image: pack %s: %w", dir, err)
@@ -50,36 +71,7 @@ func Pack(ctx context.Context, dir, title, tmp string) (*Packed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image: pack %s: %w", dir, err)
 	}
-	stage, err := os.MkdirTemp(tmp, "cargohold-pack-")
-	if err != nil {
-		return nil, fmt.Errorf("image: pack: %w", err)
-	}
-	p := &Packed{Entries: entries, Skipped: skipped, blob: filepath.Join(stage, "layer.tar.gz")}
-	if err := p.build(ctx, dir, labels); err != nil {
-		p.Close()
-		return nil, err
-	}
-	return p, nil
-}
-
-func (p *Packed) build(ctx context.Context, dir string, labels map[string]string) error {
-	f, err := os.Create(p.blob)
-	if err != nil {
-		return fmt.Errorf("image: pack: %w", err)
-	}
-	built, err := layer.Build(ctx, f, dir, p.Entries)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("image: pack %s: %w", dir, err)
-	}
-	p.Layer = built
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return os.Open(p.blob) },
-		tarball.WithMediaType(types.OCILayer))
-	if err != nil {
-		return fmt.Errorf("image: pack: layer: %w", err)
-	}
+	p := &Packed{Entries: entries, Skipped: skipped, layer: &lazyLayer{ctx: ctx, dir: dir, entries: entries}}
 	// Fixed times and platform: part of what makes the digest reproducible.
 	epoch := v1.Time{Time: time.Unix(0, 0).UTC()}
 	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
@@ -92,20 +84,17 @@ func (p *Packed) build(ctx context.Context, dir string, labels map[string]string
 		RootFS:       v1.RootFS{Type: "layers"},
 	})
 	if err != nil {
-		return fmt.Errorf("image: pack: config: %w", err)
+		return nil, fmt.Errorf("image: pack: config: %w", err)
 	}
+	// The eStargz annotations come from the layer's Descriptor, once built.
 	img, err := mutate.Append(base, mutate.Addendum{
-		Layer:     l,
+		Layer:     p.layer,
 		MediaType: types.OCILayer,
 		History:   v1.History{Created: epoch, CreatedBy: "cargohold -c", Comment: "Triton kernel cache"},
-		Annotations: map[string]string{
-			layer.AnnotationTOCDigest:        built.TOCDigest.String(),
-			layer.AnnotationUncompressedSize: fmt.Sprint(built.UncompressedSize),
-		},
 	})
 	if err != nil {
-		return fmt.Errorf("image: pack: %w", err)
+		return nil, fmt.Errorf("image: pack: %w", err)
 	}
 	p.Image = img
-	return nil
+	return p, nil
 }

@@ -51,7 +51,8 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 	if !ref.IsLayout() {
 		title = path.Base(ref.Image.Context().RepositoryStr())
 	}
-	p, err := image.Pack(ctx, o.dir, title, "")
+	// The layer is built while it is uploaded or written: one pass.
+	p, err := image.Prepare(ctx, o.dir, title)
 	if err != nil {
 		return err
 	}
@@ -59,7 +60,6 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 	for _, s := range p.Skipped {
 		log.Warn("skipped", "path", s.Path, "why", s.Reason)
 	}
-	log.Info("packed", "entries", len(p.Entries), "layer", cli.Bytes(p.Layer.Size), "uncompressed", cli.Bytes(p.Layer.UncompressedSize))
 	var d fmt.Stringer
 	if o.push {
 		bar := cli.NewProgress(cli.Stderr, "push")
@@ -76,6 +76,9 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 			return fmt.Errorf("create: %w", err)
 		}
 		d = h
+	}
+	if built, err := p.Built(); err == nil {
+		log.Info("packed", "entries", len(p.Entries), "layer", cli.Bytes(built.Size), "uncompressed", cli.Bytes(built.UncompressedSize))
 	}
 	where := "registry"
 	switch {
