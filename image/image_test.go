@@ -284,7 +284,7 @@ func copyTree(t *testing.T, src, dst string) {
 }
 
 // A layer blob whose bytes no longer match its digest installs nothing: the
-// digest is checked at the end of the stream, after the tar's last entry.
+// digest is checked when the download ends, before anything is unpacked.
 func TestUnpackCorruptBlob(t *testing.T) {
 	src := cachetest.Testdata(t, "vector-add-cache")
 	img := imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(cachetest.Tar(t, cacheTar(t, src)...), types.OCIUncompressedLayer))

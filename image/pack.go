@@ -2,9 +2,17 @@
 // a dir into a one-layer eStargz OCI image with cargohold's labels, and
 // unpacks the entries of an image that fit the local GPU into a dir.
 //
-// Packing is reproducible: the same dir gives the same digest on any machine.
+// Packing is reproducible: the same dir gives the same digest on any machine
+// and any number of cores. Prepare's image builds its layer while it is
+// written (one pass into the upload or the layout blob); Pack stages it
+// first when the digest must be known before.
+//
 // Unpacking never writes outside its dir, never overwrites a local KEY dir,
-// and installs each KEY dir whole (temp dir, then rename).
+// and installs each KEY dir whole (temp dir, then rename). A layer blob is
+// downloaded and its digest checked before any of it is unpacked; an
+// indexed layer (eStargz, plain tar) is then unpacked KEY dir by KEY dir on
+// every core, every file checked against the TOC. Nothing is fsynced: an
+// interrupted unpack leaves its stage dir, never a half KEY dir.
 package image
 
 import (
