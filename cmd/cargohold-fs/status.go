@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,7 +28,7 @@ type status struct {
 	PID        int               `json:"pid"`
 	Mountpoint string            `json:"mountpoint"`
 	Images     []string          `json:"images"`
-	Updated    time.Time         `json:"updated"`
+	Updated    time.Time         `json:"updated"` // when it last changed; written within a second of a change
 	Mounted    bool              `json:"mounted"`
 	Ready      bool              `json:"index_ready"`
 	Keys       int               `json:"indexed_keys"`
@@ -57,6 +58,7 @@ type statusWriter struct {
 	once sync.Once
 	quit chan struct{}
 	done chan struct{}
+	last []byte // the last status written, without its time (loop's)
 }
 
 func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs.Stats, eng *fetch.Engine, cat *catalog.Catalog, st *store.Store, log *slog.Logger) *statusWriter {
@@ -86,17 +88,19 @@ func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs
 		w.serveMetrics(metrics)
 	}
 	// The first status is there before anyone is told the mount is up.
-	w.write(snap())
+	w.writeChanged(snap())
 	go w.loop(ctx)
 	return w
 }
 
+// loop looks at the counters once a second and rewrites status.json when
+// something changed: an idle mount writes nothing. A snapshot costs the
+// same whatever the number of KEYs (counters and per-image totals).
 func (w *statusWriter) loop(ctx context.Context) {
 	defer close(w.done)
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		w.write(w.snap())
 		select {
 		case <-ctx.Done():
 			return
@@ -104,7 +108,21 @@ func (w *statusWriter) loop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		w.writeChanged(w.snap())
 	}
+}
+
+// writeChanged writes s unless only its time differs from the last one
+// written.
+func (w *statusWriter) writeChanged(s status) {
+	s.Updated = time.Time{}
+	key, _ := json.Marshal(s)
+	if bytes.Equal(key, w.last) {
+		return
+	}
+	w.last = key
+	s.Updated = time.Now().UTC()
+	w.write(s)
 }
 
 // stop writes a last status saying the mount is gone.
