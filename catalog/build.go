@@ -111,7 +111,7 @@ func (b *builder) resolve(ctx context.Context, it item) (*imageRec, error) {
 }
 
 // buildRec reads a new image: config labels decide the fit; for a fitting
-// image the layer indexes give its KEYs.
+// image its layers' KEY lists (fetch.Engine.Keys) give its KEYs.
 func (cat *Catalog) buildRec(ctx context.Context, c resolver.Pending) (*imageRec, error) {
 	im, err := c.Open(ctx)
 	if err != nil {
@@ -158,11 +158,11 @@ func (cat *Catalog) buildRec(ctx context.Context, c resolver.Pending) (*imageRec
 	// by file, later layers winning, as unpacking does.
 	held := map[string][]uint16{}
 	for i, l := range rec.Layers {
-		idx, err := cat.eng.Index(ctx, l)
+		keys, err := cat.eng.Keys(ctx, l)
 		if err != nil {
 			return nil, fmt.Errorf("catalog: image %s: layer %d: %w", c.Ref, i, err)
 		}
-		for key := range idx.Dirs {
+		for _, key := range keys {
 			held[key] = append(held[key], uint16(i))
 		}
 	}

@@ -13,7 +13,6 @@ import (
 
 	"cargohold/fetch"
 	"cargohold/gpu"
-	"cargohold/layer"
 	"cargohold/resolver"
 	"cargohold/store"
 )
@@ -105,7 +104,8 @@ type Stats struct {
 
 // fetcher is what the catalog needs of the fetch engine (*fetch.Engine).
 type fetcher interface {
-	Index(ctx context.Context, l resolver.LayerRef) (*layer.Index, error)
+	// Keys lists a layer's KEY dirs without keeping its index in memory.
+	Keys(ctx context.Context, l resolver.LayerRef) ([]string, error)
 	Key(ctx context.Context, layers []resolver.LayerRef, key string) ([]fetch.KeyFile, error)
 	Open(f fetch.KeyFile) (*store.File, error)
 }
@@ -371,8 +371,9 @@ func (cat *Catalog) install(s *snapshot) {
 // Refresh rebuilds the catalog from the sources and installs it. An image
 // whose manifest digest is already known costs its manifest GET and nothing
 // more (a digest-pinned ref or a layout entry: nothing); a new image costs
-// its config and, when it fits, its layer indexes (fetch.Engine.Index, cached on
-// disk by layer digest).
+// its config and, when it fits, the KEY lists of its layers
+// (fetch.Engine.Keys: layer indexes cached on disk by layer digest, none
+// kept in memory).
 //
 // A source that fails keeps what the last good refresh found for it (the
 // whole source when it could not be listed, the image when one tag failed);

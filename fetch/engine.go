@@ -71,6 +71,7 @@ type Engine struct {
 	// it misses until it is in. Close stops them.
 	downloads flight[struct{}]
 	traffic   resolver.Counters
+	loading   chan struct{} // a token per layer index being loaded (loadIndex)
 
 	mu    sync.Mutex
 	idx   *indexLRU            // guarded by mu: the layer indexes kept in memory
@@ -92,6 +93,7 @@ func NewEngine(r *resolver.Resolver, st *store.Store, stateDir string) *Engine {
 		life:      newLifetime(),
 		downloads: flight[struct{}]{keep: true},
 		idx:       newIndexLRU(r.Options().LayerIndexes),
+		loading:   make(chan struct{}, 1),
 		known:     map[string][]KeyFile{},
 	}
 }
