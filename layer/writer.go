@@ -111,7 +111,12 @@ type span struct {
 	file       *estargz.TOCEntry // nil when the file has more chunks
 }
 
-var rawPool = sync.Pool{New: func() any { return new([]byte) }}
+// Members' buffers are reused: most members are small, and allocating
+// (and clearing) a buffer per member costs as much as compressing it.
+var (
+	rawPool = sync.Pool{New: func() any { return new([]byte) }}
+	outPool = sync.Pool{New: func() any { return new([]byte) }}
+)
 
 func newWriter(ctx context.Context, w io.Writer, o writerOptions) *writer {
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -229,9 +234,9 @@ func (w *writer) file(h *tar.Header, r io.Reader) error {
 func (w *writer) compress() {
 	zw := w.o.newGzip()
 	for m := range w.work {
-		var buf bytes.Buffer
-		buf.Grow(len(m.raw)/2 + 64)
-		zw.Reset(&buf)
+		out := outPool.Get().(*[]byte)
+		buf := bytes.NewBuffer((*out)[:0])
+		zw.Reset(buf)
 		_, m.err = zw.Write(m.raw)
 		if m.err == nil && m.flush {
 			m.err = zw.Flush()
@@ -272,8 +277,9 @@ func (w *writer) consume() {
 			}
 		}
 		w.budget.Release(m.weight)
-		raw := m.raw[:0]
+		raw, out := m.raw[:0], m.out[:0]
 		rawPool.Put(&raw)
+		outPool.Put(&out)
 		m.raw, m.out = nil, nil
 	}
 }
