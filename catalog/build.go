@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"cargohold/gpu"
 	"cargohold/resolver"
@@ -34,6 +35,8 @@ type builder struct {
 	mu       sync.Mutex
 	memo     map[string]*imageRec // guarded by mu: known records by memo key
 	inflight map[string]*build    // guarded by mu
+
+	built atomic.Int64 // records read from their images
 }
 
 // run expands every source and resolves its images on a bounded pool.
@@ -102,6 +105,7 @@ func (b *builder) resolve(ctx context.Context, it item) (*imageRec, error) {
 	}
 	bl.rec, bl.err = b.cat.buildRec(ctx, c)
 	if bl.err == nil {
+		b.built.Add(1)
 		b.mu.Lock()
 		b.memo[c.Memo] = bl.rec
 		b.mu.Unlock()

@@ -43,6 +43,10 @@ type Config struct {
 	// Logger receives refresh results, per-source errors, label errors and
 	// skipped locations. Default discards.
 	Logger *slog.Logger
+	// Built, when set, is called after a refresh that read new images, once
+	// the new catalog is installed: what the refresh allocated is garbage
+	// then (cargohold-fs returns it to the OS). Default none.
+	Built func()
 }
 
 // Location is one place a KEY lives: a layer of an image.
@@ -444,6 +448,9 @@ func (cat *Catalog) Refresh(ctx context.Context) error {
 		errList = append(errList, err)
 	}
 	cat.install(s)
+	if b.built.Load() > 0 && cat.cfg.Built != nil {
+		cat.cfg.Built()
+	}
 	d := time.Since(start)
 	cat.refreshes.Add(1)
 	cat.refreshNS.Store(int64(d))

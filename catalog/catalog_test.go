@@ -519,3 +519,25 @@ func TestIndexRun(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestBuiltHook: Config.Built runs after a refresh that read new images,
+// not after one that found nothing new.
+func TestBuiltHook(t *testing.T) {
+	dir, _ := ixGen(t, gen.Options{Kernels: 2, Seed: 4})
+	layout := t.TempDir()
+	if _, err := resolver.Save(context.Background(), "oci:"+layout+":a", ixPack(t, dir), ixOptions(t)); err != nil {
+		t.Fatal(err)
+	}
+	e := newIxEnv(t, "", ixOptions(t), []string{"oci:" + layout}, "cuda:80:32")
+	calls := 0
+	ix := ixMustIndex(t, e, catalog.Config{Sources: []string{"oci:" + layout}, Targets: ixTargets(t, "cuda:80:32"),
+		Built: func() { calls++ }})
+	ixRefresh(t, ix)
+	if calls != 1 {
+		t.Fatalf("first refresh: Built called %d times, want 1", calls)
+	}
+	ixRefresh(t, ix)
+	if calls != 1 {
+		t.Fatalf("refresh with nothing new: Built called %d times in all, want 1", calls)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -109,6 +110,10 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 
 	cat, err := catalog.New(r, eng, catalog.Config{
 		Sources: o.images, Targets: rep.Targets, StateDir: o.stateDir, Refresh: o.refresh, Logger: log,
+		// A refresh that read new images is most of the process's peak;
+		// the runtime would keep its pages (up to twice the heap it
+		// left) long after. Rare, and a GC over a small heap.
+		Built: debug.FreeOSMemory,
 	})
 	if err != nil {
 		return nil, err
