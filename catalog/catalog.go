@@ -192,6 +192,7 @@ type snapshot struct {
 	keys    map[string][]loc
 	errs    map[string]error // by source, failed ones only
 	nlocs   int
+	saved   bool // StateFile holds entries (set before the snapshot is installed)
 }
 
 // New returns an empty Catalog over cfg.Sources, reading images through r
@@ -433,7 +434,7 @@ func (cat *Catalog) Refresh(ctx context.Context) error {
 			errs[src.raw] = errors.Join(failed...)
 		}
 	}
-	s := newSnapshot(entries, errs)
+	s := newSnapshot(entries, errs, prev)
 
 	var errList []error
 	for i, src := range cat.sources {
@@ -443,9 +444,13 @@ func (cat *Catalog) Refresh(ctx context.Context) error {
 			errList = append(errList, &SourceError{Source: src.raw, Err: err})
 		}
 	}
-	if err := cat.save(s); err != nil {
-		cat.log.Warn("catalog not persisted", "dir", cat.cfg.StateDir, "err", err)
-		errList = append(errList, err)
+	if !s.saved {
+		if err := cat.save(s); err != nil {
+			cat.log.Warn("catalog not persisted", "dir", cat.cfg.StateDir, "err", err)
+			errList = append(errList, err)
+		} else {
+			s.saved = true
+		}
 	}
 	cat.install(s)
 	if b.built.Load() > 0 && cat.cfg.Built != nil {
@@ -471,8 +476,10 @@ func (e *SourceError) Unwrap() error { return e.Err }
 
 // newSnapshot orders entries by priority, drops repeated images (an image
 // reached through two tags or two sources counts once, at its best
-// priority) and builds the KEY map.
-func newSnapshot(entries []*entry, errs map[string]error) *snapshot {
+// priority) and builds the KEY map; when prev lists the same images (a
+// refresh that found nothing new), its KEY map is reused: a quiet refresh
+// costs nothing per KEY.
+func newSnapshot(entries []*entry, errs map[string]error, prev *snapshot) *snapshot {
 	slices.SortStableFunc(entries, func(a, b *entry) int {
 		if c := cmp.Compare(a.source, b.source); c != 0 {
 			return c
@@ -494,6 +501,10 @@ func newSnapshot(entries []*entry, errs map[string]error) *snapshot {
 		if e.rec.Fits {
 			n += len(e.rec.Keys)
 		}
+	}
+	if prev != nil && slices.EqualFunc(prev.entries, s.entries, func(a, b *entry) bool { return *a == *b }) {
+		s.entries, s.keys, s.nlocs, s.saved = prev.entries, prev.keys, prev.nlocs, prev.saved
+		return s
 	}
 	s.keys = make(map[string][]loc, n)
 	for _, e := range s.entries {

@@ -239,10 +239,13 @@ func (cat *Catalog) Load() error {
 		}
 		entries = append(entries, &entry{ref: se.Ref, source: i, rec: rec})
 	}
+	dropped := len(entries) != len(st.Entries)
 	if cat.cur.Load() != nil {
 		return nil
 	}
-	s := newSnapshot(entries, map[string]error{})
+	s := newSnapshot(entries, map[string]error{}, nil)
+	s.saved = !dropped // the file says the same
+
 	cat.install(s)
 	cat.log.Info("catalog loaded", "file", p, "images", len(s.entries), "keys", len(s.keys))
 	return nil

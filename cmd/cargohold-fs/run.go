@@ -120,6 +120,8 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	}
 	if err := cat.Load(); err != nil {
 		log.Info("no usable persisted catalog; waiting for the first refresh", "err", err)
+	} else {
+		debug.FreeOSMemory() // the decoded file's garbage, as after a refresh (Built)
 	}
 	go cat.Run(life)
 
