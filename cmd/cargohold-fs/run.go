@@ -136,10 +136,11 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 		}
 	}
 	stats := &fs.Stats{}
+	act := newActivity()
 	srv, err := fs.Mount(life, o.mountpoint, fs.Options{
 		Upper:         filepath.Join(o.stateDir, "upper"),
 		PathPrefix:    o.pathPrefix,
-		Lower:         &images{cat: cat, timeout: o.fetchTimeout},
+		Lower:         &images{cat: cat, timeout: o.fetchTimeout, act: act},
 		LookupTimeout: o.fetchTimeout,
 		Logger:        log,
 		Stats:         stats,
@@ -150,7 +151,7 @@ func mount(ctx context.Context, o options, log *slog.Logger) (*mounted, error) {
 	}
 	ok = true
 	return &mounted{srv: srv, st: st, eng: eng, cancel: cancel,
-		status: startStatus(life, o, metrics, stats, eng, cat, st, log)}, nil
+		status: startStatus(life, o, metrics, act, stats, eng, cat, st, log)}, nil
 }
 
 // unmount retries while the mount is busy (a process with its cwd inside),

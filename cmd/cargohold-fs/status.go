@@ -28,7 +28,7 @@ type status struct {
 	PID        int               `json:"pid"`
 	Mountpoint string            `json:"mountpoint"`
 	Images     []string          `json:"images"`
-	Updated    time.Time         `json:"updated"` // when it last changed; written within a second of a change
+	Updated    time.Time         `json:"updated"` // when it last changed (see loop for how soon it is written)
 	Mounted    bool              `json:"mounted"`
 	Ready      bool              `json:"index_ready"`
 	Keys       int               `json:"indexed_keys"`
@@ -54,6 +54,8 @@ type statusWriter struct {
 	snap func() status
 	log  *slog.Logger
 	srv  *http.Server
+	act  *activity
+	pace pace
 
 	once sync.Once
 	quit chan struct{}
@@ -61,7 +63,7 @@ type statusWriter struct {
 	last []byte // the last status written, without its time (loop's)
 }
 
-func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs.Stats, eng *fetch.Engine, cat *catalog.Catalog, st *store.Store, log *slog.Logger) *statusWriter {
+func startStatus(ctx context.Context, o options, metrics net.Listener, act *activity, stats *fs.Stats, eng *fetch.Engine, cat *catalog.Catalog, st *store.Store, log *slog.Logger) *statusWriter {
 	mp, _ := filepath.Abs(o.mountpoint)
 	snap := func() status {
 		s := status{PID: os.Getpid(), Mountpoint: mp, Images: o.images, Updated: time.Now().UTC(), Mounted: true,
@@ -82,8 +84,8 @@ func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs
 		}
 		return s
 	}
-	w := &statusWriter{path: filepath.Join(o.stateDir, "status.json"), snap: snap, log: log,
-		quit: make(chan struct{}), done: make(chan struct{})}
+	w := &statusWriter{path: filepath.Join(o.stateDir, "status.json"), snap: snap, log: log, act: act,
+		pace: defaultPace, quit: make(chan struct{}), done: make(chan struct{})}
 	if metrics != nil {
 		w.serveMetrics(metrics)
 	}
@@ -93,36 +95,90 @@ func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs
 	return w
 }
 
-// loop looks at the counters once a second and rewrites status.json when
-// something changed: an idle mount writes nothing. A snapshot costs the
-// same whatever the number of KEYs (counters and per-image totals).
+// Status checks (statusWriter.pace): once a second while the mount is
+// busy; after 5 checks that found nothing new, the writer waits for image
+// activity (any call of the images adapter) or 30 s, so that an idle mount
+// does not wake up at all in between. Changes that no image call precedes
+// (upper-dir errors, hits of KEY dirs already looked up) show within 30 s
+// then; /metrics is always current.
+var defaultPace = pace{busy: time.Second, quiet: 5, idle: 30 * time.Second}
+
+type pace struct {
+	busy  time.Duration // between checks while something changes
+	quiet int           // unchanged checks before the writer goes idle
+	idle  time.Duration // between checks while idle, unless poked
+}
+
+// loop rewrites status.json when something changed (an idle mount writes
+// nothing). A snapshot costs the same whatever the number of KEYs
+// (counters and per-image totals).
 func (w *statusWriter) loop(ctx context.Context) {
 	defer close(w.done)
-	t := time.NewTicker(time.Second)
+	t := time.NewTimer(w.pace.busy)
 	defer t.Stop()
+	quiet := 0
 	for {
+		var woken <-chan struct{}
+		if quiet >= w.pace.quiet {
+			woken = w.act.c // only while idle: a busy mount pokes all the time
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-w.quit:
 			return
+		case <-woken:
+			quiet = 0
+			t.Reset(w.pace.busy) // look soon, as when busy
+			continue
 		case <-t.C:
 		}
-		w.writeChanged(w.snap())
+		if w.writeChanged(w.snap()) {
+			quiet = 0
+		} else {
+			quiet++
+		}
+		next := w.pace.busy
+		if quiet >= w.pace.quiet {
+			w.act.clear() // a poke from before counts for nothing now
+			next = w.pace.idle
+		}
+		t.Reset(next)
+	}
+}
+
+// activity carries pokes from the images adapter to the status writer.
+type activity struct{ c chan struct{} }
+
+func newActivity() *activity { return &activity{c: make(chan struct{}, 1)} }
+
+// poke never blocks: one pending poke is enough.
+func (a *activity) poke() {
+	select {
+	case a.c <- struct{}{}:
+	default:
+	}
+}
+
+func (a *activity) clear() {
+	select {
+	case <-a.c:
+	default:
 	}
 }
 
 // writeChanged writes s unless only its time differs from the last one
-// written.
-func (w *statusWriter) writeChanged(s status) {
+// written, and says whether it wrote.
+func (w *statusWriter) writeChanged(s status) bool {
 	s.Updated = time.Time{}
 	key, _ := json.Marshal(s)
 	if bytes.Equal(key, w.last) {
-		return
+		return false
 	}
 	w.last = key
 	s.Updated = time.Now().UTC()
 	w.write(s)
+	return true
 }
 
 // stop writes a last status saying the mount is gone.

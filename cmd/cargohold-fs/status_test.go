@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -44,5 +46,50 @@ func TestStatusWrittenOnChange(t *testing.T) {
 	w.writeChanged(w.snap())
 	if s, _ := read(); s.Hits != 1 || !s.Updated.After(first.Updated) {
 		t.Fatalf("changed status: %+v, first written %v", s, first.Updated)
+	}
+}
+
+// TestStatusIdleWakesOnActivity: a busy mount's changes are written at the
+// busy pace; once quiet, the writer sleeps through changes until image
+// activity pokes it, then writes within the busy pace.
+func TestStatusIdleWakesOnActivity(t *testing.T) {
+	var hits atomic.Int64
+	w := &statusWriter{path: filepath.Join(t.TempDir(), "status.json"), log: slog.New(slog.DiscardHandler),
+		act: newActivity(), pace: pace{busy: 10 * time.Millisecond, quiet: 3, idle: time.Hour},
+		quit: make(chan struct{}), done: make(chan struct{}),
+		snap: func() status { return status{PID: 1, Hits: hits.Load(), Updated: time.Now().UTC()} }}
+	written := func() int64 {
+		b, err := os.ReadFile(w.path)
+		if err != nil {
+			return -1
+		}
+		var s status
+		if err := json.Unmarshal(b, &s); err != nil {
+			t.Fatal(err)
+		}
+		return s.Hits
+	}
+	waitFor := func(n int64, within time.Duration) bool {
+		for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if written() == n {
+				return true
+			}
+		}
+		return false
+	}
+	go w.loop(context.Background())
+	defer close(w.quit)
+	hits.Store(1)
+	if !waitFor(1, time.Second) {
+		t.Fatal("busy: change not written")
+	}
+	time.Sleep(100 * time.Millisecond) // 3 quiet checks: idle now
+	hits.Store(2)
+	if waitFor(2, 200*time.Millisecond) {
+		t.Fatal("idle writer woke up without activity")
+	}
+	w.act.poke()
+	if !waitFor(2, time.Second) {
+		t.Fatal("poked idle writer did not write the change")
 	}
 }
