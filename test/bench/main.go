@@ -45,6 +45,10 @@ func main() {
 		mountMain(os.Args[2:])
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "warm" {
+		warmMain(os.Args[2:])
+		return
+	}
 	var o options
 	fl := pflag.NewFlagSet("bench", pflag.ContinueOnError)
 	fl.Usage = func() {
