@@ -717,41 +717,43 @@ func warmHits(ctx context.Context, bin string, p *fsProc, imgRef, src, work stri
 		figure{What: "warm hit: FUSE requests per hit", Value: "(fs follow-up)", Anchor: "-", Target: "<= 10"}), nil
 }
 
-// pyHits is Triton 3.2-3.7's hit sequence (runtime/cache.py, as
-// test/replay/testdata/triton_like.py has it) timed in a loop; it prints
-// the p50 in seconds.
+// pyHits times test/replay's model of Triton 3.2-3.7's hit
+// (triton_like.py's hit, loaded without running its main) in a loop and
+// prints the p50 in seconds.
 const pyHits = `
-import json, os, sys, time
-root, key, name, reps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-def hit():
-    kd = os.path.join(root, key)
-    os.makedirs(kd, exist_ok=True)
-    grp = os.path.join(kd, f"__grp__{name}.json")
-    if not os.path.exists(grp):
-        sys.exit(3)
-    with open(grp) as f:
-        children = json.load(f)["child_paths"]
-    for p in children.values():
-        if not os.path.exists(p):
-            sys.exit(4)
-    meta = name + ".json"
-    with open(children[meta]) as f:
-        f.read()
-    for c, p in children.items():
-        if c != meta:
-            with open(p, "rb") as f:
-                f.read()
+import sys, time
+script, root, key, name, reps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+src = open(script).read()
+g = {"__name__": "triton_like"}
+exec(compile(src[:src.rindex("\nmain()")], script, "exec"), g)
 ds = []
 for _ in range(reps):
     t = time.perf_counter()
-    hit()
+    g["hit"](root, key, name)
     ds.append(time.perf_counter() - t)
 ds.sort()
 print(ds[len(ds) // 2])
 `
 
+// tritonLike is test/replay's Python model of Triton's cache traffic.
+func tritonLike() (string, error) {
+	_, self, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", fmt.Errorf("no source path for triton_like.py")
+	}
+	p := filepath.Join(filepath.Dir(self), "..", "replay", "testdata", "triton_like.py")
+	if _, err := os.Stat(p); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
 func pythonHits(ctx context.Context, py, root, key, name string, reps int) (time.Duration, error) {
-	_, out, err := timed(ctx, nil, py, "-c", pyHits, root, key, name, strconv.Itoa(reps))
+	script, err := tritonLike()
+	if err != nil {
+		return 0, err
+	}
+	_, out, err := timed(ctx, nil, py, "-c", pyHits, script, root, key, name, strconv.Itoa(reps))
 	if err != nil {
 		return 0, fmt.Errorf("python replay on %s: %w", root, err)
 	}
