@@ -99,7 +99,7 @@ func heapInUse() int64 {
 //	         indexes in memory)
 //	lookup:  Lookup latency
 //
-// go test -run '^$' -bench BenchmarkIndex -benchtime 3x ./resolver/
+// go test -run '^$' -bench BenchmarkIndex -benchtime 3x ./catalog/
 // (lookup: add -bench BenchmarkIndex/lookup without -benchtime).
 func BenchmarkIndex(b *testing.B) {
 	_, p := benchRegistry(b)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"cargohold/gpu"
 	"cargohold/resolver"
@@ -34,6 +35,8 @@ type builder struct {
 	mu       sync.Mutex
 	memo     map[string]*imageRec // guarded by mu: known records by memo key
 	inflight map[string]*build    // guarded by mu
+
+	built atomic.Int64 // records read from their images
 }
 
 // run expands every source and resolves its images on a bounded pool.
@@ -102,6 +105,7 @@ func (b *builder) resolve(ctx context.Context, it item) (*imageRec, error) {
 	}
 	bl.rec, bl.err = b.cat.buildRec(ctx, c)
 	if bl.err == nil {
+		b.built.Add(1)
 		b.mu.Lock()
 		b.memo[c.Memo] = bl.rec
 		b.mu.Unlock()
@@ -111,7 +115,7 @@ func (b *builder) resolve(ctx context.Context, it item) (*imageRec, error) {
 }
 
 // buildRec reads a new image: config labels decide the fit; for a fitting
-// image the layer indexes give its KEYs.
+// image its layers' KEY lists (fetch.Engine.Keys) give its KEYs.
 func (cat *Catalog) buildRec(ctx context.Context, c resolver.Pending) (*imageRec, error) {
 	im, err := c.Open(ctx)
 	if err != nil {
@@ -158,11 +162,11 @@ func (cat *Catalog) buildRec(ctx context.Context, c resolver.Pending) (*imageRec
 	// by file, later layers winning, as unpacking does.
 	held := map[string][]uint16{}
 	for i, l := range rec.Layers {
-		idx, err := cat.eng.Index(ctx, l)
+		keys, err := cat.eng.Keys(ctx, l)
 		if err != nil {
 			return nil, fmt.Errorf("catalog: image %s: layer %d: %w", c.Ref, i, err)
 		}
-		for key := range idx.Dirs {
+		for _, key := range keys {
 			held[key] = append(held[key], uint16(i))
 		}
 	}

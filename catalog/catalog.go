@@ -13,7 +13,6 @@ import (
 
 	"cargohold/fetch"
 	"cargohold/gpu"
-	"cargohold/layer"
 	"cargohold/resolver"
 	"cargohold/store"
 )
@@ -62,6 +61,10 @@ type Config struct {
 	// fit the local targets are fetched in the background (prefetch.go).
 	// Default false: strictly lazy.
 	Prefetch bool
+	// Built, when set, is called after a refresh that read new images, once
+	// the new catalog is installed: what the refresh allocated is garbage
+	// then (cargohold-fs returns it to the OS). Default none.
+	Built func()
 }
 
 // Location is one place a KEY lives: a layer of an image.
@@ -123,7 +126,8 @@ type Stats struct {
 
 // fetcher is what the catalog needs of the fetch engine (*fetch.Engine).
 type fetcher interface {
-	Index(ctx context.Context, l resolver.LayerRef) (*layer.Index, error)
+	// Keys lists a layer's KEY dirs without keeping its index in memory.
+	Keys(ctx context.Context, l resolver.LayerRef) ([]string, error)
 	Key(ctx context.Context, layers []resolver.LayerRef, key string) ([]fetch.KeyFile, error)
 	Open(f fetch.KeyFile) (*store.File, error)
 	Prefetch(l resolver.LayerRef, keys []string) <-chan error
@@ -213,6 +217,7 @@ type snapshot struct {
 	keys    map[string][]loc
 	errs    map[string]error // by source, failed ones only
 	nlocs   int
+	saved   bool // StateFile holds entries (set before the snapshot is installed)
 }
 
 // New returns an empty Catalog over cfg.Sources, reading images through r
@@ -413,8 +418,9 @@ func (cat *Catalog) install(s *snapshot) {
 // Refresh rebuilds the catalog from the sources and installs it. An image
 // whose manifest digest is already known costs its manifest GET and nothing
 // more (a digest-pinned ref or a layout entry: nothing); a new image costs
-// its config and, when it fits, its layer indexes (fetch.Engine.Index, cached on
-// disk by layer digest).
+// its config and, when it fits, the KEY lists of its layers
+// (fetch.Engine.Keys: layer indexes cached on disk by layer digest, none
+// kept in memory).
 //
 // A source that fails keeps what the last good refresh found for it (the
 // whole source when it could not be listed, the image when one tag failed);
@@ -470,7 +476,7 @@ func (cat *Catalog) Refresh(ctx context.Context) error {
 			errs[src.raw] = errors.Join(failed...)
 		}
 	}
-	s := newSnapshot(entries, errs)
+	s := newSnapshot(entries, errs, prev)
 
 	var errList []error
 	for i, src := range cat.sources {
@@ -480,11 +486,18 @@ func (cat *Catalog) Refresh(ctx context.Context) error {
 			errList = append(errList, &SourceError{Source: src.raw, Err: err})
 		}
 	}
-	if err := cat.save(s); err != nil {
-		cat.log.Warn("catalog not persisted", "dir", cat.cfg.StateDir, "err", err)
-		errList = append(errList, err)
+	if !s.saved {
+		if err := cat.save(s); err != nil {
+			cat.log.Warn("catalog not persisted", "dir", cat.cfg.StateDir, "err", err)
+			errList = append(errList, err)
+		} else {
+			s.saved = true
+		}
 	}
 	cat.install(s)
+	if b.built.Load() > 0 && cat.cfg.Built != nil {
+		cat.cfg.Built()
+	}
 	d := time.Since(start)
 	cat.refreshes.Add(1)
 	cat.refreshNS.Store(int64(d))
@@ -505,8 +518,10 @@ func (e *SourceError) Unwrap() error { return e.Err }
 
 // newSnapshot orders entries by priority, drops repeated images (an image
 // reached through two tags or two sources counts once, at its best
-// priority) and builds the KEY map.
-func newSnapshot(entries []*entry, errs map[string]error) *snapshot {
+// priority) and builds the KEY map; when prev lists the same images (a
+// refresh that found nothing new), its KEY map is reused: a quiet refresh
+// costs nothing per KEY.
+func newSnapshot(entries []*entry, errs map[string]error, prev *snapshot) *snapshot {
 	slices.SortStableFunc(entries, func(a, b *entry) int {
 		if c := cmp.Compare(a.source, b.source); c != 0 {
 			return c
@@ -528,6 +543,10 @@ func newSnapshot(entries []*entry, errs map[string]error) *snapshot {
 		if e.rec.Fits {
 			n += len(e.rec.Keys)
 		}
+	}
+	if prev != nil && slices.EqualFunc(prev.entries, s.entries, func(a, b *entry) bool { return *a == *b }) {
+		s.entries, s.keys, s.nlocs, s.saved = prev.entries, prev.keys, prev.nlocs, prev.saved
+		return s
 	}
 	s.keys = make(map[string][]loc, n)
 	for _, e := range s.entries {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -556,5 +558,64 @@ func TestRunRetriesFailedSource(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if got := ix.Stats().Refreshes; got != n {
 		t.Fatalf("%d more refreshes while every source answers (interval 1h)", got-n)
+	}
+}
+
+// TestBuiltHook: Config.Built runs after a refresh that read new images,
+// not after one that found nothing new.
+func TestBuiltHook(t *testing.T) {
+	dir, _ := ixGen(t, gen.Options{Kernels: 2, Seed: 4})
+	layout := t.TempDir()
+	if _, err := resolver.Save(context.Background(), "oci:"+layout+":a", ixPack(t, dir), ixOptions(t)); err != nil {
+		t.Fatal(err)
+	}
+	e := newIxEnv(t, "", ixOptions(t), []string{"oci:" + layout}, "cuda:80:32")
+	calls := 0
+	ix := ixMustIndex(t, e, catalog.Config{Sources: []string{"oci:" + layout}, Targets: ixTargets(t, "cuda:80:32"),
+		Built: func() { calls++ }})
+	ixRefresh(t, ix)
+	if calls != 1 {
+		t.Fatalf("first refresh: Built called %d times, want 1", calls)
+	}
+	ixRefresh(t, ix)
+	if calls != 1 {
+		t.Fatalf("refresh with nothing new: Built called %d times in all, want 1", calls)
+	}
+}
+
+// TestQuietRefresh: a refresh that finds the same images keeps the KEY map
+// and does not rewrite the state file; a new image does both.
+func TestQuietRefresh(t *testing.T) {
+	dir, es := ixGen(t, gen.Options{Kernels: 3, Seed: 6})
+	layout := t.TempDir()
+	if _, err := resolver.Save(context.Background(), "oci:"+layout+":a", ixPack(t, dir), ixOptions(t)); err != nil {
+		t.Fatal(err)
+	}
+	e := newIxEnv(t, "", ixOptions(t), []string{"oci:" + layout}, "cuda:80:32")
+	ixRefresh(t, e.ix)
+	file := filepath.Join(e.state, catalog.StateFile)
+	before, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	ixRefresh(t, e.ix)
+	if after, err := os.Stat(file); err != nil || !after.ModTime().Equal(before.ModTime()) || !os.SameFile(before, after) {
+		t.Fatalf("quiet refresh rewrote %s (%v)", file, err)
+	}
+	if st := e.ix.Stats(); st.Refreshes != 2 || st.Keys != len(es) || len(ixImages(e.ix, es[0].Key)) != 1 {
+		t.Fatalf("after a quiet refresh: %+v", st)
+	}
+
+	dir2, es2 := ixGen(t, gen.Options{Kernels: 2, Seed: 7})
+	if _, err := resolver.Save(context.Background(), "oci:"+layout+":b", ixPack(t, dir2), ixOptions(t)); err != nil {
+		t.Fatal(err)
+	}
+	ixRefresh(t, e.ix)
+	if after, err := os.Stat(file); err != nil || os.SameFile(before, after) {
+		t.Fatalf("refresh with a new image did not rewrite %s (%v)", file, err)
+	}
+	if st := e.ix.Stats(); st.Keys != len(es)+len(es2) {
+		t.Fatalf("after a new image: %d KEYs, want %d", st.Keys, len(es)+len(es2))
 	}
 }

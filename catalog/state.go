@@ -2,9 +2,11 @@ package catalog
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -68,7 +70,7 @@ func (cat *Catalog) save(s *snapshot) error {
 	}
 	defer os.Remove(tmp.Name())
 	w := bufio.NewWriterSize(tmp, 1<<20)
-	err = json.NewEncoder(w).Encode(&st)
+	err = st.write(w)
 	if err == nil {
 		err = w.Flush()
 	}
@@ -83,6 +85,106 @@ func (cat *Catalog) save(s *snapshot) error {
 	}
 	if err := os.Rename(tmp.Name(), filepath.Join(cat.cfg.StateDir, StateFile)); err != nil {
 		return fail(err)
+	}
+	return nil
+}
+
+// write encodes st as json.Marshal would (but for newlines), an image
+// record at a time: the whole file is never in memory.
+func (st *stateFile) write(w io.Writer) error {
+	head := *st
+	head.Images = nil
+	b, err := json.Marshal(&head) // ...,"images":null}
+	if err != nil || st.Images == nil {
+		if err == nil {
+			_, err = w.Write(append(b, '\n'))
+		}
+		return err
+	}
+	if _, err := w.Write(bytes.TrimSuffix(b, []byte("null}"))); err != nil {
+		return err
+	}
+	enc := json.NewEncoder(w)
+	sep := "["
+	for _, rec := range st.Images {
+		if _, err := io.WriteString(w, sep); err != nil {
+			return err
+		}
+		if err := enc.Encode(rec); err != nil {
+			return err
+		}
+		sep = ","
+	}
+	if sep == "[" { // an empty, non-nil list
+		if _, err := io.WriteString(w, "["); err != nil {
+			return err
+		}
+	}
+	_, err = io.WriteString(w, "]}\n")
+	return err
+}
+
+// read decodes a state file an image record at a time: the file is never
+// held whole.
+func (st *stateFile) read(r io.Reader) error {
+	dec := json.NewDecoder(r)
+	if err := delim(dec, '{'); err != nil {
+		return err
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case "version":
+			err = dec.Decode(&st.Version)
+		case "targets":
+			err = dec.Decode(&st.Targets)
+		case "entries":
+			err = dec.Decode(&st.Entries)
+		case "images":
+			err = st.readImages(dec)
+		default:
+			var skip json.RawMessage
+			err = dec.Decode(&skip)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return delim(dec, '}')
+}
+
+func (st *stateFile) readImages(dec *json.Decoder) error {
+	tok, err := dec.Token()
+	if err != nil || tok == nil { // null: no images
+		return err
+	}
+	if tok != json.Delim('[') {
+		return fmt.Errorf("images: got %v, want [", tok)
+	}
+	st.Images = st.Images[:0]
+	for dec.More() {
+		var rec *imageRec
+		if err := dec.Decode(&rec); err != nil {
+			return err
+		}
+		if rec == nil {
+			return fmt.Errorf("images: null record")
+		}
+		st.Images = append(st.Images, rec)
+	}
+	return delim(dec, ']')
+}
+
+func delim(dec *json.Decoder, d json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if tok != d {
+		return fmt.Errorf("got %v, want %v", tok, d)
 	}
 	return nil
 }
@@ -107,7 +209,7 @@ func (cat *Catalog) Load() error {
 	}
 	defer f.Close()
 	var st stateFile
-	if err := json.NewDecoder(bufio.NewReaderSize(f, 1<<20)).Decode(&st); err != nil {
+	if err := st.read(bufio.NewReaderSize(f, 1<<20)); err != nil {
 		return fmt.Errorf("catalog: load %s: %w", p, err)
 	}
 	if st.Version != stateVersion {
@@ -137,10 +239,13 @@ func (cat *Catalog) Load() error {
 		}
 		entries = append(entries, &entry{ref: se.Ref, source: i, rec: rec})
 	}
+	dropped := len(entries) != len(st.Entries)
 	if cat.cur.Load() != nil {
 		return nil
 	}
-	s := newSnapshot(entries, map[string]error{})
+	s := newSnapshot(entries, map[string]error{}, nil)
+	s.saved = !dropped // the file says the same
+
 	cat.install(s)
 	cat.log.Info("catalog loaded", "file", p, "images", len(s.entries), "keys", len(s.keys))
 	return nil

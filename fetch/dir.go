@@ -45,7 +45,7 @@ const maxSpan = 1 << 30
 // in the store when Dir returns; an LRU-bounded store may evict them
 // later, when a caller that has not opened them yet calls again.
 func (e *Engine) Dir(ctx context.Context, l resolver.LayerRef, key string) ([]KeyFile, error) {
-	ix, err := e.index(ctx, l)
+	ix, err := e.index(ctx, l, true)
 	if err != nil {
 		return nil, err
 	}

@@ -3,8 +3,10 @@
 //
 // Data path. Engine.Index indexes a layer once (layer.Open over the layer's
 // ranged resolver.Blob: an eStargz TOC in two reads, an uncompressed tar in
-// large blocks) and caches the index on disk by layer digest (and the most
-// recently used ones in memory). A gzip layer without an index is one more
+// large blocks; one layer at a time, the TOC parsed as a stream) and caches
+// the index on disk by layer digest (and the most recently used ones that
+// served a lookup in memory; Engine.Keys, which the catalog uses to list an
+// image's KEYs, keeps none). A gzip layer without an index is one more
 // byte source: downloaded whole through resolver.Stream, decompressed into
 // the store under its DiffID, and indexed and read there (legacy.go).
 // Engine.Dir reads one KEY dir's span with one ranged read from its layer's

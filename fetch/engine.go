@@ -82,6 +82,7 @@ type Engine struct {
 	// one per prefetch commit running.
 	prefetchSem chan struct{}
 	commitSem   chan struct{}
+	loading     chan struct{} // a token per layer index being loaded (loadIndex)
 
 	mu       sync.Mutex
 	reserved int64                // guarded by mu: store bytes that prefetch ranges in flight will put
@@ -106,6 +107,7 @@ func NewEngine(r *resolver.Resolver, st *store.Store, stateDir string) *Engine {
 		prefetchSem: make(chan struct{}, prefetchRanges),
 		commitSem:   make(chan struct{}, commitSlots()),
 		idx:         newIndexLRU(r.Options().LayerIndexes),
+		loading:     make(chan struct{}, 1),
 		known:       map[string][]KeyFile{},
 	}
 }

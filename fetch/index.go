@@ -1,12 +1,16 @@
 package fetch
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -57,14 +61,32 @@ type layerIndexFile struct {
 //
 // Concurrent calls for one layer share one load.
 func (e *Engine) Index(ctx context.Context, l resolver.LayerRef) (*layer.Index, error) {
-	ix, err := e.index(ctx, l)
+	ix, err := e.index(ctx, l, true)
 	if err != nil {
 		return nil, err
 	}
 	return ix.Index, nil
 }
 
-func (e *Engine) index(ctx context.Context, l resolver.LayerRef) (*indexed, error) {
+// Keys returns the KEY dirs of layer l, sorted. It loads the index as
+// Index does (memory, disk cache, blob) but does not keep it in memory: a
+// catalog that lists the KEYs of every image would otherwise fill the
+// in-memory cache with layers no lookup has asked for.
+func (e *Engine) Keys(ctx context.Context, l resolver.LayerRef) ([]string, error) {
+	ix, err := e.index(ctx, l, false)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]string, 0, len(ix.Dirs))
+	for k := range ix.Dirs {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys, nil
+}
+
+// index loads l's index; keep puts it in the in-memory cache.
+func (e *Engine) index(ctx context.Context, l resolver.LayerRef, keep bool) (*indexed, error) {
 	if err := l.Validate(); err != nil {
 		return nil, err
 	}
@@ -80,29 +102,40 @@ func (e *Engine) index(ctx context.Context, l resolver.LayerRef) (*indexed, erro
 	if err != nil {
 		return nil, fmt.Errorf("fetch: index layer %s: %w", l, err)
 	}
+	if keep {
+		e.mu.Lock()
+		e.idx.put(l.Desc.Digest, ix)
+		e.mu.Unlock()
+	}
 	return ix, nil
 }
 
+// loadIndex reads l's index from the disk cache or builds it, one layer at
+// a time: a big TOC costs memory while it is parsed, and a refresh asks
+// for many layers at once.
 func (e *Engine) loadIndex(ctx context.Context, l resolver.LayerRef) (*indexed, error) {
+	select {
+	case e.loading <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-e.loading }()
 	ix, err := e.readIndexCache(l)
 	if err != nil {
 		e.log.Warn("ignoring cached layer index", "layer", l.String(), "err", err)
 	}
 	if ix != nil {
 		e.bump(func(s *Stats) { s.IndexCacheHits++ })
-	} else {
-		if ix, err = e.buildIndex(ctx, l); err != nil {
-			return nil, err
-		}
-		e.bump(func(s *Stats) { s.Indexes++ })
-		if err := e.writeIndexCache(l, ix); err != nil {
-			// The index still serves this process; the next one rebuilds it.
-			e.log.Warn("cannot cache layer index", "layer", l.String(), "err", err)
-		}
+		return ix, nil
 	}
-	e.mu.Lock()
-	e.idx.put(l.Desc.Digest, ix)
-	e.mu.Unlock()
+	if ix, err = e.buildIndex(ctx, l); err != nil {
+		return nil, err
+	}
+	e.bump(func(s *Stats) { s.Indexes++ })
+	if err := e.writeIndexCache(l, ix); err != nil {
+		// The index still serves this process; the next one rebuilds it.
+		e.log.Warn("cannot cache layer index", "layer", l.String(), "err", err)
+	}
 	return ix, nil
 }
 
@@ -174,21 +207,40 @@ func (e *Engine) readIndexCache(l resolver.LayerRef) (*indexed, error) {
 	return &indexed{Index: f.Index, src: f.Source}, nil
 }
 
-// writeIndexCache saves ix atomically (temp file, rename).
+// writeIndexCache saves ix atomically (temp file, rename), streaming the
+// index a dir at a time (layer.Index.WriteJSON).
 func (e *Engine) writeIndexCache(l resolver.LayerRef, ix *indexed) error {
-	f := layerIndexFile{Version: layerIndexVersion, Layer: l.Desc.Digest, Size: l.Desc.Size, Source: ix.src, Index: ix.Index}
+	f := layerIndexFile{Version: layerIndexVersion, Layer: l.Desc.Digest, Size: l.Desc.Size, Source: ix.src}
 	if ix.src == fromDiff {
 		f.DiffID = l.DiffID
 	}
-	data, err := json.Marshal(f)
+	head, err := json.Marshal(f) // {..., "index":null}
 	if err != nil {
 		return err
 	}
-	return saveFileAtomic(e.indexPath(l), data)
+	head = bytes.TrimSuffix(head, []byte("null}"))
+	return saveFileWith(e.indexPath(l), func(w io.Writer) error {
+		bw := bufio.NewWriterSize(w, 64<<10)
+		bw.Write(head)
+		if err := ix.Index.WriteJSON(bw); err != nil {
+			return err
+		}
+		bw.WriteString("}")
+		return bw.Flush()
+	})
 }
 
 // saveFileAtomic writes data to p through a temp file in p's dir.
 func saveFileAtomic(p string, data []byte) error {
+	return saveFileWith(p, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// saveFileWith writes p through a temp file in p's dir, its content
+// written by write.
+func saveFileWith(p string, write func(io.Writer) error) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return err
 	}
@@ -196,7 +248,7 @@ func saveFileAtomic(p string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	_, err = tmp.Write(data)
+	err = write(tmp)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}

@@ -7,7 +7,7 @@ import (
 )
 
 // indexLRU keeps the most recently used layer indexes in memory. A layer
-// index costs about 3 KB per KEY dir, and an Engine behind an index of many
+// index costs about 2 KB per KEY dir, and an Engine behind an index of many
 // images would otherwise hold every one of them; one that drops out is
 // reloaded from the disk cache (no request). Not safe for concurrent use:
 // Engine.mu guards it.

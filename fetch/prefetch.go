@@ -103,7 +103,7 @@ func (e *Engine) Prefetch(l resolver.LayerRef, keys []string) <-chan error {
 
 // prefetch plans l's ranges and reads them, prefetchRanges at once.
 func (e *Engine) prefetch(ctx context.Context, l resolver.LayerRef, keys []string) error {
-	ix, err := e.index(ctx, l)
+	ix, err := e.index(ctx, l, true)
 	if err != nil {
 		return err
 	}

@@ -5,16 +5,21 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/stream"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"cargohold/gpu"
@@ -279,7 +284,7 @@ func copyTree(t *testing.T, src, dst string) {
 }
 
 // A layer blob whose bytes no longer match its digest installs nothing: the
-// digest is checked at the end of the stream, after the tar's last entry.
+// digest is checked when the download ends, before anything is unpacked.
 func TestUnpackCorruptBlob(t *testing.T) {
 	src := cachetest.Testdata(t, "vector-add-cache")
 	img := imageOf(t, types.OCIManifestSchema1, nil, static.NewLayer(cachetest.Tar(t, cacheTar(t, src)...), types.OCIUncompressedLayer))
@@ -314,4 +319,72 @@ func TestUnpackCorruptBlob(t *testing.T) {
 	if des, _ := os.ReadDir(out); len(des) != 0 {
 		t.Fatalf("corrupt layer installed %v", des)
 	}
+}
+
+// TestPrepareBuildsWhileWriting: the image of Prepare is built while it is
+// written, to a layout and then pushed (built again), with Pack's digest
+// and the eStargz annotations; its digests are unknown before.
+func TestPrepareBuildsWhileWriting(t *testing.T) {
+	ctx := context.Background()
+	src := cachetest.Testdata(t, "vector-add-cache")
+	packed, err := Pack(ctx, src, "v", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer packed.Close()
+	want, err := packed.Image.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLayer, err := packed.Built()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p, err := Prepare(ctx, src, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.Built(); !errors.Is(err, stream.ErrNotComputed) {
+		t.Fatalf("Built before writing: %v", err)
+	}
+	if _, err := p.Image.Digest(); !errors.Is(err, stream.ErrNotComputed) {
+		t.Fatalf("digest before writing: %v", err)
+	}
+	got, err := resolver.Save(ctx, "oci:"+t.TempDir()+":v", p.Image, resolver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("saved as %s, Pack gives %s", got, want)
+	}
+	if b, err := p.Built(); err != nil || b != wantLayer {
+		t.Fatalf("Built %+v %v, want %+v", b, err, wantLayer)
+	}
+	m, err := p.Image.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := m.Layers[0].Annotations; a[layer.AnnotationTOCDigest] != wantLayer.TOCDigest.String() ||
+		a[layer.AnnotationUncompressedSize] != fmt.Sprint(wantLayer.UncompressedSize) {
+		t.Fatalf("layer annotations %v", a)
+	}
+
+	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/cache:v"
+	if got, err = resolver.Push(ctx, ref, p.Image, resolver.Options{PlainHTTP: true}); err != nil || got != want {
+		t.Fatalf("pushed as %s (%v), want %s", got, err, want)
+	}
+	im, err := resolver.Fetch(ctx, ref, resolver.Options{PlainHTTP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "cache")
+	r := resolver.New(resolver.Options{PlainHTTP: true})
+	if _, err := Unpack(ctx, r, im, out, targets(t, "cuda:75:32"), nil); err != nil {
+		t.Fatal(err)
+	}
+	cachetest.Compare(t, src, out)
 }

@@ -1,9 +1,10 @@
 package image
 
 import (
+	"bytes"
 	"cmp"
 	"context"
-	"os"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -16,12 +17,20 @@ import (
 // layerOrder lists the KEY dirs of p's layer by offset.
 func layerOrder(t *testing.T, p *Packed) []string {
 	t.Helper()
-	f, err := os.Open(p.blob)
+	rc, err := p.layer.Compressed()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	idx, err := layer.Open(f, p.Layer.Size, p.Layer.TOCDigest.String())
+	blob, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	built, err := p.Built()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := layer.Open(bytes.NewReader(blob), built.Size, built.TOCDigest.String())
 	if err != nil {
 		t.Fatal(err)
 	}

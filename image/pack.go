@@ -2,9 +2,17 @@
 // a dir into a one-layer eStargz OCI image with cargohold's labels, and
 // unpacks the entries of an image that fit the local GPU into a dir.
 //
-// Packing is reproducible: the same dir gives the same digest on any machine.
+// Packing is reproducible: the same dir gives the same digest on any machine
+// and any number of cores. Prepare's image builds its layer while it is
+// written (one pass into the upload or the layout blob); Pack stages it
+// first when the digest must be known before.
+//
 // Unpacking never writes outside its dir, never overwrites a local KEY dir,
-// and installs each KEY dir whole (temp dir, then rename).
+// and installs each KEY dir whole (temp dir, then rename). A layer blob is
+// downloaded and its digest checked before any of it is unpacked; an
+// indexed layer (eStargz, plain tar) is then unpacked KEY dir by KEY dir on
+// every core, every file checked against the TOC. Nothing is fsynced: an
+// interrupted unpack leaves its stage dir, never a half KEY dir.
 package image
 
 import (
@@ -12,40 +20,46 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"cargohold/layer"
 	"cargohold/triton"
 )
 
-// Packed is a built image whose layer lives in a temp file until Close.
+// Packed is a cache image ready to be written. Its layer is built while it
+// is written (Save or Push read it once, into the layout's blob file or
+// into the upload) unless Pack staged it in a temp file first; its digests
+// are known once it has been built (Built).
 type Packed struct {
 	Image   v1.Image
 	Entries []triton.Entry // sorted by KEY, whatever the layer's order
 	Skipped []triton.Skipped
-	Layer   layer.Built
-	// Unknown are the KEYs of PackOrdered's order that the dir does not
-	// hold (ignored).
+	// Unknown are the KEYs of the access order (PackOrdered,
+	// PrepareOrdered) that the dir does not hold (ignored).
 	Unknown []string
 
-	blob string
+	layer *lazyLayer
 }
 
-// Close removes the temp layer file. The image must not be used after.
-func (p *Packed) Close() error { return os.RemoveAll(filepath.Dir(p.blob)) }
+// Built describes the layer once it has been built: by Pack, or by
+// writing Image. Before, it returns an error matching
+// stream.ErrNotComputed.
+func (p *Packed) Built() (layer.Built, error) { return p.layer.result() }
+
+// Close removes the staged layer file, if any. The image must not be used
+// after.
+func (p *Packed) Close() error { return p.layer.close() }
 
 // Pack scans dir and builds its cache image, KEY dirs sorted by KEY in the
-// layer. title goes into org.opencontainers.image.title. tmp is where the
-// layer is staged ("" for the system temp dir).
+// layer, staging the layer in a temp file under tmp ("" for the system temp
+// dir) so that every digest is known before the image is written. title
+// goes into org.opencontainers.image.title.
 func Pack(ctx context.Context, dir, title, tmp string) (*Packed, error) {
 	return PackOrdered(ctx, dir, title, tmp, nil)
 }
@@ -58,6 +72,27 @@ func Pack(ctx context.Context, dir, title, tmp string) (*Packed, error) {
 // in Packed.Unknown. The same dir and order give the same digest; a nil
 // order gives Pack's.
 func PackOrdered(ctx context.Context, dir, title, tmp string, order []string) (*Packed, error) {
+	p, err := PrepareOrdered(ctx, dir, title, order)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.layer.stage(tmp); err != nil {
+		return nil, fmt.Errorf("image: pack %s: %w", dir, err)
+	}
+	return p, nil
+}
+
+// Prepare scans dir and returns its cache image without building the
+// layer: writing the image (resolver.Push, resolver.Save) builds it as it
+// goes, in one pass, and ctx bounds that build. Until then the image's
+// digest is unknown (stream.ErrNotComputed); each read of the layer builds
+// it again, with the same bytes.
+func Prepare(ctx context.Context, dir, title string) (*Packed, error) {
+	return PrepareOrdered(ctx, dir, title, nil)
+}
+
+// PrepareOrdered is Prepare with an access order, as PackOrdered.
+func PrepareOrdered(ctx context.Context, dir, title string, order []string) (*Packed, error) {
 	entries, skipped, err := triton.Scan(dir)
 	if err != nil {
 		return nil, fmt.Errorf("image: pack %s: %w", dir, err)
@@ -66,16 +101,32 @@ func PackOrdered(ctx context.Context, dir, title, tmp string, order []string) (*
 	if err != nil {
 		return nil, fmt.Errorf("image: pack %s: %w", dir, err)
 	}
-	stage, err := os.MkdirTemp(tmp, "cargohold-pack-")
+	inLayer, unknown := ordered(entries, order)
+	p := &Packed{Entries: entries, Skipped: skipped, Unknown: unknown, layer: &lazyLayer{ctx: ctx, dir: dir, entries: inLayer}}
+	// Fixed times and platform: part of what makes the digest reproducible.
+	epoch := v1.Time{Time: time.Unix(0, 0).UTC()}
+	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
+	base, err = mutate.ConfigFile(base, &v1.ConfigFile{
+		Architecture: "amd64",
+		OS:           "linux",
+		Created:      epoch,
+		Config:       v1.Config{Labels: labels},
+		RootFS:       v1.RootFS{Type: "layers"},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("image: pack: config: %w", err)
+	}
+	// The eStargz annotations come from the layer's Descriptor, once built.
+	img, err := mutate.Append(base, mutate.Addendum{
+		Layer:     p.layer,
+		MediaType: types.OCILayer,
+		History:   v1.History{Created: epoch, CreatedBy: "cargohold -c", Comment: "Triton kernel cache"},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("image: pack: %w", err)
 	}
-	inLayer, unknown := ordered(entries, order)
-	p := &Packed{Entries: entries, Skipped: skipped, Unknown: unknown, blob: filepath.Join(stage, "layer.tar.gz")}
-	if err := p.build(ctx, dir, labels, inLayer); err != nil {
-		p.Close()
-		return nil, err
-	}
+	p.Image = img
 	return p, nil
 }
 
@@ -132,52 +183,4 @@ func ReadOrder(r io.Reader) ([]string, error) {
 		return nil, fmt.Errorf("image: order: %w", err)
 	}
 	return keys, nil
-}
-
-func (p *Packed) build(ctx context.Context, dir string, labels map[string]string, inLayer []triton.Entry) error {
-	f, err := os.Create(p.blob)
-	if err != nil {
-		return fmt.Errorf("image: pack: %w", err)
-	}
-	built, err := layer.Build(ctx, f, dir, inLayer)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("image: pack %s: %w", dir, err)
-	}
-	p.Layer = built
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return os.Open(p.blob) },
-		tarball.WithMediaType(types.OCILayer))
-	if err != nil {
-		return fmt.Errorf("image: pack: layer: %w", err)
-	}
-	// Fixed times and platform: part of what makes the digest reproducible.
-	epoch := v1.Time{Time: time.Unix(0, 0).UTC()}
-	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
-	base, err = mutate.ConfigFile(base, &v1.ConfigFile{
-		Architecture: "amd64",
-		OS:           "linux",
-		Created:      epoch,
-		Config:       v1.Config{Labels: labels},
-		RootFS:       v1.RootFS{Type: "layers"},
-	})
-	if err != nil {
-		return fmt.Errorf("image: pack: config: %w", err)
-	}
-	img, err := mutate.Append(base, mutate.Addendum{
-		Layer:     l,
-		MediaType: types.OCILayer,
-		History:   v1.History{Created: epoch, CreatedBy: "cargohold -c", Comment: "Triton kernel cache"},
-		Annotations: map[string]string{
-			layer.AnnotationTOCDigest:        built.TOCDigest.String(),
-			layer.AnnotationUncompressedSize: fmt.Sprint(built.UncompressedSize),
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("image: pack: %w", err)
-	}
-	p.Image = img
-	return nil
 }

@@ -2,14 +2,14 @@ package layer
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"syscall"
@@ -57,7 +57,14 @@ var epoch = time.Unix(0, 0)
 // files are stored with child paths rewritten to triton.ImageRoot. entries
 // come from triton.Scan(dir); files are read again, without following
 // symlinks.
+//
+// Gzip members are compressed on GOMAXPROCS goroutines; the bytes are the
+// same for any number (see writer).
 func Build(ctx context.Context, w io.Writer, dir string, entries []triton.Entry) (Built, error) {
+	return buildWith(ctx, w, dir, entries, defaultWriterOptions(runtime.GOMAXPROCS(0)))
+}
+
+func buildWith(ctx context.Context, w io.Writer, dir string, entries []triton.Entry, o writerOptions) (Built, error) {
 	es := entries
 	seen := make(map[string]bool, len(es))
 	for _, e := range es {
@@ -69,61 +76,38 @@ func Build(ctx context.Context, w io.Writer, dir string, entries []triton.Entry)
 		}
 		seen[e.Key] = true
 	}
-
-	out := &countWriter{w: w, h: sha256.New()}
-	comp := &countingCompressor{GzipCompressor: estargz.NewGzipCompressorWithLevel(compressionLevel)}
-	sw := estargz.NewWriterWithCompressor(out, comp) // sequential, unlike estargz.Build
-	sw.ChunkSize = chunkSize
-
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		err := writeTar(ctx, pw, dir, es)
-		pw.CloseWithError(err)
-		done <- err
-	}()
-	err := sw.AppendTar(pr)
-	pr.Close() // unblocks writeTar if AppendTar stopped early
-	if werr := <-done; werr != nil && !errors.Is(werr, io.ErrClosedPipe) {
-		return Built{}, fmt.Errorf("layer: build: %w", werr)
+	if err := ctx.Err(); err != nil {
+		return Built{}, fmt.Errorf("layer: build: %w", err)
 	}
+	sw := newWriter(ctx, w, o)
+	if err := writeEntries(ctx, sw, dir, es); err != nil {
+		sw.abort(err)
+		return Built{}, fmt.Errorf("layer: build: %w", err)
+	}
+	built, err := sw.close()
 	if err != nil {
-		return Built{}, fmt.Errorf("layer: build: estargz: %w", err)
+		return Built{}, fmt.Errorf("layer: build: %w", err)
 	}
-	tocDigest, err := sw.Close()
-	if err != nil {
-		return Built{}, fmt.Errorf("layer: build: estargz close: %w", err)
-	}
-	if out.err != nil {
-		return Built{}, fmt.Errorf("layer: build: write: %w", out.err)
-	}
-	return Built{
-		Digest:           digest.NewDigest(digest.SHA256, out.h),
-		DiffID:           digest.Digest(sw.DiffID()),
-		TOCDigest:        tocDigest,
-		Size:             out.n,
-		UncompressedSize: comp.n,
-	}, nil
+	return built, nil
 }
 
-// writeTar writes the layer's tar stream, the input of the eStargz writer.
-func writeTar(ctx context.Context, w io.Writer, dir string, es []triton.Entry) error {
-	tw := tar.NewWriter(w)
-	header := func(name string, typ byte, mode, size int64) *tar.Header {
-		return &tar.Header{Typeflag: typ, Name: name, Mode: mode, Size: size, ModTime: epoch, Format: tar.FormatPAX}
-	}
+// header is the tar header of every entry: only name, type, mode and size
+// vary.
+func header(name string, typ byte, mode, size int64) *tar.Header {
+	return &tar.Header{Typeflag: typ, Name: name, Mode: mode, Size: size, ModTime: epoch, Format: tar.FormatPAX}
+}
+
+// writeEntries writes the layer's entries in order.
+func writeEntries(ctx context.Context, sw *writer, dir string, es []triton.Entry) error {
 	landmark := []byte{0xf} // estargz's landmark content
-	if err := tw.WriteHeader(header(estargz.NoPrefetchLandmark, tar.TypeReg, 0o644, int64(len(landmark)))); err != nil {
+	if err := sw.file(header(estargz.NoPrefetchLandmark, tar.TypeReg, 0o644, int64(len(landmark))), bytes.NewReader(landmark)); err != nil {
 		return err
 	}
-	if _, err := tw.Write(landmark); err != nil {
-		return err
-	}
-	if err := tw.WriteHeader(header(Prefix, tar.TypeDir, 0o755, 0)); err != nil {
+	if err := sw.header(header(Prefix, tar.TypeDir, 0o755, 0)); err != nil {
 		return err
 	}
 	for _, e := range es {
-		if err := tw.WriteHeader(header(Prefix+e.Key+"/", tar.TypeDir, 0o755, 0)); err != nil {
+		if err := sw.header(header(Prefix+e.Key+"/", tar.TypeDir, 0o755, 0)); err != nil {
 			return err
 		}
 		names := make([]string, len(e.Files))
@@ -143,15 +127,15 @@ func writeTar(ctx context.Context, w io.Writer, dir string, es []triton.Entry) e
 			if _, _, p, err := checkEntry(tarName, kindFile); err != nil || p != placeFile {
 				return fmt.Errorf("%s: not a cache file name (%v)", tarName, err)
 			}
-			if err := writeFile(tw, filepath.Join(dir, e.Key, name), tarName, header); err != nil {
+			if err := writeFile(sw, filepath.Join(dir, e.Key, name), tarName); err != nil {
 				return err
 			}
 		}
 	}
-	return tw.Close()
+	return nil
 }
 
-func writeFile(tw *tar.Writer, path, tarName string, header func(string, byte, int64, int64) *tar.Header) error {
+func writeFile(sw *writer, path, tarName string) error {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return err
@@ -179,80 +163,11 @@ func writeFile(tw *tar.Writer, path, tarName string, header func(string, byte, i
 		if data, err = triton.RewriteGroup(data, triton.ImageRoot); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if err := tw.WriteHeader(header(tarName, tar.TypeReg, mode, int64(len(data)))); err != nil {
-			return err
-		}
-		_, err = tw.Write(data)
-		return err
+		return sw.file(header(tarName, tar.TypeReg, mode, int64(len(data))), bytes.NewReader(data))
 	}
-	if err := tw.WriteHeader(header(tarName, tar.TypeReg, mode, st.Size())); err != nil {
-		return err
-	}
-	if _, err := io.CopyN(tw, f, st.Size()); err != nil {
+	err = sw.file(header(tarName, tar.TypeReg, mode, st.Size()), f)
+	if errors.Is(err, io.EOF) {
 		return fmt.Errorf("%s: changed while building? %w", path, err)
 	}
-	return nil
-}
-
-// countWriter hashes and counts what goes to w.
-type countWriter struct {
-	w   io.Writer
-	h   hash.Hash
-	n   int64
-	err error
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.h.Write(p[:n])
-	c.n += int64(n)
-	if err != nil && c.err == nil {
-		c.err = err
-	}
-	return n, err
-}
-
-// countingCompressor counts the uncompressed bytes of an eStargz blob: what
-// goes into each gzip member, and the TOC tar, which the estargz writer
-// passes through diffHash.
-type countingCompressor struct {
-	*estargz.GzipCompressor
-	n int64
-}
-
-func (c *countingCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
-	zw, err := c.GzipCompressor.Writer(w)
-	if err != nil {
-		return nil, err
-	}
-	return countingWFC{zw, &c.n}, nil
-}
-
-func (c *countingCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
-	if diffHash == nil {
-		diffHash = sha256.New()
-	}
-	return c.GzipCompressor.WriteTOCAndFooter(w, off, toc, countingHash{diffHash, &c.n})
-}
-
-type countingWFC struct {
-	estargz.WriteFlushCloser
-	n *int64
-}
-
-func (c countingWFC) Write(p []byte) (int, error) {
-	n, err := c.WriteFlushCloser.Write(p)
-	*c.n += int64(n)
-	return n, err
-}
-
-type countingHash struct {
-	hash.Hash
-	n *int64
-}
-
-func (c countingHash) Write(p []byte) (int, error) {
-	n, err := c.Hash.Write(p)
-	*c.n += int64(n)
-	return n, err
+	return err
 }

@@ -3,6 +3,7 @@ package layer
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -241,4 +242,200 @@ func TestBuildRejectsBadInput(t *testing.T) {
 	if _, err := Build(context.Background(), io.Discard, dir, entries); err == nil {
 		t.Error("symlink followed")
 	}
+}
+
+// referenceTar is the tar the layer is made of, written plainly: what
+// estargz.Writer.AppendTar was given before Build compressed in parallel.
+func referenceTar(t *testing.T, dir string) []byte {
+	t.Helper()
+	entries, _, err := triton.Scan(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	add := func(h *tar.Header, data []byte) {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(header(estargz.NoPrefetchLandmark, tar.TypeReg, 0o644, 1), []byte{0xf})
+	add(header(Prefix, tar.TypeDir, 0o755, 0), nil)
+	for _, e := range entries { // Scan sorts KEYs and file names
+		add(header(Prefix+e.Key+"/", tar.TypeDir, 0o755, 0), nil)
+		for _, f := range e.Files {
+			data, err := os.ReadFile(filepath.Join(dir, e.Key, f.Name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if triton.IsGroupFile(f.Name) {
+				if data, err = triton.RewriteGroup(data, triton.ImageRoot); err != nil {
+					t.Fatal(err)
+				}
+			}
+			mode := int64(0o644)
+			if f.Mode&0o111 != 0 {
+				mode = 0o755
+			}
+			add(header(Prefix+e.Key+"/"+f.Name, tar.TypeReg, mode, int64(len(data))), data)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// bigFiles adds files of several chunks (at chunk size cs) to the first
+// KEY dirs of dir.
+func bigFiles(t *testing.T, dir string, keys []string, cs int) {
+	t.Helper()
+	for i, k := range keys {
+		body := bytes.Repeat([]byte{byte(i), 1, 2, 3, 4, 5, 6, 7, 8}, (cs*(i+1))/9+i)
+		if err := os.WriteFile(filepath.Join(dir, k, "big.so"), body, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestBuildIsEstargzWriter: with the standard library's gzip (what
+// estargz.Writer uses), the parallel writer's bytes, TOC digest and DiffID
+// are exactly estargz.Writer's over the same tar, whatever the number of
+// workers, the chunk size (files of several chunks, a chunk ending exactly
+// at a file's end) and a budget smaller than one member.
+func TestBuildIsEstargzWriter(t *testing.T) {
+	dir := t.TempDir()
+	keys := genCache(t, dir, 30)
+	const cs = 1000
+	bigFiles(t, dir, keys[:4], cs)
+	if err := os.WriteFile(filepath.Join(dir, keys[5], "exact.bin"), bytes.Repeat([]byte("x"), 2*cs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	entries, _, err := triton.Scan(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := referenceTar(t, dir)
+	stdGzip := func() gzipWriter {
+		zw, _ := gzip.NewWriterLevel(io.Discard, compressionLevel)
+		return zw
+	}
+	for _, chunk := range []int64{cs, chunkSize} {
+		var want bytes.Buffer
+		ew := estargz.NewWriterWithCompressor(&want, estargz.NewGzipCompressorWithLevel(compressionLevel))
+		ew.ChunkSize = int(chunk)
+		if err := ew.AppendTar(bytes.NewReader(ref)); err != nil {
+			t.Fatal(err)
+		}
+		tocDigest, err := ew.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, workers := range []int{1, 2, 5} {
+			o := writerOptions{workers: workers, chunkSize: chunk, newGzip: stdGzip, budget: 700, inFlight: 3}
+			var got bytes.Buffer
+			built, err := buildWith(context.Background(), &got, dir, entries, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got.Bytes(), want.Bytes()) {
+				t.Fatalf("chunk %d, %d workers: %d bytes differ from estargz.Writer's %d", chunk, workers, got.Len(), want.Len())
+			}
+			if built.TOCDigest != tocDigest || built.DiffID.String() != ew.DiffID() || built.Size != int64(want.Len()) ||
+				built.Digest != digest.FromBytes(want.Bytes()) {
+				t.Fatalf("chunk %d, %d workers: built %+v, estargz TOC %s DiffID %s", chunk, workers, built, tocDigest, ew.DiffID())
+			}
+		}
+	}
+}
+
+// TestBuildSameForAnyWorkers: the production writer (klauspost's gzip)
+// gives the same bytes for 1 to 8 workers and for GOMAXPROCS 1 and N, and
+// estargz.Open, layer.Open and layer.Walk read back every file.
+func TestBuildSameForAnyWorkers(t *testing.T) {
+	dir := t.TempDir()
+	keys := genCache(t, dir, 200)
+	bigFiles(t, dir, keys[:3], 64<<10)
+	entries, _, err := triton.Scan(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first []byte
+	for _, workers := range []int{1, 2, 3, 8} {
+		o := defaultWriterOptions(workers)
+		o.chunkSize = 64 << 10 // files of several chunks
+		var b bytes.Buffer
+		if _, err := buildWith(context.Background(), &b, dir, entries, o); err != nil {
+			t.Fatal(err)
+		}
+		if first == nil {
+			first = b.Bytes()
+		} else if !bytes.Equal(b.Bytes(), first) {
+			t.Fatalf("%d workers: %d bytes, 1 worker: %d", workers, b.Len(), len(first))
+		}
+	}
+	prev := runtime.GOMAXPROCS(1)
+	one, _ := build(t, dir)
+	runtime.GOMAXPROCS(max(4, prev))
+	n, built := build(t, dir)
+	runtime.GOMAXPROCS(prev)
+	if !bytes.Equal(one, n) {
+		t.Fatal("Build depends on GOMAXPROCS")
+	}
+
+	sr := io.NewSectionReader(bytes.NewReader(n), 0, int64(len(n)))
+	r, err := estargz.Open(sr)
+	if err != nil {
+		t.Fatalf("estargz.Open: %v", err)
+	}
+	if _, err := r.VerifyTOC(built.TOCDigest); err != nil {
+		t.Fatal(err)
+	}
+	idx, err := Open(bytes.NewReader(n), int64(len(n)), built.TOCDigest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAgainstSource(t, bytes.NewReader(n), idx, dir)
+	walked := 0
+	if err := Walk(bytes.NewReader(n), func(string, File, io.Reader) error { walked++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if want := 200*4 + 3; walked != want {
+		t.Fatalf("Walk passed %d files, want %d", walked, want)
+	}
+}
+
+// TestBuildWriteError: a failing writer fails the build, never hangs it.
+func TestBuildWriteError(t *testing.T) {
+	dir := t.TempDir()
+	genCache(t, dir, 300)
+	entries, _, err := triton.Scan(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("disk full")
+	o := defaultWriterOptions(3)
+	o.budget, o.inFlight = 1000, 2
+	_, err = buildWith(context.Background(), &failingWriter{after: 5000, err: boom}, dir, entries, o)
+	if !errors.Is(err, boom) {
+		t.Fatalf("err %v, want %v", err, boom)
+	}
+}
+
+type failingWriter struct {
+	after int
+	err   error
+}
+
+func (f *failingWriter) Write(p []byte) (int, error) {
+	if len(p) > f.after {
+		n := f.after
+		f.after = 0
+		return n, f.err
+	}
+	f.after -= len(p)
+	return len(p), nil
 }

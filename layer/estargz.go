@@ -3,15 +3,15 @@ package layer
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -49,14 +49,15 @@ func openEStargz(ra io.ReaderAt, size int64, tocDigest string) (idx *Index, ok b
 	if _, err := readFullAt(ra, buf, tocOff); err != nil {
 		return nil, true, fmt.Errorf("layer: open toc: read [%d,%d): %w", tocOff, tocEnd, err)
 	}
-	toc, dgst, err := parseTOC(bytes.NewReader(buf))
+	ix := newTOCIndexer(tocOff, size)
+	dgst, err := parseTOC(bytes.NewReader(buf), ix.add)
 	if err != nil {
 		return nil, true, fmt.Errorf("layer: open toc: %w", err)
 	}
 	if tocDigest != "" && dgst.String() != tocDigest {
 		return nil, true, fmt.Errorf("layer: open toc: %w: got %s, want %s", ErrTOCDigest, dgst, tocDigest)
 	}
-	idx, err = indexTOC(toc, tocOff, size)
+	idx, err = ix.finish()
 	if err != nil {
 		return nil, true, fmt.Errorf("layer: open toc: %w", err)
 	}
@@ -77,130 +78,224 @@ func parseFooter(footer []byte) (tocOff, footerSize int64, ok bool) {
 	return 0, 0, false
 }
 
-// parseTOC decodes the TOC gzip member: a tar whose first entry is the TOC
-// JSON. The digest is of the JSON bytes, as the toc.digest annotation is.
-func parseTOC(r io.Reader) (*estargz.JTOC, digest.Digest, error) {
+// tocEntry is what the index takes of an eStargz TOC entry
+// (estargz.TOCEntry less what it ignores).
+type tocEntry struct {
+	Name        string `json:"name"`
+	Type        string `json:"type"`
+	Size        int64  `json:"size"`
+	Mode        int64  `json:"mode"`
+	Offset      int64  `json:"offset"`
+	InnerOffset int64  `json:"innerOffset"`
+	Digest      string `json:"digest"`
+	ChunkOffset int64  `json:"chunkOffset"`
+	ChunkSize   int64  `json:"chunkSize"`
+	ChunkDigest string `json:"chunkDigest"`
+}
+
+// parseTOC decodes the TOC gzip member, a tar whose first entry is the TOC
+// JSON, passing each entry to fn as it is decoded (fn must not keep the
+// pointer): the JSON is never held whole. The digest is of the JSON bytes, as the toc.digest annotation is.
+func parseTOC(r io.Reader, fn func(*tocEntry) error) (digest.Digest, error) {
 	zr, err := gzip.NewReader(r)
 	if err != nil {
-		return nil, "", fmt.Errorf("gzip: %w", err)
+		return "", fmt.Errorf("gzip: %w", err)
 	}
 	zr.Multistream(false)
 	tr := tar.NewReader(zr)
 	h, err := tr.Next()
 	if err != nil {
-		return nil, "", fmt.Errorf("tar: %w", err)
+		return "", fmt.Errorf("tar: %w", err)
 	}
 	if h.Name != estargz.TOCTarName {
-		return nil, "", fmt.Errorf("first entry is %q, want %q", h.Name, estargz.TOCTarName)
+		return "", fmt.Errorf("first entry is %q, want %q", h.Name, estargz.TOCTarName)
 	}
 	if h.Size > maxTOCSize {
-		return nil, "", fmt.Errorf("TOC JSON of %d bytes, more than the %d allowed", h.Size, maxTOCSize)
+		return "", fmt.Errorf("TOC JSON of %d bytes, more than the %d allowed", h.Size, maxTOCSize)
 	}
-	data, err := io.ReadAll(tr)
+	sum := sha256.New()
+	body := io.TeeReader(tr, sum)
+	dec := json.NewDecoder(body)
+	if err := decodeTOC(dec, fn); err != nil {
+		return "", err
+	}
+	// Only white space may follow; it counts in the digest.
+	rest, err := io.ReadAll(io.MultiReader(dec.Buffered(), body))
 	if err != nil {
-		return nil, "", fmt.Errorf("read TOC JSON: %w", err)
+		return "", fmt.Errorf("read TOC JSON: %w", err)
 	}
-	var toc estargz.JTOC
-	if err := json.Unmarshal(data, &toc); err != nil {
-		return nil, "", fmt.Errorf("decode TOC JSON: %w", err)
+	if len(bytes.TrimSpace(rest)) != 0 {
+		return "", fmt.Errorf("decode TOC JSON: data after the TOC object")
 	}
-	return &toc, digest.NewDigestFromBytes(digest.SHA256, sha256Sum(data)), nil
+	return digest.NewDigest(digest.SHA256, sum), nil
 }
 
-func sha256Sum(b []byte) []byte {
-	s := sha256.Sum256(b)
-	return s[:]
+// decodeTOC walks {"entries": [...], ...} token by token, decoding one
+// entry at a time; other members are skipped.
+func decodeTOC(dec *json.Decoder, fn func(*tocEntry) error) error {
+	bad := func(err error) error { return fmt.Errorf("decode TOC JSON: %w", err) }
+	if err := expectDelim(dec, '{'); err != nil {
+		return bad(err)
+	}
+	seen := false
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return bad(err)
+		}
+		if tok != "entries" {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return bad(err)
+			}
+			continue
+		}
+		if seen {
+			return bad(fmt.Errorf("two entries lists"))
+		}
+		seen = true
+		if err := expectDelim(dec, '['); err != nil {
+			return bad(fmt.Errorf("entries: %w", err))
+		}
+		var buf tocEntry // reused: fn keeps no pointer to it
+		for dec.More() {
+			buf = tocEntry{}
+			e := &buf // decoding null sets e to nil
+			if err := dec.Decode(&e); err != nil {
+				return bad(err)
+			}
+			if e == nil {
+				return fmt.Errorf("null TOC entry")
+			}
+			if err := fn(e); err != nil {
+				return err
+			}
+		}
+		if err := expectDelim(dec, ']'); err != nil {
+			return bad(err)
+		}
+	}
+	return expectDelim(dec, '}')
 }
 
-// indexTOC turns TOC entries into an Index. Every data offset must lie
-// before the TOC; a chunk's gzip member ends at the next distinct data
-// offset (or the TOC), which bounds each file's span.
-func indexTOC(toc *estargz.JTOC, tocOff, size int64) (*Index, error) {
-	offs := []int64{tocOff}
-	for _, e := range toc.Entries {
-		if e == nil {
-			return nil, fmt.Errorf("null TOC entry")
-		}
-		if (e.Type == "reg" && e.Size > 0) || e.Type == "chunk" {
-			if e.Offset < 0 || e.Offset >= tocOff {
-				return nil, fmt.Errorf("entry %q: data offset %d outside [0,%d)", e.Name, e.Offset, tocOff)
-			}
-			offs = append(offs, e.Offset)
-		}
+func expectDelim(dec *json.Decoder, d json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
 	}
-	sort.Slice(offs, func(i, j int) bool { return offs[i] < offs[j] })
-	memberEnd := func(off int64) int64 {
-		return offs[sort.Search(len(offs), func(i int) bool { return offs[i] > off })]
+	if tok != d {
+		return fmt.Errorf("got %v, want %v", tok, d)
 	}
+	return nil
+}
 
-	b := newBuilder(FormatEStargz, size)
-	var (
-		cur     *File
-		curName string
-		curKey  string
-		curUse  bool
-	)
-	flush := func() error {
-		if cur != nil && curUse {
-			if err := finishChunks(cur, memberEnd); err != nil {
-				return fmt.Errorf("entry %q: %w", curName, err)
-			}
-			b.add(curKey, *cur)
+// tocIndexer turns TOC entries into an Index as they come. Every data
+// offset must lie before the TOC; a chunk's gzip member ends at the next
+// distinct data offset (or the TOC), which bounds each file's span: spans
+// are set once every offset is known (finish).
+type tocIndexer struct {
+	b      *builder
+	tocOff int64
+	offs   []int64
+
+	cur     *File // the regular file whose chunks may follow
+	curName string
+	curKey  string
+	curUse  bool
+}
+
+func newTOCIndexer(tocOff, size int64) *tocIndexer {
+	return &tocIndexer{b: newBuilder(FormatEStargz, size), tocOff: tocOff, offs: []int64{tocOff}}
+}
+
+func (x *tocIndexer) add(e *tocEntry) error {
+	if (e.Type == "reg" && e.Size > 0) || e.Type == "chunk" {
+		if e.Offset < 0 || e.Offset >= x.tocOff {
+			return fmt.Errorf("entry %q: data offset %d outside [0,%d)", e.Name, e.Offset, x.tocOff)
 		}
-		cur = nil
+		x.offs = append(x.offs, e.Offset)
+	}
+	if e.Type == "chunk" {
+		if x.cur == nil {
+			return fmt.Errorf("chunk entry %q follows no regular file", e.Name)
+		}
+		if e.Name != "" && e.Name != x.curName {
+			return fmt.Errorf("chunk entry %q inside file %q", e.Name, x.curName)
+		}
+		cs := e.ChunkSize
+		if cs == 0 { // zero means "to the end of the file"
+			cs = x.cur.Size - e.ChunkOffset
+		}
+		x.cur.Chunks = append(x.cur.Chunks, Chunk{Offset: e.ChunkOffset, Size: cs, BlobOffset: e.Offset,
+			InnerOffset: e.InnerOffset, Digest: e.ChunkDigest})
 		return nil
 	}
-	for _, e := range toc.Entries {
-		if e.Type == "chunk" {
-			if cur == nil {
-				return nil, fmt.Errorf("chunk entry %q follows no regular file", e.Name)
-			}
-			if e.Name != "" && e.Name != curName {
-				return nil, fmt.Errorf("chunk entry %q inside file %q", e.Name, curName)
-			}
-			cs := e.ChunkSize
-			if cs == 0 { // zero means "to the end of the file"
-				cs = cur.Size - e.ChunkOffset
-			}
-			cur.Chunks = append(cur.Chunks, Chunk{Offset: e.ChunkOffset, Size: cs, BlobOffset: e.Offset,
-				InnerOffset: e.InnerOffset, Digest: e.ChunkDigest})
-			continue
-		}
-		if err := flush(); err != nil {
-			return nil, err
-		}
-		key, file, p, err := checkEntry(e.Name, tocKind(e.Type))
-		if err != nil {
-			return nil, err
-		}
-		if p == placeSkip {
-			b.skip(e.Name)
-		}
-		if e.Type != "reg" {
-			continue
-		}
-		if e.Size < 0 {
-			return nil, fmt.Errorf("entry %q: negative size %d", e.Name, e.Size)
-		}
-		cur, curName, curKey, curUse = &File{Name: file, Size: e.Size, Mode: uint32(e.Mode & 0o777), Digest: e.Digest},
-			e.Name, key, p == placeFile
-		if e.Size > 0 {
-			cs := e.ChunkSize
-			if cs == 0 {
-				cs = e.Size
-			}
-			cur.Chunks = []Chunk{{Offset: e.ChunkOffset, Size: cs, BlobOffset: e.Offset,
-				InnerOffset: e.InnerOffset, Digest: e.ChunkDigest}}
-		}
+	if err := x.flush(); err != nil {
+		return err
 	}
-	if err := flush(); err != nil {
-		return nil, err
+	key, file, p, err := checkEntry(e.Name, tocKind(e.Type))
+	if err != nil {
+		return err
 	}
-	return b.finish(), nil
+	if p == placeSkip {
+		x.b.skip(e.Name)
+	}
+	if e.Type != "reg" {
+		return nil
+	}
+	if e.Size < 0 {
+		return fmt.Errorf("entry %q: negative size %d", e.Name, e.Size)
+	}
+	// Own copies: key and file are slices of the whole entry name.
+	x.cur = &File{Name: strings.Clone(file), Size: e.Size, Mode: uint32(e.Mode & 0o777), Digest: e.Digest}
+	x.curName, x.curKey, x.curUse = e.Name, key, p == placeFile
+	if e.Size > 0 {
+		cs := e.ChunkSize
+		if cs == 0 {
+			cs = e.Size
+		}
+		x.cur.Chunks = []Chunk{{Offset: e.ChunkOffset, Size: cs, BlobOffset: e.Offset,
+			InnerOffset: e.InnerOffset, Digest: e.ChunkDigest}}
+	}
+	return nil
 }
 
-// finishChunks checks that a file's chunks tile it exactly and sets its span.
-func finishChunks(f *File, memberEnd func(int64) int64) error {
+// flush records the current file once its chunks are all in.
+func (x *tocIndexer) flush() error {
+	f := x.cur
+	x.cur = nil
+	if f == nil || !x.curUse {
+		return nil
+	}
+	if err := checkChunks(f); err != nil {
+		return fmt.Errorf("entry %q: %w", x.curName, err)
+	}
+	x.b.add(x.b.key(x.curKey), *f)
+	return nil
+}
+
+// finish sets every file's span and returns the index.
+func (x *tocIndexer) finish() (*Index, error) {
+	if err := x.flush(); err != nil {
+		return nil, err
+	}
+	slices.Sort(x.offs)
+	memberEnd := func(off int64) int64 {
+		i, _ := slices.BinarySearch(x.offs, off+1) // the first offset after off; tocOff is one
+		return x.offs[i]
+	}
+	for _, d := range x.b.idx.Dirs {
+		for i := range d.Files {
+			setSpan(&d.Files[i], memberEnd)
+		}
+	}
+	return x.b.finish(), nil
+}
+
+// checkChunks checks that a file's chunks tile it exactly and that its
+// digests are well formed. A one-chunk file's chunk digest, the same as
+// the file's, shares its string.
+func checkChunks(f *File) error {
 	if err := checkDigest(f.Digest); err != nil {
 		return err
 	}
@@ -213,13 +308,10 @@ func finishChunks(f *File, memberEnd func(int64) int64) error {
 		if err := checkDigest(c.Digest); err != nil {
 			return err
 		}
+		if c.Digest == f.Digest {
+			f.Chunks[i].Digest = f.Digest
+		}
 		next += c.Size
-		if end := memberEnd(c.BlobOffset); i == 0 || end > f.End {
-			f.End = end
-		}
-		if i == 0 || c.BlobOffset < f.Offset {
-			f.Offset = c.BlobOffset
-		}
 	}
 	if next != f.Size {
 		return fmt.Errorf("chunks cover %d bytes of a %d-byte file", next, f.Size)
@@ -227,11 +319,32 @@ func finishChunks(f *File, memberEnd func(int64) int64) error {
 	return nil
 }
 
+// setSpan sets a file's span from its chunks' gzip members.
+func setSpan(f *File, memberEnd func(int64) int64) {
+	for i, c := range f.Chunks {
+		if end := memberEnd(c.BlobOffset); i == 0 || end > f.End {
+			f.End = end
+		}
+		if i == 0 || c.BlobOffset < f.Offset {
+			f.Offset = c.BlobOffset
+		}
+	}
+}
+
+// checkDigest accepts "" or "sha256:" and 64 lower-case hex digits (what
+// digest.Parse checks for sha256, without its regular expression: every
+// TOC entry passes here).
 func checkDigest(d string) error {
 	if d == "" {
 		return nil
 	}
-	if _, err := digest.Parse(d); err != nil || !strings.HasPrefix(d, "sha256:") {
+	hex, ok := strings.CutPrefix(d, "sha256:")
+	ok = ok && len(hex) == 64
+	for i := 0; ok && i < len(hex); i++ {
+		c := hex[i]
+		ok = '0' <= c && c <= '9' || 'a' <= c && c <= 'f'
+	}
+	if !ok {
 		return fmt.Errorf("digest %q is not a sha256 digest", d)
 	}
 	return nil

@@ -1,11 +1,13 @@
 package layer
 
 import (
+	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -211,4 +213,23 @@ func checkAgainstSource(t testing.TB, ra io.ReaderAt, idx *Index, dir string) {
 			}
 		}
 	}
+}
+
+// readTOC decodes the whole TOC member at the start of b.
+func readTOC(t testing.TB, b []byte) *estargz.JTOC {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr.Multistream(false)
+	tr := tar.NewReader(zr)
+	if _, err := tr.Next(); err != nil {
+		t.Fatal(err)
+	}
+	var toc estargz.JTOC
+	if err := json.NewDecoder(tr).Decode(&toc); err != nil {
+		t.Fatal(err)
+	}
+	return &toc
 }

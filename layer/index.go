@@ -3,10 +3,13 @@ package layer
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
+	"strings"
 )
 
 // Format is how a layer blob stores its files.
@@ -121,6 +124,74 @@ func (idx *Index) Describes(size int64, tocDigest string) error {
 	return nil
 }
 
+// WriteJSON writes idx as json.Marshal does (but for newlines between
+// values), one dir at a time, so that a big index is never held twice in
+// memory.
+func (idx *Index) WriteJSON(w io.Writer) error {
+	bw := &jsonWriter{w: w}
+	bw.raw(`{"format":`)
+	bw.value(idx.Format)
+	bw.raw(`,"size":`)
+	bw.value(idx.Size)
+	if idx.TOCDigest != "" {
+		bw.raw(`,"tocDigest":`)
+		bw.value(idx.TOCDigest)
+	}
+	bw.raw(`,"dirs":`)
+	if idx.Dirs == nil {
+		bw.raw("null")
+	} else {
+		keys := make([]string, 0, len(idx.Dirs))
+		for k := range idx.Dirs {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		sep := "{"
+		for _, k := range keys {
+			bw.raw(sep)
+			bw.value(k)
+			bw.raw(":")
+			bw.value(idx.Dirs[k])
+			sep = ","
+		}
+		if sep == "{" {
+			bw.raw("{")
+		}
+		bw.raw("}")
+	}
+	if len(idx.Skipped) > 0 {
+		bw.raw(`,"skipped":`)
+		bw.value(idx.Skipped)
+	}
+	bw.raw("}")
+	return bw.err
+}
+
+// jsonWriter writes JSON pieces until the first error.
+type jsonWriter struct {
+	w   io.Writer
+	enc *json.Encoder // reuses its buffers value after value
+	err error
+}
+
+func (j *jsonWriter) raw(s string) {
+	if j.err == nil {
+		_, j.err = io.WriteString(j.w, s)
+	}
+}
+
+// value writes v's JSON (and a newline, which JSON allows between tokens).
+func (j *jsonWriter) value(v any) {
+	if j.err != nil {
+		return
+	}
+	if j.enc == nil {
+		j.enc = json.NewEncoder(j.w)
+		j.enc.SetEscapeHTML(true) // as json.Marshal
+	}
+	j.err = j.enc.Encode(v)
+}
+
 // readFullAt reads len(p) bytes at off; io.EOF with a full read is success,
 // as io.ReaderAt allows it.
 func readFullAt(ra io.ReaderAt, p []byte, off int64) (int, error) {
@@ -137,35 +208,47 @@ func readFullAt(ra io.ReaderAt, p []byte, off int64) (int, error) {
 // builder collects files while a format is parsed.
 type builder struct {
 	idx *Index
-	pos map[string]int // "KEY/file" -> index in its Dir's Files
 }
 
 func newBuilder(f Format, size int64) *builder {
-	return &builder{idx: &Index{Format: f, Size: size, Dirs: map[string]*Dir{}}, pos: map[string]int{}}
+	return &builder{idx: &Index{Format: f, Size: size, Dirs: map[string]*Dir{}}}
 }
 
 func (b *builder) skip(name string) { b.idx.Skipped = append(b.idx.Skipped, name) }
 
-// add records a file; a later entry of the same name replaces an earlier one,
-// as when a tar is extracted.
+// key returns the index's own copy of a KEY: one parsed from an entry name
+// would keep the whole name alive.
+func (b *builder) key(k string) string {
+	if d := b.idx.Dirs[k]; d != nil {
+		return d.Key
+	}
+	return strings.Clone(k)
+}
+
+// add records a file; a later entry of the same name replaces an earlier
+// one, as when a tar is extracted (finish keeps the last).
 func (b *builder) add(key string, f File) {
 	d := b.idx.Dirs[key]
 	if d == nil {
 		d = &Dir{Key: key}
 		b.idx.Dirs[key] = d
 	}
-	if i, ok := b.pos[key+"/"+f.Name]; ok {
-		d.Files[i] = f
-		return
-	}
-	b.pos[key+"/"+f.Name] = len(d.Files)
 	d.Files = append(d.Files, f)
 }
 
-// finish sorts files and computes each dir's span.
+// finish sorts files, keeps the last of each name and computes each dir's
+// span.
 func (b *builder) finish() *Index {
 	for _, d := range b.idx.Dirs {
-		sort.Slice(d.Files, func(i, j int) bool { return d.Files[i].Name < d.Files[j].Name })
+		slices.SortStableFunc(d.Files, func(x, y File) int { return strings.Compare(x.Name, y.Name) })
+		kept := d.Files[:0]
+		for i, f := range d.Files {
+			if i+1 < len(d.Files) && d.Files[i+1].Name == f.Name {
+				continue // replaced by a later entry
+			}
+			kept = append(kept, f)
+		}
+		d.Files = slices.Clip(kept)
 		first := true
 		for _, f := range d.Files {
 			if f.End == f.Offset {

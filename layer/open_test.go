@@ -260,3 +260,39 @@ func TestOpenGarbledTOC(t *testing.T) {
 		t.Error("garbled TOC: no error")
 	}
 }
+
+// TestIndexWriteJSON: the streamed JSON of an index is json.Marshal's (but
+// for white space), for
+// an eStargz index, a tar index with skipped entries and an empty one.
+func TestIndexWriteJSON(t *testing.T) {
+	dir := t.TempDir()
+	genCache(t, dir, 5)
+	blob, _ := build(t, dir)
+	es, err := Open(bytes.NewReader(blob), int64(len(blob)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := keyN(t, 1)
+	raw := makeTar(t, tarEntry{Name: Prefix + key + "/a", Body: []byte("a")}, tarEntry{Name: "etc/x", Body: []byte("x")})
+	tr, err := Open(bytes.NewReader(raw), int64(len(raw)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, idx := range []*Index{es, tr, {Format: FormatTar, Dirs: map[string]*Dir{}}, {Format: FormatTar}} {
+		want, err := json.Marshal(idx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		if err := idx.WriteJSON(&got); err != nil {
+			t.Fatal(err)
+		}
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, got.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		if compact.String() != string(want) {
+			t.Fatalf("WriteJSON\n%s\njson.Marshal\n%s", got.String(), want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	digest "github.com/opencontainers/go-digest"
 )
@@ -58,7 +59,7 @@ func OpenTar(ra io.ReaderAt, size int64, blockSize int) (*Index, error) {
 		}
 		// archive/tar reads headers in exact 512-byte blocks and buffers
 		// nothing, so the reader stands at the start of the body now.
-		f := File{Name: file, Size: h.Size, Mode: uint32(h.Mode & 0o777)}
+		f := File{Name: strings.Clone(file), Size: h.Size, Mode: uint32(h.Mode & 0o777)}
 		if h.Size > 0 {
 			f.Offset, f.End = br.pos, br.pos+h.Size
 			if f.End > size {
@@ -73,7 +74,7 @@ func OpenTar(ra io.ReaderAt, size int64, blockSize int) (*Index, error) {
 			}
 			f.Digest = digest.NewDigest(digest.SHA256, sum).String()
 		}
-		b.add(key, f)
+		b.add(b.key(key), f)
 	}
 	return b.finish(), nil
 }

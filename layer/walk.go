@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
@@ -13,6 +12,7 @@ import (
 	"io"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -87,18 +87,19 @@ func checkWalkTOC(r io.Reader, size int64, passed map[string]passedFile) error {
 	if size > maxTOCSize {
 		return fmt.Errorf("layer: walk: TOC JSON of %d bytes, more than the %d allowed", size, maxTOCSize)
 	}
-	var toc estargz.JTOC
-	if err := json.NewDecoder(r).Decode(&toc); err != nil {
-		return fmt.Errorf("layer: walk: decode TOC JSON: %w", err)
-	}
-	for _, e := range toc.Entries {
-		if e == nil || e.Type != "reg" || e.Digest == "" {
-			continue
+	err := decodeTOC(json.NewDecoder(r), func(e *tocEntry) error {
+		if e.Type != "reg" || e.Digest == "" {
+			return nil
 		}
 		if p, ok := passed[e.Name]; ok && p.digest != e.Digest {
 			return &VerifyError{Key: p.key, File: p.file,
 				Err: fmt.Errorf("%w: digest %s, TOC says %s", ErrMismatch, p.digest, e.Digest)}
 		}
+		return nil
+	})
+	var ve *VerifyError
+	if err != nil && !errors.As(err, &ve) {
+		return fmt.Errorf("layer: walk: %w", err)
 	}
-	return nil
+	return err
 }

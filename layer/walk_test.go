@@ -91,10 +91,7 @@ func TestWalkChecksTOC(t *testing.T) {
 	if !ok {
 		t.Fatal("no footer")
 	}
-	toc, _, err := parseTOC(bytes.NewReader(blob[tocOff:]))
-	if err != nil {
-		t.Fatal(err)
-	}
+	toc := readTOC(t, blob[tocOff:])
 	for _, e := range toc.Entries {
 		if e.Name == Prefix+cudaKey+"/add_kernel.ptx" {
 			e.Digest = "sha256:" + string(bytes.Repeat([]byte("0"), 64))
@@ -105,7 +102,7 @@ func TestWalkChecksTOC(t *testing.T) {
 	if _, err := estargz.NewGzipCompressorWithLevel(6).WriteTOCAndFooter(&b, tocOff, toc, nil); err != nil {
 		t.Fatal(err)
 	}
-	_, err = walkAll(t, b.Bytes())
+	_, err := walkAll(t, b.Bytes())
 	var ve *VerifyError
 	if !errors.As(err, &ve) || ve.File != "add_kernel.ptx" || ve.Key != cudaKey {
 		t.Fatalf("err %v, want VerifyError for add_kernel.ptx", err)

@@ -23,6 +23,10 @@ const (
 	// hungAfter: a request that waited this long and got no answer (or a
 	// 5xx) counts as a failure of the host: it hung.
 	hungAfter = 500 * time.Millisecond
+	// hungInFlight: a request still waiting for its answer this long, with
+	// no other request to its host answered since it was sent, counts as
+	// a failure while it waits. Longer than hungAfter: it is not over yet.
+	hungInFlight = 1500 * time.Millisecond
 )
 
 // health remembers registry hosts that keep hanging, so that a hung
@@ -31,18 +35,21 @@ const (
 // back-off ends one request goes through as a probe (the others still fail
 // fast); an answer makes the host healthy again.
 //
-// A request still waiting for its answer after hungAfter counts as a
-// failure while it waits: a lookup gives up on its fetch long before the
-// request's own timeout (the fetch goes on for a later lookup), and the
-// next lookups must not each wait for the same hung host. While such a
-// request is pending the host stays failing (it is the probe); its answer
-// heals the host, its failure starts the back-off.
+// A request still waiting for its answer after hungInFlight, with nothing
+// else from its host answered meanwhile, counts as a failure while it
+// waits: a lookup gives up on its fetch long before the request's own
+// timeout (the fetch goes on for a later lookup), and the next lookups must
+// not each wait for the same hung host. (A host that answers other requests
+// is not hung, however long one large range takes.) While such a request is
+// pending the host stays failing; its answer heals the host, its failure
+// starts the back-off.
 type health struct {
 	now func() time.Time
 
 	mu       sync.Mutex
 	hosts    map[string]*hostHealth          // guarded by mu
 	inflight map[string]map[uint64]time.Time // guarded by mu: requests sent, by host, id -> start
+	answered map[string]time.Time            // guarded by mu: when each host last answered a request
 	nextID   uint64                          // guarded by mu
 }
 
@@ -55,7 +62,8 @@ type hostHealth struct {
 }
 
 func newHealth() *health {
-	return &health{now: time.Now, hosts: map[string]*hostHealth{}, inflight: map[string]map[uint64]time.Time{}}
+	return &health{now: time.Now, hosts: map[string]*hostHealth{}, inflight: map[string]map[uint64]time.Time{},
+		answered: map[string]time.Time{}}
 }
 
 // admit says whether a request to host may go out; probe is set when it is
@@ -67,7 +75,7 @@ func (h *health) admit(host string) (id uint64, probe bool, err error) {
 	now := h.now()
 	hung := 0
 	for _, start := range h.inflight[host] {
-		if now.Sub(start) >= hungAfter {
+		if now.Sub(start) >= hungInFlight && !h.answered[host].After(start) {
 			hung++
 		}
 	}
@@ -79,7 +87,7 @@ func (h *health) admit(host string) (id uint64, probe bool, err error) {
 	switch {
 	case fails < downAfter:
 	case hung > 0:
-		return 0, false, fmt.Errorf("%w: %s: %d requests without an answer for %v or more", ErrRegistryDown, host, hung, hungAfter)
+		return 0, false, fmt.Errorf("%w: %s: %d requests without an answer for %v or more", ErrRegistryDown, host, hung, hungInFlight)
 	case now.Before(hh.until) || hh.probing:
 		left := max(hh.until.Sub(now), 0).Round(100 * time.Millisecond)
 		return 0, false, fmt.Errorf("%w: %s: %d failed requests in a row (last: %v); asked again in %v", ErrRegistryDown, host, hh.fails, hh.last, left)
@@ -112,6 +120,7 @@ func (h *health) done(host string, probe bool, ok bool, cause error) {
 	hh := h.hosts[host]
 	if ok {
 		delete(h.hosts, host)
+		h.answered[host] = h.now()
 		return
 	}
 	if hh == nil {

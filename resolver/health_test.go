@@ -115,7 +115,7 @@ func TestHealthHangingInFlight(t *testing.T) {
 	for range 2 {
 		wg.Go(func() { h.roundTrip(rt, req) })
 		<-rt.sent
-		clock.advance(hungAfter + 100*time.Millisecond)
+		clock.advance(hungInFlight + 100*time.Millisecond)
 	}
 	if _, err := h.roundTrip(rt, req); !errors.Is(err, ErrRegistryDown) {
 		t.Fatalf("with two requests hung in flight: %v, want ErrRegistryDown at once", err)
@@ -126,4 +126,29 @@ func TestHealthHangingInFlight(t *testing.T) {
 	if _, err := h.roundTrip(rt, req); err != nil {
 		t.Fatalf("after the hung requests answered: %v", err)
 	}
+}
+
+// TestHealthSlowRangeNotHung: requests that wait long while the host
+// answers others (a stalled large range) do not mark it.
+func TestHealthSlowRangeNotHung(t *testing.T) {
+	clock := &clockRT{now: time.Unix(1000, 0), code: 200}
+	h := newHealth()
+	h.now = clock.clock
+	rt := &blockRT{sent: make(chan struct{}, 4), release: make(chan struct{})}
+	req, _ := http.NewRequest(http.MethodGet, "http://reg.example:5000/v2/x", nil)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() { h.roundTrip(rt, req) })
+		<-rt.sent
+	}
+	clock.advance(10 * time.Millisecond)
+	if _, err := h.roundTrip(clock, req); err != nil { // the host answers a small one
+		t.Fatal(err)
+	}
+	clock.advance(2 * hungInFlight)
+	if _, err := h.roundTrip(clock, req); err != nil {
+		t.Fatalf("two slow requests while the host answers others: %v, want it sent", err)
+	}
+	close(rt.release)
+	wg.Wait()
 }

@@ -43,7 +43,16 @@ func InstallEntry(staged, cacheDir string) error {
 			return fmt.Errorf("triton: install %s: %w", key, err)
 		}
 	}
-	if err := renameNoReplace(staged, filepath.Join(root, key)); err != nil {
+	return MoveEntry(staged, root)
+}
+
+// MoveEntry renames a complete KEY dir staged on the same filesystem as
+// cacheDir, whose group files already name cacheDir (RewriteGroup with its
+// absolute path), into cacheDir/KEY, never over an existing entry (an error
+// wrapping fs.ErrExist), as InstallEntry does.
+func MoveEntry(staged, cacheDir string) error {
+	key := filepath.Base(staged)
+	if err := renameNoReplace(staged, filepath.Join(cacheDir, key)); err != nil {
 		return fmt.Errorf("triton: install %s: %w", key, err)
 	}
 	return nil

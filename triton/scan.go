@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -91,13 +92,12 @@ func Scan(dir string) ([]Entry, []Skipped, error) {
 
 // ScanEntry reads one KEY dir.
 func ScanEntry(dir string) (Entry, []Skipped, error) {
-	e := Entry{Key: filepath.Base(dir)}
 	des, err := os.ReadDir(dir)
 	if err != nil {
-		return e, nil, fmt.Errorf("triton: scan %s: %w", dir, err)
+		return Entry{Key: filepath.Base(dir)}, nil, fmt.Errorf("triton: scan %s: %w", dir, err)
 	}
 	var skipped []Skipped
-	hasSO := false
+	var files []File
 	for _, de := range des {
 		p := filepath.Join(dir, de.Name())
 		if !de.Type().IsRegular() {
@@ -106,28 +106,42 @@ func ScanEntry(dir string) (Entry, []Skipped, error) {
 		}
 		info, err := de.Info()
 		if err != nil {
-			return e, nil, fmt.Errorf("triton: scan %s: %w", p, err)
+			return Entry{Key: filepath.Base(dir)}, nil, fmt.Errorf("triton: scan %s: %w", p, err)
 		}
-		e.Files = append(e.Files, File{Name: de.Name(), Size: info.Size(), Mode: info.Mode().Perm()})
-		if strings.HasSuffix(de.Name(), ".so") {
+		files = append(files, File{Name: de.Name(), Size: info.Size(), Mode: info.Mode().Perm()})
+	}
+	e, err := NewEntry(dir, files, func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) })
+	return e, skipped, err
+}
+
+// NewEntry is the Entry of the KEY dir dir (named in errors; its base name
+// is the KEY) holding files, whose kernel JSONs read returns by file name:
+// ScanEntry without the directory listing, for a caller that has the files
+// in hand.
+func NewEntry(dir string, files []File, read func(name string) ([]byte, error)) (Entry, error) {
+	e := Entry{Key: filepath.Base(dir), Files: slices.Clone(files)}
+	hasSO := false
+	for _, f := range files {
+		if strings.HasSuffix(f.Name, ".so") {
 			hasSO = true
 		}
-		if !strings.HasSuffix(de.Name(), ".json") || IsGroupFile(de.Name()) {
+		if !strings.HasSuffix(f.Name, ".json") || IsGroupFile(f.Name) {
 			continue
 		}
-		data, err := os.ReadFile(p)
+		p := filepath.Join(dir, f.Name)
+		data, err := read(f.Name)
 		if err != nil {
-			return e, nil, fmt.Errorf("triton: scan %s: %w", p, err)
+			return e, fmt.Errorf("triton: scan %s: %w", p, err)
 		}
 		k, ok, err := ParseKernel(data)
 		if err != nil {
-			return e, nil, fmt.Errorf("triton: %s: %w", p, err)
+			return e, fmt.Errorf("triton: %s: %w", p, err)
 		}
 		if !ok {
 			continue
 		}
 		if k.Key() != e.Key {
-			return e, nil, fmt.Errorf("triton: %s: hash %s belongs in dir %s, not %s", p, k.Hash, k.Key(), e.Key)
+			return e, fmt.Errorf("triton: %s: hash %s belongs in dir %s, not %s", p, k.Hash, k.Key(), e.Key)
 		}
 		e.Kernels = append(e.Kernels, k)
 	}
@@ -141,5 +155,5 @@ func ScanEntry(dir string) (Entry, []Skipped, error) {
 	default:
 		e.Kind = KindOther
 	}
-	return e, skipped, nil
+	return e, nil
 }

@@ -14,11 +14,15 @@ import (
 type images struct {
 	cat     *catalog.Catalog
 	timeout time.Duration // bounds a refetch on open where the FUSE request has no deadline
+	act     *activity     // told of every call: the status writer wakes up for it
 }
 
 var _ fs.Lower = (*images)(nil)
 
-func (l *images) Keys() []string { return l.cat.Keys() }
+func (l *images) Keys() []string {
+	l.act.poke()
+	return l.cat.Keys()
+}
 
 // Has answers from the catalog's snapshot; before the first one is loaded
 // it waits for it (within ctx).
@@ -32,6 +36,7 @@ func (l *images) Has(ctx context.Context, key string) (bool, error) {
 }
 
 func (l *images) Entry(ctx context.Context, key string) ([]fs.LowerFile, error) {
+	l.act.poke()
 	files, err := l.cat.Entry(ctx, key)
 	if err != nil {
 		return nil, err
@@ -39,7 +44,10 @@ func (l *images) Entry(ctx context.Context, key string) ([]fs.LowerFile, error) 
 	out := make([]fs.LowerFile, len(files))
 	for i, f := range files {
 		out[i] = fs.LowerFile{Name: f.Name, Size: f.Size, Mode: f.Mode, Group: f.Group,
-			Open: func(ctx context.Context) (fs.Content, error) { return l.cat.Open(ctx, key, f, l.timeout) }}
+			Open: func(ctx context.Context) (fs.Content, error) {
+				l.act.poke()
+				return l.cat.Open(ctx, key, f, l.timeout)
+			}}
 	}
 	return out, nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -36,6 +37,12 @@ func run(o options) error {
 	level, _ := cli.ParseLevel(o.logLevel)
 	sink := &logSink{w: cli.Stderr}
 	log := cli.NewLogger(sink, level)
+	if os.Getenv("GOGC") == "" {
+		// The live heap is mostly the catalog; a refresh's garbage would
+		// otherwise let it grow to twice that before a collection, and
+		// that peak stays resident. GOGC in the environment wins.
+		debug.SetGCPercent(gcPercent)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -61,6 +68,9 @@ func run(o options) error {
 	m.close()
 	return nil
 }
+
+// gcPercent is cargohold-fs's GOGC unless the environment sets one.
+const gcPercent = 50
 
 // mounted is the running stack, closed in reverse order of assembly.
 type mounted struct {
@@ -153,12 +163,18 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 	cat, err := catalog.New(r, eng, catalog.Config{
 		Sources: o.images, Targets: rep.Targets, StateDir: o.stateDir, Refresh: o.refresh, Logger: log,
 		Prefetch: o.prefetch == prefetchFitting,
+		// A refresh that read new images is most of the process's peak;
+		// the runtime would keep its pages (up to twice the heap it
+		// left) long after. Rare, and a GC over a small heap.
+		Built: debug.FreeOSMemory,
 	})
 	if err != nil {
 		return nil, err
 	}
 	if err := cat.Load(); err != nil {
 		log.Info("no usable persisted catalog; waiting for the first refresh", "err", err)
+	} else {
+		debug.FreeOSMemory() // the decoded file's garbage, as after a refresh (Built)
 	}
 	go cat.Run(life)
 
@@ -178,11 +194,12 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 		log.Warn("--allow-other without root: other users can read the mount, but their compiles fail (the daemon cannot give them what they make)")
 	}
 	stats := &fs.Stats{}
+	act := newActivity()
 	srv, err := withFusermountCause(func() (*fs.Server, error) {
 		return fs.Mount(life, mp, fs.Options{
 			Upper:         upperPath(dir),
 			PathPrefix:    o.pathPrefix,
-			Lower:         &images{cat: cat, timeout: o.fetchTimeout},
+			Lower:         &images{cat: cat, timeout: o.fetchTimeout, act: act},
 			LookupTimeout: o.fetchTimeout,
 			Logger:        log,
 			Stats:         stats,
@@ -196,7 +213,7 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 	}
 	ok = true
 	return &mounted{srv: srv, st: st, eng: eng, access: access, cancel: cancel, dir: dir,
-		status: startStatus(life, o, metrics, stats, eng, cat, st, log, sink)}, nil
+		status: startStatus(life, o, metrics, act, stats, eng, cat, st, log, sink)}, nil
 }
 
 // unmount retries while the mount is busy (a process with its cwd inside),

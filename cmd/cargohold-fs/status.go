@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,7 +29,7 @@ type status struct {
 	PID        int               `json:"pid"`
 	Mountpoint string            `json:"mountpoint"`
 	Images     []string          `json:"images"`
-	Updated    time.Time         `json:"updated"`
+	Updated    time.Time         `json:"updated"` // when it last changed (see loop for how soon it is written)
 	Mounted    bool              `json:"mounted"`
 	Ready      bool              `json:"index_ready"`
 	Keys       int               `json:"indexed_keys"`
@@ -62,6 +63,8 @@ type statusWriter struct {
 	snap func() status
 	log  *slog.Logger
 	srv  *http.Server
+	act  *activity
+	pace pace
 
 	mu       sync.Mutex
 	errs     int64 // guarded by mu: failed writes of the status file
@@ -72,12 +75,13 @@ type statusWriter struct {
 	once sync.Once
 	quit chan struct{}
 	done chan struct{}
+	last []byte // the last status written, without its time (loop's)
 }
 
-func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs.Stats, eng *fetch.Engine, cat *catalog.Catalog, st *store.Store, log *slog.Logger, sink *logSink) *statusWriter {
+func startStatus(ctx context.Context, o options, metrics net.Listener, act *activity, stats *fs.Stats, eng *fetch.Engine, cat *catalog.Catalog, st *store.Store, log *slog.Logger, sink *logSink) *statusWriter {
 	mp, _ := filepath.Abs(o.mountpoint)
-	w := &statusWriter{path: filepath.Join(o.stateDir, statusName), log: log,
-		quit: make(chan struct{}), done: make(chan struct{})}
+	w := &statusWriter{path: filepath.Join(o.stateDir, statusName), log: log, act: act,
+		pace: defaultPace, quit: make(chan struct{}), done: make(chan struct{})}
 	w.snap = func() status {
 		s := status{PID: os.Getpid(), Mountpoint: mp, Images: o.images, Updated: time.Now().UTC(), Mounted: true,
 			FS: stats.Snapshot(), Engine: eng.Stats(), Catalog: cat.Stats(), Store: st.Stats(), Sources: errStrings(cat.Errors())}
@@ -109,25 +113,95 @@ func startStatus(ctx context.Context, o options, metrics net.Listener, stats *fs
 		w.serveMetrics(metrics)
 	}
 	// The first status is there before anyone is told the mount is up.
-	w.write(w.snap())
+	w.writeChanged(w.snap())
 	go w.loop(ctx)
 	return w
 }
 
+// Status checks (statusWriter.pace): once a second while the mount is
+// busy; after 5 checks that found nothing new, the writer waits for image
+// activity (any call of the images adapter) or 30 s, so that an idle mount
+// does not wake up at all in between. Changes that no image call precedes
+// (upper-dir errors, hits of KEY dirs already looked up) show within 30 s
+// then; /metrics is always current.
+var defaultPace = pace{busy: time.Second, quiet: 5, idle: 30 * time.Second}
+
+type pace struct {
+	busy  time.Duration // between checks while something changes
+	quiet int           // unchanged checks before the writer goes idle
+	idle  time.Duration // between checks while idle, unless poked
+}
+
+// loop rewrites status.json when something changed (an idle mount writes
+// nothing). A snapshot costs the same whatever the number of KEYs
+// (counters and per-image totals).
 func (w *statusWriter) loop(ctx context.Context) {
 	defer close(w.done)
-	t := time.NewTicker(time.Second)
+	t := time.NewTimer(w.pace.busy)
 	defer t.Stop()
+	quiet := 0
 	for {
-		w.write(w.snap())
+		var woken <-chan struct{}
+		if quiet >= w.pace.quiet {
+			woken = w.act.c // only while idle: a busy mount pokes all the time
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-w.quit:
 			return
+		case <-woken:
+			quiet = 0
+			t.Reset(w.pace.busy) // look soon, as when busy
+			continue
 		case <-t.C:
 		}
+		if w.writeChanged(w.snap()) {
+			quiet = 0
+		} else {
+			quiet++
+		}
+		next := w.pace.busy
+		if quiet >= w.pace.quiet {
+			w.act.clear() // a poke from before counts for nothing now
+			next = w.pace.idle
+		}
+		t.Reset(next)
 	}
+}
+
+// activity carries pokes from the images adapter to the status writer.
+type activity struct{ c chan struct{} }
+
+func newActivity() *activity { return &activity{c: make(chan struct{}, 1)} }
+
+// poke never blocks: one pending poke is enough.
+func (a *activity) poke() {
+	select {
+	case a.c <- struct{}{}:
+	default:
+	}
+}
+
+func (a *activity) clear() {
+	select {
+	case <-a.c:
+	default:
+	}
+}
+
+// writeChanged writes s unless only its time differs from the last one
+// written, and says whether it wrote.
+func (w *statusWriter) writeChanged(s status) bool {
+	s.Updated = time.Time{}
+	key, _ := json.Marshal(s)
+	if bytes.Equal(key, w.last) {
+		return false
+	}
+	w.last = key
+	s.Updated = time.Now().UTC()
+	w.write(s)
+	return true
 }
 
 // stop writes a last status saying the mount is gone.

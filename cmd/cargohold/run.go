@@ -63,7 +63,8 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 			return fmt.Errorf("create: --order %s: %w", o.order, err)
 		}
 	}
-	p, err := image.PackOrdered(ctx, o.dir, title, "", order)
+	// The layer is built while it is uploaded or written: one pass.
+	p, err := image.PrepareOrdered(ctx, o.dir, title, order)
 	if err != nil {
 		return err
 	}
@@ -77,7 +78,6 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 	if len(order) > 0 {
 		log.Info("KEY dirs in access order first", "order", o.order, "keys", len(order), "unknown", len(p.Unknown))
 	}
-	log.Info("packed", "entries", len(p.Entries), "layer", cli.Bytes(p.Layer.Size), "uncompressed", cli.Bytes(p.Layer.UncompressedSize))
 	var d fmt.Stringer
 	if o.push {
 		bar := cli.NewProgress(cli.Stderr, "push")
@@ -94,6 +94,9 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 			return fmt.Errorf("create: %w", err)
 		}
 		d = h
+	}
+	if built, err := p.Built(); err == nil {
+		log.Info("packed", "entries", len(p.Entries), "layer", cli.Bytes(built.Size), "uncompressed", cli.Bytes(built.UncompressedSize))
 	}
 	where := "registry"
 	switch {

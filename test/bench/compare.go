@@ -260,7 +260,7 @@ func medians(runs [][]serving) []serving {
 	return out
 }
 
-func median[T int | int64 | float64](xs []T) T {
+func median[T ~int | ~int64 | ~float64](xs []T) T {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]

@@ -151,7 +151,11 @@ func pushOnce(ctx context.Context, reg *registry.Registry, src, data, tmp string
 			info.Size += f.Size
 		}
 	}
-	info.Compressed, info.Uncompressed = p.Layer.Size, p.Layer.UncompressedSize
+	built, err := p.Built()
+	if err != nil {
+		return info, err
+	}
+	info.Compressed, info.Uncompressed = built.Size, built.UncompressedSize
 	b, _ := json.Marshal(info)
 	return info, os.WriteFile(marker, b, 0o644)
 }

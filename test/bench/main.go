@@ -50,6 +50,10 @@ func main() {
 		compareMain(os.Args[2:])
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "warm" {
+		warmMain(os.Args[2:])
+		return
+	}
 	var o options
 	fl := pflag.NewFlagSet("bench", pflag.ContinueOnError)
 	fl.Usage = func() {

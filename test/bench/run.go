@@ -60,8 +60,12 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		return err
 	}
 	defer p.Close()
-	say("image:      eStargz layer %s compressed, %s uncompressed (packed in %s)", cli.Bytes(p.Layer.Size),
-		cli.Bytes(p.Layer.UncompressedSize), since(start))
+	built, err := p.Built()
+	if err != nil {
+		return err
+	}
+	say("image:      eStargz layer %s compressed, %s uncompressed (packed in %s)", cli.Bytes(built.Size),
+		cli.Bytes(built.UncompressedSize), since(start))
 
 	// The registry, behind a counting proxy.
 	reg, err := registry.StartProcess(filepath.Join(work, "registry"))
