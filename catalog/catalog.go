@@ -65,6 +65,11 @@ type Config struct {
 	// the new catalog is installed: what the refresh allocated is garbage
 	// then (cargohold-fs returns it to the OS). Default none.
 	Built func()
+	// Refreshed, when set, is called after every refresh that installed a
+	// catalog (also one where sources failed), and after Load: what the
+	// catalog says may have changed (cargohold-fs writes its status on
+	// change only, and is otherwise idle). Default none.
+	Refreshed func()
 }
 
 // Location is one place a KEY lives: a layer of an image.
@@ -497,6 +502,9 @@ func (cat *Catalog) Refresh(ctx context.Context) error {
 	cat.install(s)
 	if b.built.Load() > 0 && cat.cfg.Built != nil {
 		cat.cfg.Built()
+	}
+	if cat.cfg.Refreshed != nil {
+		cat.cfg.Refreshed()
 	}
 	d := time.Since(start)
 	cat.refreshes.Add(1)

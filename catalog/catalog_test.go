@@ -583,6 +583,33 @@ func TestBuiltHook(t *testing.T) {
 	}
 }
 
+// TestRefreshedHook: Config.Refreshed runs after every refresh, new images
+// or not, and after Load.
+func TestRefreshedHook(t *testing.T) {
+	dir, _ := ixGen(t, gen.Options{Kernels: 2, Seed: 5})
+	layout := t.TempDir()
+	if _, err := resolver.Save(context.Background(), "oci:"+layout+":a", ixPack(t, dir), ixOptions(t)); err != nil {
+		t.Fatal(err)
+	}
+	e := newIxEnv(t, "", ixOptions(t), []string{"oci:" + layout}, "cuda:80:32")
+	calls := 0
+	cfg := catalog.Config{Sources: []string{"oci:" + layout}, Targets: ixTargets(t, "cuda:80:32"), StateDir: e.state,
+		Refreshed: func() { calls++ }}
+	ix := ixMustIndex(t, e, cfg)
+	ixRefresh(t, ix)
+	ixRefresh(t, ix)
+	if calls != 2 {
+		t.Fatalf("two refreshes: Refreshed called %d times, want 2", calls)
+	}
+	again := ixMustIndex(t, e, cfg)
+	if err := again.Load(); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 3 {
+		t.Fatalf("after Load: Refreshed called %d times in all, want 3", calls)
+	}
+}
+
 // TestQuietRefresh: a refresh that finds the same images keeps the KEY map
 // and does not rewrite the state file; a new image does both.
 func TestQuietRefresh(t *testing.T) {

@@ -248,6 +248,9 @@ func (cat *Catalog) Load() error {
 
 	cat.install(s)
 	cat.log.Info("catalog loaded", "file", p, "images", len(s.entries), "keys", len(s.keys))
+	if cat.cfg.Refreshed != nil {
+		cat.cfg.Refreshed()
+	}
 	return nil
 }
 

@@ -160,6 +160,8 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 		access.close()
 	}()
 
+	// Pokes wake the status writer, which sleeps while nothing happens.
+	act := newActivity()
 	cat, err := catalog.New(r, eng, catalog.Config{
 		Sources: o.images, Targets: rep.Targets, StateDir: o.stateDir, Refresh: o.refresh, Logger: log,
 		Prefetch: o.prefetch == prefetchFitting,
@@ -167,6 +169,9 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 		// the runtime would keep its pages (up to twice the heap it
 		// left) long after. Rare, and a GC over a small heap.
 		Built: debug.FreeOSMemory,
+		// The status writer sleeps while nothing happens; a refresh may
+		// change what it says (ready, KEYs, failing sources).
+		Refreshed: act.poke,
 	})
 	if err != nil {
 		return nil, err
@@ -194,7 +199,6 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 		log.Warn("--allow-other without root: other users can read the mount, but their compiles fail (the daemon cannot give them what they make)")
 	}
 	stats := &fs.Stats{}
-	act := newActivity()
 	srv, err := withFusermountCause(func() (*fs.Server, error) {
 		return fs.Mount(life, mp, fs.Options{
 			Upper:         upperPath(dir),

@@ -105,6 +105,11 @@ func startFS(t *testing.T, mnt, state string, args ...string) *fsMount {
 	}
 	pw.Close()
 	var mu sync.Mutex
+	logText := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return m.log.String()
+	}
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
@@ -117,9 +122,7 @@ func startFS(t *testing.T, mnt, state string, args ...string) *fsMount {
 	t.Cleanup(func() {
 		m.stop(t)
 		if t.Failed() {
-			mu.Lock()
-			t.Logf("cargohold-fs log:\n%s", m.log.String())
-			mu.Unlock()
+			t.Logf("cargohold-fs log:\n%s", logText())
 		}
 	})
 	deadline := time.Now().Add(20 * time.Second)
@@ -130,11 +133,11 @@ func startFS(t *testing.T, mnt, state string, args ...string) *fsMount {
 		select {
 		case err := <-m.done:
 			m.done <- err
-			t.Fatalf("cargohold-fs exited: %v\n%s", err, m.log.String())
+			t.Fatalf("cargohold-fs exited: %v\n%s", err, logText())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("cargohold-fs not mounted with an index within 20s\n%s", m.log.String())
+			t.Fatalf("cargohold-fs not mounted with an index within 20s\n%s", logText())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
