@@ -6,7 +6,8 @@
 // and a group file __grp__<name>.json listing them by absolute path. A
 // launcher entry holds a compiled .so and no kernel JSON. KEY is the base32
 // (no padding) of the bytes of the hex SHA-256 in "hash" (Triton 3.2–3.7,
-// triton/runtime/cache.py: _base32(key)).
+// triton/runtime/cache.py: _base32(key)); Triton 3.1 and older named the dir
+// by the hex SHA-256 itself (64 lowercase hex digits), launchers included.
 package triton
 
 import (
@@ -33,15 +34,34 @@ type Kernel struct {
 	TritonVersion string     `json:"triton_version,omitempty"`
 }
 
-// IsKey reports whether name has the shape of a cache KEY: 52 base32 letters,
-// the encoding of 32 bytes.
+// IsKey reports whether name has the shape of a cache KEY: 52 base32
+// letters, the encoding of 32 bytes (Triton 3.2 and later), or 64 lowercase
+// hex digits (Triton 3.1 and older, whose launcher dirs such caches still
+// hold).
 func IsKey(name string) bool {
-	// ^[A-Z2-7]{52}$ by hand: every entry of every layer passes here.
-	if len(name) != 52 {
+	// ^([A-Z2-7]{52}|[0-9a-f]{64})$ by hand: every entry of every layer
+	// passes here.
+	switch len(name) {
+	case 52:
+		for i := range len(name) {
+			if c := name[i]; !('A' <= c && c <= 'Z' || '2' <= c && c <= '7') {
+				return false
+			}
+		}
+		return true
+	case 64:
+		return isHexKey(name)
+	}
+	return false
+}
+
+// isHexKey: 64 lowercase hex digits, a KEY of Triton 3.1 and older.
+func isHexKey(name string) bool {
+	if len(name) != 64 {
 		return false
 	}
 	for i := range len(name) {
-		if c := name[i]; !('A' <= c && c <= 'Z' || '2' <= c && c <= '7') {
+		if c := name[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
 			return false
 		}
 	}
@@ -57,10 +77,14 @@ func KeyOf(hash string) (string, error) {
 	return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b), nil
 }
 
-// HashOf is the inverse of KeyOf.
+// HashOf is the inverse of KeyOf; a hex KEY (Triton 3.1 and older) is its
+// own hash.
 func HashOf(key string) (string, error) {
 	if !IsKey(key) {
 		return "", fmt.Errorf("triton: %q is not a cache KEY", key)
+	}
+	if isHexKey(key) {
+		return key, nil
 	}
 	b, err := base32.StdEncoding.WithPadding(base32.NoPadding).DecodeString(key)
 	if err != nil {
@@ -147,8 +171,15 @@ func archString(raw json.RawMessage) (string, error) {
 	return s, nil
 }
 
-// Key is the cache dir name this kernel must live in.
+// Key is the cache dir name this kernel must live in (Triton 3.2 and
+// later).
 func (k Kernel) Key() string {
 	key, _ := KeyOf(k.Hash) // validated by ParseKernel
 	return key
+}
+
+// In reports whether the kernel belongs in the KEY dir key: its base32 KEY,
+// or its hex hash as Triton 3.1 and older named the dir.
+func (k Kernel) In(key string) bool {
+	return key == k.Key() || key == k.Hash
 }

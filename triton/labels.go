@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 
 	"cargohold/gpu"
 )
@@ -23,7 +24,7 @@ const (
 type Summary struct {
 	Kernels    []Kernel     // from LabelMetadata
 	Targets    []gpu.Target // from LabelSummary, or derived from Kernels
-	EntryCount int
+	EntryCount int          // kernels, as MCV counts them (older cargohold images: KEY dirs)
 	CacheSize  int64
 	Title      string
 }
@@ -51,7 +52,9 @@ type labelTarget struct {
 	WarpSize int    `json:"warp_size"`
 }
 
-// Labels gives the image config labels for a cache's entries.
+// Labels gives the image config labels for a cache's entries:
+// cache-size-bytes is the bytes of the files as packed (stored unmodified),
+// entry-count the kernels (JSONs with a hash), as MCV's spec has them.
 func Labels(entries []Entry, title string) (map[string]string, error) {
 	kernels := []labelKernel{}
 	var targets []gpu.Target
@@ -82,7 +85,7 @@ func Labels(entries []Entry, title string) (map[string]string, error) {
 	}
 	return map[string]string{
 		LabelMetadata:   string(meta),
-		LabelEntryCount: strconv.Itoa(len(entries)),
+		LabelEntryCount: strconv.Itoa(len(kernels)),
 		LabelVariant:    "multi",
 		LabelSummary:    string(sj),
 		LabelCacheSize:  strconv.FormatInt(size, 10),
@@ -152,8 +155,14 @@ func ParseLabels(labels map[string]string) (Summary, error) {
 	return s, nil
 }
 
-// labelTargetOf accepts arch as a JSON number (CUDA, as Triton writes it) or
-// a string (HIP, and CUDA as the original tool writes it).
+// LabelTarget reads a target of a summary or metadata label: arch a JSON
+// number (CUDA, as Triton writes it) or a string (HIP, and CUDA as the
+// original tool writes it, also "sm_75" as MCV writes vLLM summaries);
+// backend "rocm" (MCV's vLLM summaries) is "hip".
+func LabelTarget(backend string, arch any, warp int) (gpu.Target, error) {
+	return labelTargetOf(backend, arch, warp)
+}
+
 func labelTargetOf(backend string, arch any, warp int) (gpu.Target, error) {
 	var a string
 	switch v := arch.(type) {
@@ -163,6 +172,12 @@ func labelTargetOf(backend string, arch any, warp int) (gpu.Target, error) {
 		a = strconv.FormatFloat(v, 'f', -1, 64)
 	default:
 		return gpu.Target{}, fmt.Errorf("arch %v is neither a number nor a string", arch)
+	}
+	if backend == "rocm" {
+		backend = "hip"
+	}
+	if backend == "cuda" {
+		a = strings.TrimPrefix(a, "sm_")
 	}
 	if backend == "" || a == "" {
 		return gpu.Target{}, fmt.Errorf("target needs backend and arch")

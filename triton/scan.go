@@ -69,7 +69,7 @@ func Scan(dir string) ([]Entry, []Skipped, error) {
 	for _, de := range des {
 		p := filepath.Join(dir, de.Name())
 		if !de.IsDir() || !IsKey(de.Name()) {
-			skipped = append(skipped, Skipped{p, "not a cache entry (want a dir named by a 52-letter base32 KEY)"})
+			skipped = append(skipped, Skipped{p, "not a cache entry (want a dir named by a KEY: 52 base32 letters or 64 hex digits)"})
 			continue
 		}
 		e, sk, err := ScanEntry(p)
@@ -140,7 +140,7 @@ func NewEntry(dir string, files []File, read func(name string) ([]byte, error)) 
 		if !ok {
 			continue
 		}
-		if k.Key() != e.Key {
+		if !k.In(e.Key) {
 			return e, fmt.Errorf("triton: %s: hash %s belongs in dir %s, not %s", p, k.Hash, k.Key(), e.Key)
 		}
 		e.Kernels = append(e.Kernels, k)

@@ -45,6 +45,28 @@ func TestKeyHashRoundTrip(t *testing.T) {
 	}
 }
 
+// TestHexKeys: Triton 3.1 and older named KEY dirs (launchers included) by
+// the hex hash itself; such dirs are KEYs, and a kernel JSON belongs in
+// either form of its dir.
+func TestHexKeys(t *testing.T) {
+	h := "edbea4c0734897ca19ec52852fcc847e552b3b1cfff92cc3deff0b695cdd636f"
+	if !IsKey(h) || !IsKey(cudaKey) {
+		t.Fatal("IsKey: want both the base32 and the hex form")
+	}
+	for _, bad := range []string{strings.ToUpper(h), h[:63], h + "0", strings.Replace(h, "e", "g", 1), strings.ToLower(cudaKey)} {
+		if IsKey(bad) {
+			t.Errorf("IsKey(%q): want false", bad)
+		}
+	}
+	if back, err := HashOf(h); err != nil || back != h {
+		t.Errorf("HashOf(hex KEY) = %s, %v", back, err)
+	}
+	k := Kernel{Hash: h}
+	if !k.In(h) || !k.In(cudaKey) || k.In(strings.Repeat("A", 52)) {
+		t.Error("Kernel.In: want the KEY in either form, nothing else")
+	}
+}
+
 func TestParseKernel(t *testing.T) {
 	h := `"hash": "edbea4c0734897ca19ec52852fcc847e552b3b1cfff92cc3deff0b695cdd636f"`
 	cases := []struct {

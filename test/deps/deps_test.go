@@ -29,6 +29,7 @@ var allowed = map[string][]string{
 	"gpu/internal/probe": {"gpu"},
 	"triton":             {"gpu"},
 	"triton/gen":         {"gpu", "triton"},
+	"kind":               {"gpu", "triton"},
 	"store":              {},
 	"layer":              {"triton"},
 	"resolver":           {"internal/userdir"},
