@@ -178,6 +178,20 @@ func Classify(k Kind, rel string) (pl Place, ok bool, why string) {
 	return Place{Unit: unit, File: file, Triton: p == posTritonKey}, true, ""
 }
 
+// ClassifyDir says whether the dir at rel (slash-separated, relative to a
+// kind's root, clean) may hold units: ok false with why "" for a
+// local-only dir, with a reason for one the kind does not take.
+func ClassifyDir(k Kind, rel string) (ok bool, why string) {
+	p := start(k)
+	for _, el := range strings.Split(rel, "/") {
+		var v verdict
+		if p, v, why = dirStep(p, el); v != take {
+			return false, why
+		}
+	}
+	return true, ""
+}
+
 // unitPos walks a unit path; ok is false when the kind does not take it.
 func unitPos(k Kind, unit string) (pos, bool) {
 	if unit == "" {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
 
+	"cargohold/kind"
 	"cargohold/triton"
 )
 
@@ -48,39 +50,64 @@ const (
 // epoch is every entry's mtime.
 var epoch = time.Unix(0, 0)
 
-// Build writes the eStargz layer of a Triton cache dir to w: a no-prefetch
-// landmark (as estargz.Build writes it), io.triton.cache/, then per KEY in
-// the order of entries (the layer's order, which the caller decides:
-// image.Pack sorts them, or puts an access order first) its dir and its
-// files in sorted order. Entries carry mtime 0,
-// uid/gid 0, no owner names, mode 0755 (dirs, executables) or 0644. Group
-// files are stored with child paths rewritten to triton.ImageRoot. entries
-// come from triton.Scan(dir); files are read again, without following
-// symlinks.
+// Source is what a layer holds: the units of a cache of kind Kind rooted at
+// Dir, in layer order (each unit's files contiguous, so that one ranged
+// read fetches a unit), and MCV's manifest file (nil: none).
+type Source struct {
+	Kind     kind.Kind
+	Dir      string
+	Units    []kind.Unit
+	Manifest []byte
+}
+
+// Build writes the eStargz layer of a Triton cache dir (the Triton form of
+// BuildSource, without a manifest): entries come from triton.Scan(dir),
+// in the layer's order.
+func Build(ctx context.Context, w io.Writer, dir string, entries []triton.Entry) (Built, error) {
+	units := make([]kind.Unit, len(entries))
+	for i, e := range entries {
+		units[i] = kind.Unit{Path: e.Key, Triton: true, Files: e.Files, Kernels: e.Kernels}
+	}
+	return BuildSource(ctx, w, Source{Kind: kind.Triton, Dir: dir, Units: units})
+}
+
+// BuildSource writes the eStargz layer of c to w: a no-prefetch landmark
+// (as estargz.Build writes it), the manifest under io.<kind>.manifest/,
+// io.<kind>.cache/, then per unit in the order of c.Units (the caller
+// decides: image.Pack sorts them by path, or puts an access order first)
+// the dirs above it not yet written, its dir and its files in sorted order.
+// Entries carry mtime 0, uid/gid 0, no owner names, mode 0755 (dirs,
+// executables) or 0644. Files are stored as they are on disk (group files
+// keep the build host's absolute child paths: MCV extracts them as they
+// are, and cargohold rewrites them where it installs or serves them); a
+// group file that does not parse is an error. Files are read again from
+// c.Dir, without following symlinks.
 //
 // Gzip members are compressed on GOMAXPROCS goroutines; the bytes are the
 // same for any number (see writer).
-func Build(ctx context.Context, w io.Writer, dir string, entries []triton.Entry) (Built, error) {
-	return buildWith(ctx, w, dir, entries, defaultWriterOptions(runtime.GOMAXPROCS(0)))
+func BuildSource(ctx context.Context, w io.Writer, c Source) (Built, error) {
+	return buildWith(ctx, w, c, defaultWriterOptions(runtime.GOMAXPROCS(0)))
 }
 
-func buildWith(ctx context.Context, w io.Writer, dir string, entries []triton.Entry, o writerOptions) (Built, error) {
-	es := entries
-	seen := make(map[string]bool, len(es))
-	for _, e := range es {
-		if !triton.IsKey(e.Key) {
-			return Built{}, fmt.Errorf("layer: build: %q is not a cache KEY", e.Key)
+func buildWith(ctx context.Context, w io.Writer, c Source, o writerOptions) (Built, error) {
+	if !c.Kind.Valid() {
+		return Built{}, fmt.Errorf("layer: build: unknown cache kind %q", c.Kind)
+	}
+	seen := make(map[string]bool, len(c.Units))
+	for _, u := range c.Units {
+		if !kind.IsUnit(c.Kind, u.Path) || kind.CheckPath(u.Path) != nil {
+			return Built{}, fmt.Errorf("layer: build: %q is not a unit of a %s cache", u.Path, c.Kind)
 		}
-		if seen[e.Key] {
-			return Built{}, fmt.Errorf("layer: build: KEY %s listed twice", e.Key)
+		if seen[u.Path] {
+			return Built{}, fmt.Errorf("layer: build: unit %s listed twice", u.Path)
 		}
-		seen[e.Key] = true
+		seen[u.Path] = true
 	}
 	if err := ctx.Err(); err != nil {
 		return Built{}, fmt.Errorf("layer: build: %w", err)
 	}
 	sw := newWriter(ctx, w, o)
-	if err := writeEntries(ctx, sw, dir, es); err != nil {
+	if err := writeEntries(ctx, sw, c); err != nil {
 		sw.abort(err)
 		return Built{}, fmt.Errorf("layer: build: %w", err)
 	}
@@ -98,36 +125,54 @@ func header(name string, typ byte, mode, size int64) *tar.Header {
 }
 
 // writeEntries writes the layer's entries in order.
-func writeEntries(ctx context.Context, sw *writer, dir string, es []triton.Entry) error {
+func writeEntries(ctx context.Context, sw *writer, c Source) error {
 	landmark := []byte{0xf} // estargz's landmark content
 	if err := sw.file(header(estargz.NoPrefetchLandmark, tar.TypeReg, 0o644, int64(len(landmark))), bytes.NewReader(landmark)); err != nil {
 		return err
 	}
-	if err := sw.header(header(Prefix, tar.TypeDir, 0o755, 0)); err != nil {
-		return err
-	}
-	for _, e := range es {
-		if err := sw.header(header(Prefix+e.Key+"/", tar.TypeDir, 0o755, 0)); err != nil {
+	if c.Manifest != nil {
+		mp := c.Kind.ManifestPath()
+		if err := sw.header(header(path.Dir(mp)+"/", tar.TypeDir, 0o755, 0)); err != nil {
 			return err
 		}
-		names := make([]string, len(e.Files))
-		for i, f := range e.Files {
+		if err := sw.file(header(mp, tar.TypeReg, 0o644, int64(len(c.Manifest))), bytes.NewReader(c.Manifest)); err != nil {
+			return err
+		}
+	}
+	prefix := c.Kind.Prefix()
+	if err := sw.header(header(prefix, tar.TypeDir, 0o755, 0)); err != nil {
+		return err
+	}
+	written := map[string]bool{}
+	for _, u := range c.Units {
+		for _, d := range append(kind.ParentDirs(u.Path), u.Path) {
+			if written[d] {
+				continue
+			}
+			written[d] = true
+			if err := sw.header(header(prefix+d+"/", tar.TypeDir, 0o755, 0)); err != nil {
+				return err
+			}
+		}
+		names := make([]string, len(u.Files))
+		for i, f := range u.Files {
 			names[i] = f.Name
 		}
 		slices.Sort(names)
 		for i, name := range names {
 			if i > 0 && names[i-1] == name {
-				return fmt.Errorf("%s/%s listed twice", e.Key, name)
+				return fmt.Errorf("%s/%s listed twice", u.Path, name)
 			}
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			tarName := Prefix + e.Key + "/" + name
+			tarName := prefix + u.Path + "/" + name
 			// Build only what the readers accept.
-			if _, _, p, err := checkEntry(tarName, kindFile); err != nil || p != placeFile {
+			if e, err := checkEntry(tarName, typeFile); err != nil || e.p != placeFile || e.unit != u.Path {
 				return fmt.Errorf("%s: not a cache file name (%v)", tarName, err)
 			}
-			if err := writeFile(sw, filepath.Join(dir, e.Key, name), tarName); err != nil {
+			src := filepath.Join(c.Dir, filepath.FromSlash(u.Path), name)
+			if err := writeFile(sw, src, tarName, u.Triton && triton.IsGroupFile(name)); err != nil {
 				return err
 			}
 		}
@@ -135,7 +180,9 @@ func writeEntries(ctx context.Context, sw *writer, dir string, es []triton.Entry
 	return nil
 }
 
-func writeFile(sw *writer, path, tarName string) error {
+// writeFile writes the file at path as tarName; group says it is a Triton
+// group file, checked to parse.
+func writeFile(sw *writer, path, tarName string, group bool) error {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return err
@@ -152,7 +199,7 @@ func writeFile(sw *writer, path, tarName string) error {
 	if st.Mode().Perm()&0o111 != 0 {
 		mode = 0o755
 	}
-	if triton.IsGroupFile(filepath.Base(path)) {
+	if group {
 		data, err := io.ReadAll(io.LimitReader(f, maxGroupFileSize+1))
 		if err != nil {
 			return err
@@ -160,7 +207,9 @@ func writeFile(sw *writer, path, tarName string) error {
 		if len(data) > maxGroupFileSize {
 			return fmt.Errorf("%s: group file larger than %d bytes", path, maxGroupFileSize)
 		}
-		if data, err = triton.RewriteGroup(data, triton.ImageRoot); err != nil {
+		// Stored as it is; whoever installs or serves it rewrites it,
+		// which must then work.
+		if _, err := triton.RewriteGroup(data, "/"); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		return sw.file(header(tarName, tar.TypeReg, mode, int64(len(data))), bytes.NewReader(data))

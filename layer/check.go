@@ -7,19 +7,20 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 
-	"cargohold/triton"
+	"cargohold/kind"
 )
 
-// kind is an entry's type, the same for tar headers and eStargz TOC entries.
-type kind int
+// etype is an entry's type, the same for tar headers and eStargz TOC
+// entries.
+type etype int
 
 const (
-	kindFile kind = iota
-	kindDir
-	kindSymlink
-	kindHardlink
-	kindDevice // char, block, fifo
-	kindOther  // sparse files and anything else that is not plain data
+	typeFile etype = iota
+	typeDir
+	typeSymlink
+	typeHardlink
+	typeDevice // char, block, fifo
+	typeOther  // sparse files and anything else that is not plain data
 )
 
 // place says what an entry that passed checkEntry is.
@@ -28,50 +29,70 @@ type place int
 const (
 	placeIgnore place = iota // layer structure or eStargz metadata; not recorded
 	placeSkip                // not part of the cache; recorded in Index.Skipped
-	placeFile                // io.triton.cache/<KEY>/<file>, a regular file
+	placeFile                // io.<kind>.cache/<unit>/<file>, a regular file of a unit
 )
 
-func tarKind(flag byte) kind {
+func tarType(flag byte) etype {
 	switch flag {
 	case tar.TypeReg:
-		return kindFile
+		return typeFile
 	case tar.TypeDir:
-		return kindDir
+		return typeDir
 	case tar.TypeSymlink:
-		return kindSymlink
+		return typeSymlink
 	case tar.TypeLink:
-		return kindHardlink
+		return typeHardlink
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		return kindDevice
+		return typeDevice
 	}
-	return kindOther
+	return typeOther
 }
 
-func tocKind(typ string) kind {
+func tocType(typ string) etype {
 	switch typ {
 	case "reg":
-		return kindFile
+		return typeFile
 	case "dir":
-		return kindDir
+		return typeDir
 	case "symlink":
-		return kindSymlink
+		return typeSymlink
 	case "hardlink":
-		return kindHardlink
+		return typeHardlink
 	case "char", "block", "fifo":
-		return kindDevice
+		return typeDevice
 	}
-	return kindOther
+	return typeOther
 }
 
 // maxNameLen is NAME_MAX of Linux file systems.
 const maxNameLen = 255
 
+// entry is what checkEntry says of an entry.
+type entry struct {
+	p    place
+	kind kind.Kind // placeFile: the kind whose prefix holds it
+	unit string    // placeFile: its unit (a slice of the entry's name)
+	file string    // placeFile: its name in the unit
+}
+
+// cachePrefixes are the dirs that hold a cache in a layer, by kind.
+var cachePrefixes = func() map[string]kind.Kind {
+	m := map[string]kind.Kind{}
+	for _, k := range kind.All {
+		m[strings.TrimSuffix(k.Prefix(), "/")] = k
+	}
+	return m
+}()
+
 // checkEntry is the one guard every format passes its entries through. It
-// returns the KEY and file name of a cache file, or says the entry is to be
-// ignored or skipped, or returns an *UnsafeEntryError.
-func checkEntry(name string, k kind) (key, file string, p place, err error) {
-	unsafe := func(reason string) (string, string, place, error) {
-		return "", "", placeIgnore, &UnsafeEntryError{Path: name, Reason: reason}
+// says where a cache file belongs (kind.Classify under the kind's prefix
+// io.<kind>.cache/), or that the entry is to be ignored (layer structure,
+// eStargz metadata, directories, MCV's manifest) or skipped (recorded: not
+// part of a cache the kinds take), or returns an *UnsafeEntryError for an
+// entry under a cache prefix that could escape or subvert the cache dir.
+func checkEntry(name string, t etype) (entry, error) {
+	unsafe := func(reason string) (entry, error) {
+		return entry{}, &UnsafeEntryError{Path: name, Reason: reason}
 	}
 	n := strings.TrimPrefix(name, "./") // tar's usual relative form
 	if strings.HasPrefix(n, "/") {
@@ -86,39 +107,42 @@ func checkEntry(name string, k kind) (key, file string, p place, err error) {
 			return unsafe(`".." path element`)
 		}
 	}
-	if trimmed != prefixDir && !strings.HasPrefix(trimmed, Prefix) {
-		switch trimmed {
-		case "", ".", estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark:
-			return "", "", placeIgnore, nil
+	top, rest, _ := strings.Cut(trimmed, "/")
+	k, ok := cachePrefixes[top]
+	if !ok {
+		switch {
+		case trimmed == "", trimmed == ".", trimmed == estargz.TOCTarName, trimmed == estargz.PrefetchLandmark,
+			trimmed == estargz.NoPrefetchLandmark:
+			return entry{p: placeIgnore}, nil
+		case isManifest(top, rest, t):
+			return entry{p: placeIgnore}, nil
 		}
-		return "", "", placeSkip, nil
+		return entry{p: placeSkip}, nil
 	}
-	switch k {
-	case kindSymlink, kindHardlink:
-		return unsafe("link under " + Prefix)
-	case kindDevice:
-		return unsafe("device or fifo under " + Prefix)
-	case kindOther:
-		return unsafe("unsupported entry type under " + Prefix)
+	switch t {
+	case typeSymlink, typeHardlink:
+		return unsafe("link under " + top + "/")
+	case typeDevice:
+		return unsafe("device or fifo under " + top + "/")
+	case typeOther:
+		return unsafe("unsupported entry type under " + top + "/")
 	}
-	if trimmed != n && k != kindDir {
+	if trimmed != n && t != typeDir {
 		return unsafe("non-directory name ends in /")
 	}
-	rest := strings.TrimPrefix(strings.TrimPrefix(trimmed, prefixDir), "/")
 	if rest == "" {
-		if k == kindDir {
-			return "", "", placeIgnore, nil
+		if t == typeDir {
+			return entry{p: placeIgnore}, nil
 		}
-		return "", "", placeSkip, nil
+		return entry{p: placeSkip}, nil
 	}
-	els := strings.Split(rest, "/")
-	for _, el := range els {
+	for _, el := range strings.Split(rest, "/") {
 		if el == "" || el == "." {
 			return unsafe("not a clean path")
 		}
-		// What no file system holds (NAME_MAX) or no Triton writes: a name
-		// listed but never openable, or one that breaks lines in logs and
-		// listings.
+		// What no file system holds (NAME_MAX) or no framework writes: a
+		// name listed but never openable, or one that breaks lines in logs
+		// and listings.
 		if len(el) > maxNameLen {
 			return unsafe(fmt.Sprintf("name element of %d bytes (the most is %d)", len(el), maxNameLen))
 		}
@@ -126,13 +150,30 @@ func checkEntry(name string, k kind) (key, file string, p place, err error) {
 			return unsafe("control character in name")
 		}
 	}
-	switch {
-	case len(els) == 1 && k == kindDir && triton.IsKey(els[0]):
-		return "", "", placeIgnore, nil
-	case len(els) == 2 && k == kindFile && triton.IsKey(els[0]):
-		return els[0], els[1], placeFile, nil
+	if t == typeDir {
+		// Dirs are implied by the files under them; one the kind does not
+		// take is named.
+		if ok, why := kind.ClassifyDir(k, rest); !ok && why != "" {
+			return entry{p: placeSkip}, nil
+		}
+		return entry{p: placeIgnore}, nil
 	}
-	// Stray files, non-KEY dirs, subdirs of a KEY dir and anything deeper:
-	// Triton never looks there.
-	return "", "", placeSkip, nil
+	pl, ok, _ := kind.Classify(k, rest)
+	if !ok {
+		// Stray files, non-KEY dirs, subdirs of a KEY dir, local-only
+		// paths: the framework never looks there, or must not be served
+		// them.
+		return entry{p: placeSkip}, nil
+	}
+	return entry{p: placeFile, kind: k, unit: pl.Unit, file: pl.File}, nil
+}
+
+// isManifest: MCV's manifest beside the cache, io.<kind>.manifest/ and its
+// manifest.json; cargohold does not read it.
+func isManifest(top, rest string, t etype) bool {
+	k, ok := strings.CutPrefix(top, "io.")
+	if k, ok = strings.CutSuffix(k, ".manifest"); !ok || !kind.Kind(k).Valid() {
+		return false
+	}
+	return (rest == "" && t == typeDir) || (rest == "manifest.json" && t == typeFile)
 }

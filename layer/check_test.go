@@ -1,6 +1,8 @@
 package layer
 
 import (
+	"cargohold/kind"
+
 	"archive/tar"
 	"bytes"
 	"errors"
@@ -83,7 +85,7 @@ func TestUnsafeTOCNames(t *testing.T) {
 	}
 }
 
-func discardFile(key string, f File, r io.Reader) error {
+func discardFile(_ kind.Kind, key string, f File, r io.Reader) error {
 	_, err := io.Copy(io.Discard, r)
 	return err
 }
@@ -110,7 +112,7 @@ func TestOutsideEntriesSkipped(t *testing.T) {
 			t.Fatalf("%s: skipped %q, %d dirs", how, idx.Skipped, len(idx.Dirs))
 		}
 		n := 0
-		if err := Walk(bytes.NewReader(blob), func(string, File, io.Reader) error { n++; return nil }); err != nil || n != 1 {
+		if err := Walk(bytes.NewReader(blob), func(kind.Kind, string, File, io.Reader) error { n++; return nil }); err != nil || n != 1 {
 			t.Fatalf("%s: Walk: %d files, %v", how, n, err)
 		}
 	}

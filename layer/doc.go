@@ -1,19 +1,27 @@
 // Package layer is the image layer format of cargohold: it builds the
-// reproducible eStargz layer that holds a Triton cache, indexes a layer blob
-// over an io.ReaderAt (eStargz TOC, or a plain tar read in large blocks), and
-// reads and verifies one kernel dir from the bytes of its span.
+// reproducible eStargz layer that holds a compile cache (package kind:
+// Triton, vLLM, Inductor), indexes a layer blob over an io.ReaderAt (eStargz
+// TOC, or a plain tar read in large blocks), and reads and verifies one
+// unit (a Triton KEY dir, a vLLM or Inductor dir) from the bytes of its
+// span.
 //
-// Model: a layer holds io.triton.cache/<KEY>/<file> entries. An Index maps
-// each KEY to a Dir whose files' data lie in one contiguous byte span
-// [Dir.Offset, Dir.End) of the blob, so a caller fetches a whole kernel dir
-// with one ranged read and hands the bytes to Dir.Read.
+// Model: a layer holds io.<kind>.cache/<unit>/<file> entries (MCV's
+// prefixes) and MCV's io.<kind>.manifest/manifest.json. An Index records
+// the layer's kind (the kind of its first cache file; files of another
+// kind are skipped and named) and maps each unit path (relative to the
+// kind's root: a KEY for Triton) to a Dir whose files' data lie in one
+// contiguous byte span [Dir.Offset, Dir.End) of the blob, so a caller
+// fetches a whole unit with one ranged read and hands the bytes to
+// Dir.Read. Files are stored as they are on disk: whoever installs or
+// serves them applies the kind's rewrites (kind.RewriteOf).
 //
 // Invariants:
 //   - No HTTP and no FUSE here: callers bring an io.ReaderAt and a size.
 //   - Every entry of every format passes one check (checkEntry): names with
 //     "..", absolute names, links, devices, unclean names, name elements
-//     over 255 bytes and control characters under io.triton.cache/ are
-//     errors (*UnsafeEntryError); entries elsewhere are skipped and
+//     over 255 bytes and control characters under a cache prefix are
+//     errors (*UnsafeEntryError); entries elsewhere, and files under a
+//     prefix that its kind does not take (kind.Classify), are skipped and
 //     recorded, never an error.
 //   - An Index is immutable after Open and JSON-serialisable; Dir.Read does
 //     not mutate it, so any number of goroutines may read at once.
@@ -29,7 +37,8 @@
 //     deflate, so its bytes also depend on that module's version.
 package layer
 
-// Prefix is the directory that holds the cache inside a layer.
+// Prefix is the directory that holds a Triton cache inside a layer
+// (kind.Triton.Prefix()).
 const Prefix = "io.triton.cache/"
 
 // MediaType is the layer's media type: eStargz is an ordinary gzip layer to
@@ -41,6 +50,3 @@ const (
 	AnnotationTOCDigest        = "containerd.io/snapshot/stargz/toc.digest"
 	AnnotationUncompressedSize = "io.containers.estargz.uncompressed-size"
 )
-
-// prefixDir is Prefix without its slash, the name of the directory itself.
-const prefixDir = "io.triton.cache"

@@ -233,11 +233,14 @@ func (x *tocIndexer) add(e *tocEntry) error {
 	if err := x.flush(); err != nil {
 		return err
 	}
-	key, file, p, err := checkEntry(e.Name, tocKind(e.Type))
+	ce, err := checkEntry(e.Name, tocType(e.Type))
 	if err != nil {
 		return err
 	}
-	if p == placeSkip {
+	if ce.p == placeFile && !x.b.takes(ce.kind) {
+		ce.p = placeSkip
+	}
+	if ce.p == placeSkip {
 		x.b.skip(e.Name)
 	}
 	if e.Type != "reg" {
@@ -247,8 +250,8 @@ func (x *tocIndexer) add(e *tocEntry) error {
 		return fmt.Errorf("entry %q: negative size %d", e.Name, e.Size)
 	}
 	// Own copies: key and file are slices of the whole entry name.
-	x.cur = &File{Name: strings.Clone(file), Size: e.Size, Mode: uint32(e.Mode & 0o777), Digest: e.Digest}
-	x.curName, x.curKey, x.curUse = e.Name, key, p == placeFile
+	x.cur = &File{Name: strings.Clone(ce.file), Size: e.Size, Mode: uint32(e.Mode & 0o777), Digest: e.Digest}
+	x.curName, x.curKey, x.curUse = e.Name, ce.unit, ce.p == placeFile
 	if e.Size > 0 {
 		cs := e.ChunkSize
 		if cs == 0 {

@@ -1,6 +1,8 @@
 package layer
 
 import (
+	"cargohold/kind"
+
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
@@ -46,7 +48,7 @@ func FuzzOpen(f *testing.F) {
 func FuzzWalk(f *testing.F) {
 	fuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, blob []byte) {
-		_ = Walk(bytes.NewReader(blob), func(_ string, _ File, r io.Reader) error {
+		_ = Walk(bytes.NewReader(blob), func(_ kind.Kind, _ string, _ File, r io.Reader) error {
 			_, err := io.Copy(io.Discard, r)
 			return err
 		})

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"cargohold/kind"
 )
 
 // Format is how a layer blob stores its files.
@@ -50,8 +52,10 @@ type Chunk struct {
 	Digest      string `json:"digest,omitempty"`
 }
 
-// Dir is one KEY dir of a layer.
+// Dir is one unit of a layer: a Triton KEY dir, a vLLM or Inductor dir.
 type Dir struct {
+	// Key is the unit's path, relative to the kind's root (a KEY for
+	// Triton).
 	Key   string `json:"key"`
 	Files []File `json:"files"` // sorted by name
 	// Offset and End are one contiguous span of the blob covering the data
@@ -60,11 +64,13 @@ type Dir struct {
 	End    int64 `json:"end"`
 }
 
-// Index is what a layer holds, by KEY. It is immutable once returned.
+// Index is what a layer holds, by unit path. It is immutable once
+// returned.
 type Index struct {
 	Format    Format          `json:"format"`
 	Size      int64           `json:"size"`
 	TOCDigest string          `json:"tocDigest,omitempty"` // eStargz: digest of the TOC JSON
+	Kind      kind.Kind       `json:"kind,omitempty"`      // the cache's kind; "" when the layer holds no cache file
 	Dirs      map[string]*Dir `json:"dirs"`
 	Skipped   []string        `json:"skipped,omitempty"` // entries outside the cache, as named in the layer
 }
@@ -136,6 +142,10 @@ func (idx *Index) WriteJSON(w io.Writer) error {
 	if idx.TOCDigest != "" {
 		bw.raw(`,"tocDigest":`)
 		bw.value(idx.TOCDigest)
+	}
+	if idx.Kind != "" {
+		bw.raw(`,"kind":`)
+		bw.value(idx.Kind)
 	}
 	bw.raw(`,"dirs":`)
 	if idx.Dirs == nil {
@@ -216,8 +226,18 @@ func newBuilder(f Format, size int64) *builder {
 
 func (b *builder) skip(name string) { b.idx.Skipped = append(b.idx.Skipped, name) }
 
-// key returns the index's own copy of a KEY: one parsed from an entry name
-// would keep the whole name alive.
+// takes reports whether a cache file of kind k belongs in the index: the
+// first cache file decides the layer's kind; files of another kind are
+// skipped (named: a layer holds one cache).
+func (b *builder) takes(k kind.Kind) bool {
+	if b.idx.Kind == "" {
+		b.idx.Kind = k
+	}
+	return b.idx.Kind == k
+}
+
+// key returns the index's own copy of a unit path: one parsed from an
+// entry name would keep the whole name alive.
 func (b *builder) key(k string) string {
 	if d := b.idx.Dirs[k]; d != nil {
 		return d.Key

@@ -47,19 +47,22 @@ func OpenTar(ra io.ReaderAt, size int64, blockSize int) (*Index, error) {
 		if h.Typeflag == tar.TypeXGlobalHeader {
 			continue
 		}
-		key, file, p, err := checkEntry(h.Name, tarKind(h.Typeflag))
+		e, err := checkEntry(h.Name, tarType(h.Typeflag))
 		if err != nil {
 			return nil, err
 		}
-		if p == placeSkip {
+		if e.p == placeFile && !b.takes(e.kind) {
+			e.p = placeSkip
+		}
+		if e.p == placeSkip {
 			b.skip(h.Name)
 		}
-		if p != placeFile {
+		if e.p != placeFile {
 			continue
 		}
 		// archive/tar reads headers in exact 512-byte blocks and buffers
 		// nothing, so the reader stands at the start of the body now.
-		f := File{Name: strings.Clone(file), Size: h.Size, Mode: uint32(h.Mode & 0o777)}
+		f := File{Name: strings.Clone(e.file), Size: h.Size, Mode: uint32(h.Mode & 0o777)}
 		if h.Size > 0 {
 			f.Offset, f.End = br.pos, br.pos+h.Size
 			if f.End > size {
@@ -74,7 +77,7 @@ func OpenTar(ra io.ReaderAt, size int64, blockSize int) (*Index, error) {
 			}
 			f.Digest = digest.NewDigest(digest.SHA256, sum).String()
 		}
-		b.add(b.key(key), f)
+		b.add(b.key(e.unit), f)
 	}
 	return b.finish(), nil
 }

@@ -26,7 +26,8 @@ func TestOpenTarPlain(t *testing.T) {
 		tarEntry{Name: "./" + Prefix + k1 + "/b.ptx", Body: []byte("new ptx")}, // later wins
 		tarEntry{Name: Prefix + k1 + "/empty"},
 		tarEntry{Name: Prefix + "stray.txt", Body: []byte("x")},
-		tarEntry{Name: Prefix + "tmp.pid_1_2/", Type: tar.TypeDir},
+		tarEntry{Name: Prefix + "tmp.pid_1_2/", Type: tar.TypeDir}, // local-only: not named
+		tarEntry{Name: Prefix + "notakey/", Type: tar.TypeDir},
 		tarEntry{Name: Prefix + k1 + "/sub/deep", Body: []byte("x")},
 		tarEntry{Name: "stargz.index.json", Body: []byte("{}")},
 		tarEntry{Name: ".no.prefetch.landmark", Body: []byte{0xf}},
@@ -39,7 +40,7 @@ func TestOpenTarPlain(t *testing.T) {
 	if idx.Format != FormatTar || len(idx.Dirs) != 2 {
 		t.Fatalf("format %s, %d dirs", idx.Format, len(idx.Dirs))
 	}
-	wantSkipped := []string{"etc/", "etc/hostname", "bin/sh", "dev/null", Prefix + "stray.txt", Prefix + "tmp.pid_1_2/", Prefix + k1 + "/sub/deep"}
+	wantSkipped := []string{"etc/", "etc/hostname", "bin/sh", "dev/null", Prefix + "stray.txt", Prefix + "notakey/", Prefix + k1 + "/sub/deep"}
 	if !slices.Equal(idx.Skipped, wantSkipped) {
 		t.Fatalf("skipped %q\nwant %q", idx.Skipped, wantSkipped)
 	}

@@ -14,19 +14,23 @@ import (
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
+
+	"cargohold/kind"
 )
 
 // Walk reads a whole layer blob as a stream (gzip, eStargz or plain tar) and
-// calls fn for each regular file io.triton.cache/<KEY>/<file>, in layer
-// order; a file that appears twice is passed twice, and the later one wins
-// as in tar extraction. content yields exactly f.Size bytes; what fn leaves
-// unread is drained. f carries Name, Size and Mode only.
+// calls fn for each regular file io.<kind>.cache/<unit>/<file> that its
+// kind takes (kind.Classify), in layer order, with its kind (a layer of
+// another tool may hold several: the caller picks); a file that appears
+// twice is passed twice, and the later one wins as in tar extraction.
+// content yields exactly f.Size bytes; what fn leaves unread is drained. f
+// carries Name, Size and Mode only.
 //
 // For an eStargz blob the TOC comes last: Walk then checks the digest of
 // every file it passed against the TOC and returns a *VerifyError if one
 // disagrees, so a caller must treat what fn wrote as provisional until Walk
 // returns nil. An error from fn is returned as is.
-func Walk(r io.Reader, fn func(key string, f File, content io.Reader) error) error {
+func Walk(r io.Reader, fn func(k kind.Kind, unit string, f File, content io.Reader) error) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	head, _ := br.Peek(4)
 	var src io.Reader = br
@@ -61,22 +65,22 @@ func Walk(r io.Reader, fn func(key string, f File, content io.Reader) error) err
 			}
 			continue
 		}
-		key, file, p, err := checkEntry(h.Name, tarKind(h.Typeflag))
+		e, err := checkEntry(h.Name, tarType(h.Typeflag))
 		if err != nil {
 			return err
 		}
-		if p != placeFile {
+		if e.p != placeFile {
 			continue
 		}
 		sum := sha256.New()
-		f := File{Name: file, Size: h.Size, Mode: uint32(h.Mode & 0o777)}
-		if err := fn(key, f, io.TeeReader(tr, sum)); err != nil {
+		f := File{Name: e.file, Size: h.Size, Mode: uint32(h.Mode & 0o777)}
+		if err := fn(e.kind, e.unit, f, io.TeeReader(tr, sum)); err != nil {
 			return err
 		}
 		if _, err := io.Copy(sum, tr); err != nil {
 			return fmt.Errorf("layer: walk: %s: %w", h.Name, err)
 		}
-		passed[h.Name] = passedFile{key, file, digest.NewDigest(digest.SHA256, sum).String()}
+		passed[h.Name] = passedFile{e.unit, e.file, digest.NewDigest(digest.SHA256, sum).String()}
 	}
 }
 

@@ -31,7 +31,7 @@ var allowed = map[string][]string{
 	"triton/gen":         {"gpu", "triton"},
 	"kind":               {"gpu", "triton"},
 	"store":              {},
-	"layer":              {"triton"},
+	"layer":              {"kind", "triton"},
 	"resolver":           {"internal/userdir"},
 	"fetch":              {"internal/userdir", "layer", "resolver", "store", "triton"},
 	"catalog":            {"fetch", "gpu", "layer", "resolver", "store", "triton"},
