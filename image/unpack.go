@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"cargohold/gpu"
+	"cargohold/kind"
 	"cargohold/layer"
 	"cargohold/resolver"
 	"cargohold/triton"
@@ -223,9 +224,12 @@ func (s *stager) dir(blob io.ReaderAt, d *layer.Dir) error {
 // walk stages every cache file of a layer without an index (a plain
 // gzip), as a stream.
 func (s *stager) walk(ctx context.Context, blob io.Reader) error {
-	return layer.Walk(blob, func(key string, f layer.File, content io.Reader) error {
+	return layer.Walk(blob, func(k kind.Kind, key string, f layer.File, content io.Reader) error {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if k != kind.Triton {
+			return nil
 		}
 		sd, err := s.mkdir(key)
 		if err != nil {
