@@ -15,7 +15,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"cargohold/layer"
-	"cargohold/triton"
 )
 
 // lazyLayer is the eStargz layer of a cache dir as a v1.Layer whose bytes
@@ -26,9 +25,8 @@ import (
 // the same bytes again: a retried upload rebuilds.
 type lazyLayer struct {
 	// immutable after Prepare
-	ctx     context.Context
-	dir     string
-	entries []triton.Entry
+	ctx context.Context
+	src layer.Source
 
 	mu     sync.Mutex
 	built  *layer.Built // guarded by mu
@@ -49,7 +47,7 @@ func (l *lazyLayer) stage(tmp string) error {
 	if err == nil {
 		var b layer.Built
 		bw := bufio.NewWriterSize(f, 1<<20)
-		b, err = layer.Build(l.ctx, bw, l.dir, l.entries)
+		b, err = layer.BuildSource(l.ctx, bw, l.src)
 		if err == nil {
 			err = bw.Flush()
 		}
@@ -87,7 +85,7 @@ func (l *lazyLayer) done(b layer.Built) error {
 	defer l.mu.Unlock()
 	if l.built != nil && *l.built != b {
 		return fmt.Errorf("image: pack %s: the layer built again as %s, first as %s: did the cache change while packing?",
-			l.dir, b.Digest, l.built.Digest)
+			l.src.Dir, b.Digest, l.built.Digest)
 	}
 	l.built = &b
 	return nil
@@ -97,7 +95,7 @@ func (l *lazyLayer) result() (layer.Built, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.built == nil {
-		return layer.Built{}, fmt.Errorf("image: layer of %s not built yet: %w", l.dir, stream.ErrNotComputed)
+		return layer.Built{}, fmt.Errorf("image: layer of %s not built yet: %w", l.src.Dir, stream.ErrNotComputed)
 	}
 	return *l.built, nil
 }
@@ -115,7 +113,7 @@ func (l *lazyLayer) Compressed() (io.ReadCloser, error) {
 	go func() {
 		// Members are small: batch them into the pipe.
 		bw := bufio.NewWriterSize(pw, 1<<20)
-		b, err := layer.Build(l.ctx, bw, l.dir, l.entries)
+		b, err := layer.BuildSource(l.ctx, bw, l.src)
 		if err == nil {
 			err = bw.Flush()
 		}

@@ -1,23 +1,29 @@
-// Package image turns Triton cache dirs into cache images and back: it packs
-// a dir into a one-layer eStargz OCI image with cargohold's labels, and
-// unpacks the entries of an image that fit the local GPU into a dir.
+// Package image turns compile caches (package kind: Triton, vLLM, Inductor)
+// into cache images and back: it packs a cache root into a one-layer
+// eStargz OCI image under MCV's prefix, with MCV's manifest and labels and
+// cargohold's own, and unpacks the units of an image that fit the local GPU
+// into a cache root.
 //
 // Packing is reproducible: the same dir gives the same digest on any machine
-// and any number of cores. Prepare's image builds its layer while it is
-// written (one pass into the upload or the layout blob); Pack stages it
-// first when the digest must be known before.
+// and any number of cores. Files are stored as they are on disk. Prepare's
+// image builds its layer while it is written (one pass into the upload or
+// the layout blob); Pack stages it first when the digest must be known
+// before.
 //
-// Unpacking never writes outside its dir, never overwrites a local KEY dir,
-// and installs each KEY dir whole (temp dir, then rename). A layer blob is
-// downloaded and its digest checked before any of it is unpacked; an
-// indexed layer (eStargz, plain tar) is then unpacked KEY dir by KEY dir on
-// every core, every file checked against the TOC. Nothing is fsynced: an
-// interrupted unpack leaves its stage dir, never a half KEY dir.
+// Unpacking never writes outside its dir, never overwrites a local unit
+// dir, and installs each unit whole (temp dir, then rename; the dirs above
+// it are made as needed), with the kind's rewrites (kind.RewriteOf) to the
+// dir it is installed in. A layer blob is downloaded and its digest checked
+// before any of it is unpacked; an indexed layer (eStargz, plain tar) is
+// then unpacked unit by unit on every core, every file checked against the
+// TOC. Nothing is fsynced: an interrupted unpack leaves its stage dir,
+// never a half unit.
 package image
 
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -28,6 +34,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"cargohold/gpu"
+	"cargohold/kind"
 	"cargohold/layer"
 	"cargohold/triton"
 )
@@ -38,13 +46,32 @@ import (
 // are known once it has been built (Built).
 type Packed struct {
 	Image   v1.Image
-	Entries []triton.Entry // sorted by KEY, whatever the layer's order
+	Kind    kind.Kind
+	Tree    *kind.Tree     // the units, sorted by path, whatever the layer's order
+	Entries []triton.Entry // the Triton units (Tree.Entries)
 	Skipped []triton.Skipped
+	Targets []gpu.Target // what the summary label names
+	Labels  map[string]string
 	// Unknown are the KEYs of the access order (PackOrdered,
 	// PrepareOrdered) that the dir does not hold (ignored).
 	Unknown []string
 
 	layer *lazyLayer
+}
+
+// Options say what PrepareKind packs.
+type Options struct {
+	// Kind is the cache's kind; "" detects it (kind.Detect).
+	Kind kind.Kind
+	// Title goes into org.opencontainers.image.title.
+	Title string
+	// Order, for a Triton cache, lists KEYs to put first in the layer
+	// (ReadOrder); nil: sorted.
+	Order []string
+	// Targets, when set, gives the GPU targets of units no kernel JSON
+	// describes (kind.Labels); it is called only when such units are
+	// packed. Default none: such a cache is refused (kind.ErrNoTargets).
+	Targets func() ([]gpu.Target, error)
 }
 
 // Built describes the layer once it has been built: by Pack, or by
@@ -56,8 +83,8 @@ func (p *Packed) Built() (layer.Built, error) { return p.layer.result() }
 // after.
 func (p *Packed) Close() error { return p.layer.close() }
 
-// Pack scans dir and builds its cache image, KEY dirs sorted by KEY in the
-// layer, staging the layer in a temp file under tmp ("" for the system temp
+// Pack scans the Triton cache dir and builds its cache image, KEY dirs
+// sorted by KEY in the layer, staging the layer in a temp file under tmp ("" for the system temp
 // dir) so that every digest is known before the image is written. title
 // goes into org.opencontainers.image.title.
 func Pack(ctx context.Context, dir, title, tmp string) (*Packed, error) {
@@ -72,7 +99,12 @@ func Pack(ctx context.Context, dir, title, tmp string) (*Packed, error) {
 // in Packed.Unknown. The same dir and order give the same digest; a nil
 // order gives Pack's.
 func PackOrdered(ctx context.Context, dir, title, tmp string, order []string) (*Packed, error) {
-	p, err := PrepareOrdered(ctx, dir, title, order)
+	return PackKind(ctx, dir, Options{Kind: kind.Triton, Title: title, Order: order}, tmp)
+}
+
+// PackKind is PrepareKind with the layer staged under tmp, as Pack does.
+func PackKind(ctx context.Context, dir string, o Options, tmp string) (*Packed, error) {
+	p, err := PrepareKind(ctx, dir, o)
 	if err != nil {
 		return nil, err
 	}
@@ -82,8 +114,8 @@ func PackOrdered(ctx context.Context, dir, title, tmp string, order []string) (*
 	return p, nil
 }
 
-// Prepare scans dir and returns its cache image without building the
-// layer: writing the image (resolver.Push, resolver.Save) builds it as it
+// Prepare scans the Triton cache dir and returns its cache image without
+// building the layer: writing the image (resolver.Push, resolver.Save) builds it as it
 // goes, in one pass, and ctx bounds that build. Until then the image's
 // digest is unknown (stream.ErrNotComputed); each read of the layer builds
 // it again, with the same bytes.
@@ -93,16 +125,46 @@ func Prepare(ctx context.Context, dir, title string) (*Packed, error) {
 
 // PrepareOrdered is Prepare with an access order, as PackOrdered.
 func PrepareOrdered(ctx context.Context, dir, title string, order []string) (*Packed, error) {
-	entries, skipped, err := triton.Scan(dir)
+	return PrepareKind(ctx, dir, Options{Kind: kind.Triton, Title: title, Order: order})
+}
+
+// PrepareKind scans the cache root dir of kind o.Kind (detected when "")
+// and returns its image as Prepare does: one layer of the units under the
+// kind's prefix, sorted by path (a Triton access order first), MCV's
+// manifest beside them, MCV's labels and cargohold's (kind.Labels).
+func PrepareKind(ctx context.Context, dir string, o Options) (*Packed, error) {
+	k := o.Kind
+	if k == "" {
+		var err error
+		if k, err = kind.Detect(dir); err != nil {
+			return nil, fmt.Errorf("image: pack: %w", err)
+		}
+	}
+	if len(o.Order) > 0 && k != kind.Triton {
+		return nil, fmt.Errorf("image: pack %s: an access order names Triton KEYs; this is a %s cache", dir, k)
+	}
+	tree, err := kind.Scan(dir, k)
 	if err != nil {
 		return nil, fmt.Errorf("image: pack %s: %w", dir, err)
 	}
-	labels, err := triton.Labels(entries, title)
+	labels, targets, err := kind.Labels(tree, nil, o.Title)
+	if errors.Is(err, kind.ErrNoTargets) && o.Targets != nil {
+		var gpus []gpu.Target
+		if gpus, err = o.Targets(); err == nil {
+			labels, targets, err = kind.Labels(tree, gpus, o.Title)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("image: pack %s: %w", dir, err)
 	}
-	inLayer, unknown := ordered(entries, order)
-	p := &Packed{Entries: entries, Skipped: skipped, Unknown: unknown, layer: &lazyLayer{ctx: ctx, dir: dir, entries: inLayer}}
+	manifest, err := kind.Manifest(tree)
+	if err != nil {
+		return nil, fmt.Errorf("image: pack %s: %w", dir, err)
+	}
+	inLayer, unknown := ordered(tree.Units, o.Order)
+	p := &Packed{Kind: k, Tree: tree, Entries: tree.Entries(), Skipped: tree.Skipped, Targets: targets, Labels: labels,
+		Unknown: unknown,
+		layer:   &lazyLayer{ctx: ctx, src: layer.Source{Kind: k, Dir: dir, Units: inLayer, Manifest: manifest}}}
 	// Fixed times and platform: part of what makes the digest reproducible.
 	epoch := v1.Time{Time: time.Unix(0, 0).UTC()}
 	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
@@ -118,10 +180,11 @@ func PrepareOrdered(ctx context.Context, dir, title string, order []string) (*Pa
 		return nil, fmt.Errorf("image: pack: config: %w", err)
 	}
 	// The eStargz annotations come from the layer's Descriptor, once built.
+	what := map[kind.Kind]string{kind.Triton: "Triton kernel cache", kind.VLLM: "vLLM compile cache", kind.Inductor: "PyTorch Inductor cache"}[k]
 	img, err := mutate.Append(base, mutate.Addendum{
 		Layer:     p.layer,
 		MediaType: types.OCILayer,
-		History:   v1.History{Created: epoch, CreatedBy: "cargohold -c", Comment: "Triton kernel cache"},
+		History:   v1.History{Created: epoch, CreatedBy: "cargohold -c", Comment: what},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("image: pack: %w", err)
@@ -130,18 +193,18 @@ func PrepareOrdered(ctx context.Context, dir, title string, order []string) (*Pa
 	return p, nil
 }
 
-// ordered returns entries (sorted by KEY) with the KEYs of order first, in
-// that order (a KEY named twice counts at its first place), then the rest
-// as they were; and the KEYs of order that entries lack.
-func ordered(entries []triton.Entry, order []string) ([]triton.Entry, []string) {
+// ordered returns units (sorted by path) with the paths of order first, in
+// that order (one named twice counts at its first place), then the rest as
+// they were; and the paths of order that units lack.
+func ordered(entries []kind.Unit, order []string) ([]kind.Unit, []string) {
 	if len(order) == 0 {
 		return entries, nil
 	}
 	byKey := make(map[string]int, len(entries))
 	for i, e := range entries {
-		byKey[e.Key] = i
+		byKey[e.Path] = i
 	}
-	out := make([]triton.Entry, 0, len(entries))
+	out := make([]kind.Unit, 0, len(entries))
 	placed := make(map[string]bool, len(order))
 	var unknown []string
 	for _, k := range order {
@@ -156,7 +219,7 @@ func ordered(entries []triton.Entry, order []string) ([]triton.Entry, []string) 
 		placed[k] = true
 	}
 	for _, e := range entries {
-		if !placed[e.Key] {
+		if !placed[e.Path] {
 			out = append(out, e)
 		}
 	}

@@ -35,7 +35,7 @@ var allowed = map[string][]string{
 	"resolver":           {"internal/userdir"},
 	"fetch":              {"internal/userdir", "layer", "resolver", "store", "triton"},
 	"catalog":            {"fetch", "gpu", "layer", "resolver", "store", "triton"},
-	"image":              {"gpu", "layer", "resolver", "triton"},
+	"image":              {"gpu", "kind", "layer", "resolver", "triton"},
 	"fs":                 {"triton"},
 	"internal/cli":       {},
 	"internal/userdir":   {},
