@@ -27,9 +27,10 @@ const (
 type place int
 
 const (
-	placeIgnore place = iota // layer structure or eStargz metadata; not recorded
-	placeSkip                // not part of the cache; recorded in Index.Skipped
-	placeFile                // io.<kind>.cache/<unit>/<file>, a regular file of a unit
+	placeIgnore   place = iota // layer structure or eStargz metadata; not recorded
+	placeSkip                  // not part of the cache; recorded in Index.Skipped
+	placeFile                  // io.<kind>.cache/<unit>/<file>, a regular file of a unit
+	placeManifest              // io.<kind>.manifest/manifest.json, MCV's manifest (Index.Manifest)
 )
 
 func tarType(flag byte) etype {
@@ -115,6 +116,9 @@ func checkEntry(name string, t etype) (entry, error) {
 			trimmed == estargz.NoPrefetchLandmark:
 			return entry{p: placeIgnore}, nil
 		case isManifest(top, rest, t):
+			if t == typeFile {
+				return entry{p: placeManifest, kind: kind.Kind(strings.TrimSuffix(strings.TrimPrefix(top, "io."), ".manifest"))}, nil
+			}
 			return entry{p: placeIgnore}, nil
 		}
 		return entry{p: placeSkip}, nil
@@ -169,7 +173,7 @@ func checkEntry(name string, t etype) (entry, error) {
 }
 
 // isManifest: MCV's manifest beside the cache, io.<kind>.manifest/ and its
-// manifest.json; cargohold does not read it.
+// manifest.json; cargohold reads it only to inspect an image.
 func isManifest(top, rest string, t etype) bool {
 	k, ok := strings.CutPrefix(top, "io.")
 	if k, ok = strings.CutSuffix(k, ".manifest"); !ok || !kind.Kind(k).Valid() {

@@ -198,10 +198,11 @@ type tocIndexer struct {
 	tocOff int64
 	offs   []int64
 
-	cur     *File // the regular file whose chunks may follow
-	curName string
-	curKey  string
-	curUse  bool
+	cur         *File // the regular file whose chunks may follow
+	curName     string
+	curKey      string
+	curUse      bool
+	curManifest bool // cur is MCV's manifest (Index.Manifest)
 }
 
 func newTOCIndexer(tocOff, size int64) *tocIndexer {
@@ -251,7 +252,7 @@ func (x *tocIndexer) add(e *tocEntry) error {
 	}
 	// Own copies: key and file are slices of the whole entry name.
 	x.cur = &File{Name: strings.Clone(ce.file), Size: e.Size, Mode: uint32(e.Mode & 0o777), Digest: e.Digest}
-	x.curName, x.curKey, x.curUse = e.Name, ce.unit, ce.p == placeFile
+	x.curName, x.curKey, x.curUse, x.curManifest = e.Name, ce.unit, ce.p == placeFile || ce.p == placeManifest, ce.p == placeManifest
 	if e.Size > 0 {
 		cs := e.ChunkSize
 		if cs == 0 {
@@ -273,6 +274,10 @@ func (x *tocIndexer) flush() error {
 	if err := checkChunks(f); err != nil {
 		return fmt.Errorf("entry %q: %w", x.curName, err)
 	}
+	if x.curManifest {
+		x.b.idx.Manifest = f
+		return nil
+	}
 	x.b.add(x.b.key(x.curKey), *f)
 	return nil
 }
@@ -291,6 +296,9 @@ func (x *tocIndexer) finish() (*Index, error) {
 		for i := range d.Files {
 			setSpan(&d.Files[i], memberEnd)
 		}
+	}
+	if m := x.b.idx.Manifest; m != nil {
+		setSpan(m, memberEnd)
 	}
 	return x.b.finish(), nil
 }

@@ -72,7 +72,17 @@ type Index struct {
 	TOCDigest string          `json:"tocDigest,omitempty"` // eStargz: digest of the TOC JSON
 	Kind      kind.Kind       `json:"kind,omitempty"`      // the cache's kind; "" when the layer holds no cache file
 	Dirs      map[string]*Dir `json:"dirs"`
-	Skipped   []string        `json:"skipped,omitempty"` // entries outside the cache, as named in the layer
+	Skipped   []string        `json:"skipped,omitempty"`  // entries outside the cache, as named in the layer
+	Manifest  *File           `json:"manifest,omitempty"` // MCV's io.<kind>.manifest/manifest.json, when the layer holds one
+}
+
+// ManifestDir is a Dir holding only the manifest file, for Dir.Read; nil
+// when the layer holds no manifest.
+func (idx *Index) ManifestDir() *Dir {
+	if idx.Manifest == nil {
+		return nil
+	}
+	return &Dir{Key: string(idx.Kind) + " manifest", Files: []File{*idx.Manifest}, Offset: idx.Manifest.Offset, End: idx.Manifest.End}
 }
 
 // Open indexes a layer blob of the given size. An eStargz blob costs two
@@ -172,6 +182,10 @@ func (idx *Index) WriteJSON(w io.Writer) error {
 	if len(idx.Skipped) > 0 {
 		bw.raw(`,"skipped":`)
 		bw.value(idx.Skipped)
+	}
+	if idx.Manifest != nil {
+		bw.raw(`,"manifest":`)
+		bw.value(idx.Manifest)
 	}
 	bw.raw("}")
 	return bw.err

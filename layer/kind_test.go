@@ -52,6 +52,9 @@ func TestBuildKinds(t *testing.T) {
 			if idx.Kind != c.k || len(idx.Dirs) != len(tree.Units) || len(idx.Skipped) != 0 {
 				t.Fatalf("%s %s: kind %q, %d dirs (want %d), skipped %q", c.dir, how, idx.Kind, len(idx.Dirs), len(tree.Units), idx.Skipped)
 			}
+			if md := idx.ManifestDir(); md == nil || !bytes.Equal(readDir(t, bytes.NewReader(data), md)[0].Data, manifest) {
+				t.Fatalf("%s %s: the index does not find the manifest", c.dir, how)
+			}
 			var spans [][2]int64
 			for _, u := range tree.Units {
 				d := idx.Dirs[u.Path]

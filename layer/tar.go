@@ -57,7 +57,7 @@ func OpenTar(ra io.ReaderAt, size int64, blockSize int) (*Index, error) {
 		if e.p == placeSkip {
 			b.skip(h.Name)
 		}
-		if e.p != placeFile {
+		if e.p != placeFile && e.p != placeManifest {
 			continue
 		}
 		// archive/tar reads headers in exact 512-byte blocks and buffers
@@ -76,6 +76,10 @@ func OpenTar(ra io.ReaderAt, size int64, blockSize int) (*Index, error) {
 				return nil, fmt.Errorf("layer: open tar: %s: %w", h.Name, err)
 			}
 			f.Digest = digest.NewDigest(digest.SHA256, sum).String()
+		}
+		if e.p == placeManifest {
+			b.idx.Manifest = &f
+			continue
 		}
 		b.add(b.key(e.unit), f)
 	}

@@ -1,6 +1,6 @@
-// Command cargohold packs a Triton kernel cache dir into an OCI image (-c),
-// unpacks the entries of an image that fit the local GPU (-e), and inspects
-// images, the local GPU and single kernels.
+// Command cargohold packs a compile cache (Triton, vLLM, Inductor) into an
+// OCI image (-c), unpacks the units of an image that fit the local GPU
+// (-e), and inspects images, the local GPU and single units.
 package main
 
 import (
@@ -17,15 +17,23 @@ import (
 
 	"cargohold/gpu"
 	"cargohold/internal/cli"
+	"cargohold/kind"
 )
 
 const usage = `Usage:
-  cargohold -c -i IMAGE -d DIR [--push] [--order FILE]
-                                             pack a Triton cache dir into an image
-  cargohold -e -i IMAGE [-d DIR]             unpack the entries that fit this host's GPU
-  cargohold inspect -i IMAGE                 labels, targets, entries, size, fit
+  cargohold -c -i IMAGE -d DIR [--cache KIND] [--push] [--order FILE]
+                                             pack a cache root into an image
+  cargohold -e -i IMAGE [-d DIR]             unpack the units that fit this host's GPU
+  cargohold inspect -i IMAGE                 kind, labels, targets, units, size, fit
   cargohold gpu                              the GPU targets of this host
-  cargohold fetch -i IMAGE [-d DIR] KEY...   fetch single KEY dirs lazily (ranged reads)
+  cargohold fetch -i IMAGE [-d DIR] UNIT...  fetch single units lazily (ranged reads)
+
+A cache KIND is triton (DIR is TRITON_CACHE_DIR, ~/.triton/cache), vllm
+(DIR is $VLLM_CACHE_ROOT, ~/.cache/vllm: the dir holding
+torch_compile_cache/) or inductor (DIR is TORCHINDUCTOR_CACHE_DIR,
+/tmp/torchinductor_$USER). -c detects it from DIR; -e and fetch take it
+from the image. A UNIT is a Triton KEY, or a dir path under the root
+(torch_compile_cache/HASH/rank_0_0/backbone).
 
 Images live in the local OCI layout store unless --push is given (create) or
 the store does not hold them (extract, inspect); "oci:DIR[:REF]" names an
@@ -48,6 +56,7 @@ type options struct {
 	logLevel  string
 	timeout   time.Duration
 	order     string
+	cache     kind.Kind // --cache; "" detects
 }
 
 func main() {
@@ -75,13 +84,14 @@ func parseFlags(args []string) (options, error) {
 	create := fs.BoolP("create", "c", false, "pack the cache dir -d into image -i")
 	extract := fs.BoolP("extract", "e", false, "unpack image -i into the cache dir -d")
 	fs.StringVarP(&o.image, "image", "i", "", "image reference, or oci:DIR[:REF]")
-	fs.StringVarP(&o.dir, "dir", "d", "", "cache dir (extract default: $TRITON_CACHE_DIR or ~/.triton/cache)")
+	fs.StringVarP(&o.dir, "dir", "d", "", "cache root (extract default by the image's kind: $TRITON_CACHE_DIR or ~/.triton/cache, $VLLM_CACHE_ROOT or ~/.cache/vllm, $TORCHINDUCTOR_CACHE_DIR or /tmp/torchinductor_$USER)")
+	cache := fs.String("cache", "", "create: the cache's kind, triton, vllm or inductor (default: detected from -d)")
 	fs.StringVarP(&o.logLevel, "log-level", "l", "info", "log level: debug, info, warning, error")
 	fs.BoolVar(&o.push, "push", false, "create: push to the registry named by -i instead of the local store")
 	fs.BoolVar(&o.plainHTTP, "plain-http", false, "allow plain HTTP to a registry that is not loopback, never with credentials (loopback needs no flag)")
 	fs.StringVar(&o.store, "store", "", "local OCI layout store (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
 	fs.StringVar(&o.stateDir, "state-dir", "", "fetch: content store and layer indexes (default ${XDG_CACHE_HOME:-~/.cache}/cargohold)")
-	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:80:32,hip:gfx90a:64" or "none" (env CARGOHOLD_GPU)`)
+	fs.StringVar(&o.gpu, "gpu", "", `local GPU targets instead of detection, e.g. "cuda:80:32,hip:gfx90a:64" or "none" (env CARGOHOLD_GPU); create: the targets of a vLLM or Inductor cache no kernel JSON describes`)
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "each registry request must answer, and its body keep moving, within this")
 	fs.StringVar(&o.order, "order", "", "create: KEYs one a line (cargohold-fs status --trace) whose dirs go first in the layer, in that order")
 	if err := fs.Parse(args); err != nil {
@@ -104,8 +114,18 @@ func parseFlags(args []string) (options, error) {
 	if o.mode == "fetch" {
 		o.keys, rest = rest, nil
 		if len(o.keys) == 0 {
-			return o, fmt.Errorf("fetch: name at least one KEY")
+			return o, fmt.Errorf("fetch: name at least one unit (a KEY, or a dir path under the cache root)")
 		}
+	}
+	if *cache != "" {
+		k, err := kind.Parse(*cache)
+		if err != nil {
+			return o, fmt.Errorf("--cache: %w", err)
+		}
+		if o.mode != "create" {
+			return o, fmt.Errorf("--cache goes with -c (extract, inspect and fetch take the kind from the image)")
+		}
+		o.cache = k
 	}
 	if len(rest) > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", rest)

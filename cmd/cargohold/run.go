@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
 	"os"
 	"path"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -18,7 +16,6 @@ import (
 	"cargohold/image"
 	"cargohold/internal/cli"
 	"cargohold/resolver"
-	"cargohold/triton"
 )
 
 func run(ctx context.Context, o options) error {
@@ -31,7 +28,7 @@ func run(ctx context.Context, o options) error {
 	case "extract":
 		return extract(ctx, o, ropts, log)
 	case "inspect":
-		return inspect(ctx, o, ropts)
+		return inspect(ctx, o, ropts, log)
 	case "gpu":
 		return showGPU(o)
 	case "fetch":
@@ -64,13 +61,20 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 		}
 	}
 	// The layer is built while it is uploaded or written: one pass.
-	p, err := image.PrepareOrdered(ctx, o.dir, title, order)
+	p, err := image.PrepareKind(ctx, o.dir, image.Options{Kind: o.cache, Title: title, Order: order,
+		Targets: func() ([]gpu.Target, error) {
+			ts, rep, err := localTargets(o)
+			if err == nil && len(ts) > 0 {
+				log.Info("GPU targets for units no kernel JSON describes", "targets", gpu.FormatList(ts), "source", rep.Source)
+			}
+			return ts, err
+		}})
 	if err != nil {
-		return err
+		return fmt.Errorf("create: %w", err)
 	}
 	defer p.Close()
 	for _, s := range p.Skipped {
-		log.Warn("skipped", "path", s.Path, "why", s.Reason)
+		log.Warn("not packed", "path", s.Path, "why", s.Reason)
 	}
 	if n := len(p.Unknown); n > 0 {
 		log.Warn("the order names KEYs the cache dir does not hold; ignored", "count", n, "first", p.Unknown[0])
@@ -96,7 +100,8 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 		d = h
 	}
 	if built, err := p.Built(); err == nil {
-		log.Info("packed", "entries", len(p.Entries), "layer", cli.Bytes(built.Size), "uncompressed", cli.Bytes(built.UncompressedSize))
+		log.Info("packed", "kind", p.Kind, "units", len(p.Tree.Units), "kernels", len(p.Tree.Kernels()), "bytes", cli.Bytes(p.Tree.Size()),
+			"targets", gpu.FormatList(p.Targets), "layer", cli.Bytes(built.Size), "uncompressed", cli.Bytes(built.UncompressedSize))
 	}
 	where := "registry"
 	switch {
@@ -160,43 +165,6 @@ func extract(ctx context.Context, o options, ropts resolver.Options, log *slog.L
 	log.Info("extracted", "image", o.image, "dir", dir, "installed", len(res.Installed), "kept_local", len(res.Kept),
 		"unfit", len(res.Unfit), "took", time.Since(start).Round(time.Millisecond))
 	fmt.Printf("installed %d, kept %d local, %d not for this GPU (%s)\n", len(res.Installed), len(res.Kept), len(res.Unfit), gpu.FormatList(local))
-	return nil
-}
-
-func inspect(ctx context.Context, o options, ropts resolver.Options) error {
-	im, err := resolver.Fetch(ctx, o.image, ropts)
-	if err != nil {
-		return fmt.Errorf("inspect: %w", err)
-	}
-	local, rep, err := localTargets(o)
-	if err != nil {
-		return fmt.Errorf("inspect: %w", err)
-	}
-	fmt.Printf("image:   %s\ndigest:  %s\n", im.Ref, im.Digest)
-	var size int64
-	for _, l := range im.Layers {
-		size += l.Desc.Size
-	}
-	fmt.Printf("layers:  %d (%s compressed)\n", len(im.Layers), cli.Bytes(size))
-	fmt.Println("labels:")
-	for _, k := range slices.Sorted(maps.Keys(im.Labels)) {
-		v := im.Labels[k]
-		if len(v) > 200 {
-			v = v[:200] + "..."
-		}
-		fmt.Printf("  %s = %s\n", k, v)
-	}
-	sum, err := triton.ParseLabels(im.Labels)
-	if err != nil {
-		fmt.Printf("targets: unknown (%v); extract reads them from the kernel JSONs\n", err)
-		return nil
-	}
-	fmt.Printf("entries: %d (%d kernels), %s uncompressed\n", sum.EntryCount, len(sum.Kernels), cli.Bytes(sum.CacheSize))
-	fmt.Printf("local GPU: %s (%s)\n", gpu.FormatList(local), rep.Source)
-	fmt.Println("targets:")
-	for _, t := range sum.Targets {
-		fmt.Printf("  %-16s %s\n", t, fitsWhere(t, local, rep.Devices))
-	}
 	return nil
 }
 

@@ -39,7 +39,7 @@ var allowed = map[string][]string{
 	"fs":                 {"triton"},
 	"internal/cli":       {},
 	"internal/userdir":   {},
-	"cmd/cargohold":      {"fetch", "gpu", "image", "internal/cli", "internal/userdir", "resolver", "store", "triton"},
+	"cmd/cargohold":      {"fetch", "gpu", "image", "internal/cli", "internal/userdir", "kind", "layer", "resolver", "store", "triton"},
 	"cmd/cargohold-fs":   {"catalog", "fetch", "fs", "gpu", "internal/cli", "internal/userdir", "resolver", "store"},
 	"cmd/gencache":       {"gpu", "triton", "triton/gen"},
 }
