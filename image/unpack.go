@@ -8,9 +8,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -23,12 +25,16 @@ import (
 	"cargohold/triton"
 )
 
-// Unpacked says what Unpack did, KEY by KEY.
+// Unpacked says what Unpack did, unit by unit (a unit is a Triton KEY, or
+// a dir path under the root for vLLM and Inductor).
 type Unpacked struct {
+	Kind      kind.Kind    // the image's cache kind
+	Dir       string       // the cache root it was unpacked into
 	Targets   []gpu.Target // the image's targets (labels, else kernel JSONs)
-	Installed []string     // KEY dirs written
-	Kept      []string     // KEY dirs already present locally, left alone
-	Unfit     []string     // KEY dirs whose kernels fit no local GPU
+	Installed []string     // units written
+	Kept      []string     // units already present locally, left alone
+	Unfit     []string     // units whose targets fit no local GPU
+	Skipped   []string     // entries of the image its kind does not take, as named in the layer
 	Reason    string       // why nothing was extracted, when nothing was
 }
 
@@ -37,73 +43,143 @@ type Streamer interface {
 	Stream(ctx context.Context, l resolver.LayerRef) (*resolver.Stream, error)
 }
 
-// Unpack extracts the entries of im that fit the local targets into dir,
-// streaming its layers through r. Group files are rewritten to dir. An
-// image whose labels name no fitting target is not downloaded at all.
+// Blobber opens a layer's blob for ranged reads (*resolver.Resolver): Unpack
+// uses it, when it has one, to learn the kind of an image without labels
+// before choosing its default dir.
+type Blobber interface {
+	Blob(ctx context.Context, l resolver.LayerRef) (resolver.Blob, error)
+}
+
+// Unpack extracts the units of im that fit the local targets into dir (""
+// for the default root of the image's kind, kind.DefaultRoot), streaming
+// its layers through r. The image's kind comes from its labels, else from
+// its first layer that holds a cache; files of another kind are skipped
+// (named in Unpacked.Skipped). Triton units fit by their kernel JSONs
+// (launchers and the like go with a fitting image); other units by the
+// image's targets. Group files are rewritten to where their KEY dir is
+// installed, vLLM's vllm_compile_cache.py to dir (kind.RewriteOf). An image
+// whose labels name no fitting target is not downloaded at all.
 func Unpack(ctx context.Context, r Streamer, im *resolver.Image, dir string, local []gpu.Target, log *slog.Logger) (*Unpacked, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	res := &Unpacked{}
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return nil, fmt.Errorf("image: unpack: %w", err)
-	}
-	sum, lerr := triton.ParseLabels(im.Labels)
+	sum, lerr := kind.ParseLabels(im.Labels)
+	res.Kind = sum.Kind
+	labelled := lerr == nil
 	switch {
-	case lerr == nil:
+	case labelled:
 		res.Targets = sum.Targets
 		if !gpu.AnyFits(sum.Targets, local) {
 			res.Reason = fmt.Sprintf("no target of the image (%s) fits the local GPU (%s)", gpu.FormatList(sum.Targets), gpu.FormatList(local))
 			return res, nil
 		}
-	case errors.Is(lerr, triton.ErrNoLabels):
+	case errors.Is(lerr, kind.ErrNoLabels):
 		log.Info("image has no cache labels; learning targets from its kernel JSONs", "image", im.Ref)
 	default:
 		log.Warn("ignoring malformed cache labels; learning targets from its kernel JSONs", "image", im.Ref, "err", lerr)
 	}
+	if res.Kind == "" && dir == "" {
+		res.Kind = peekKind(ctx, r, im)
+	}
+	if dir == "" {
+		var err error
+		if dir, err = res.Kind.DefaultRoot(); err != nil {
+			return nil, fmt.Errorf("image: unpack: %w", err)
+		}
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("image: unpack: %w", err)
+	}
+	res.Dir = abs
 	if err := os.MkdirAll(abs, 0o755); err != nil {
 		return nil, fmt.Errorf("image: unpack: %w", err)
 	}
-	// Staged inside dir so that installing a KEY dir is a rename on one
-	// filesystem; its name is not a KEY, so Triton never looks at it.
+	// Staged inside dir so that installing a unit is a rename on one
+	// filesystem; its name is taken by no kind, so no framework looks at
+	// it.
 	stage, err := os.MkdirTemp(abs, ".cargohold-unpack-")
 	if err != nil {
 		return nil, fmt.Errorf("image: unpack: %w", err)
 	}
 	defer os.RemoveAll(stage)
-	st := &stager{stage: stage, root: abs, dirs: map[string]*stagedDir{}}
+	st := &stager{stage: stage, root: abs, kind: res.Kind, units: map[string]*stagedUnit{}}
 	for i := range im.Layers {
 		if err := st.layer(ctx, r, im, i); err != nil {
 			return nil, err
 		}
 	}
-	return res, st.install(local, res, log)
+	res.Kind = st.kind
+	res.Skipped = st.skipped
+	return res, st.install(local, labelled, res, log)
 }
 
-// stager writes the cache files of an image's layers under stage/KEY/,
-// group files already rewritten to root, the cache dir they are installed
-// into, and remembers what it wrote so that install need not read it back.
+// peekKind is the kind of the first layer of im that cargohold can index by
+// range and that holds a cache; Triton when it cannot tell (an image
+// without labels, in a gzip layer: what other tools build of Triton
+// caches).
+func peekKind(ctx context.Context, r Streamer, im *resolver.Image) kind.Kind {
+	if b, ok := r.(Blobber); ok {
+		for i := range im.Layers {
+			l := im.LayerRef(i)
+			blob, err := b.Blob(ctx, l)
+			if err != nil {
+				break
+			}
+			idx, err := layer.Open(blob, blob.Size(), l.TOCDigest)
+			blob.Close()
+			if err == nil && idx.Kind != "" {
+				return idx.Kind
+			}
+		}
+	}
+	return kind.Triton
+}
+
+// stager writes the cache files of an image's layers into a dir of their
+// own per unit under stage (stage/<n>/: units nest, vLLM's rank dir holds
+// units of its own), Triton group files and vLLM's cache file already
+// rewritten for root, the cache root they are installed into, and
+// remembers what it wrote so that install need not read it back.
 type stager struct {
 	// immutable
 	stage, root string
 
-	mu   sync.Mutex
-	dirs map[string]*stagedDir // guarded by mu
+	mu      sync.Mutex
+	kind    kind.Kind              // guarded by mu: the image's kind, set by labels or the first cache file
+	units   map[string]*stagedUnit // guarded by mu
+	skipped []string               // guarded by mu
 }
 
-// stagedDir is what a KEY dir holds so far. One goroutine at a time
-// writes a KEY dir (layers are staged one after the other).
-type stagedDir struct {
+// stagedUnit is what a unit holds so far. One goroutine at a time writes a
+// unit (layers are staged one after the other).
+type stagedUnit struct {
+	dir   string // its stage dir
 	files map[string]triton.File
-	json  map[string][]byte // kernel JSON candidates, by name
+	json  map[string][]byte // Triton units: kernel JSON candidates, by name
+}
+
+// takes reports whether files of kind k belong to the image, recording
+// what does not.
+func (s *stager) takes(k kind.Kind, name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.kind == "" {
+		s.kind = k
+	}
+	if k != s.kind {
+		s.skipped = append(s.skipped, name)
+		return false
+	}
+	return true
 }
 
 // layer stages every cache file of layer i. Later layers overwrite earlier
 // ones, as in any image. The blob is downloaded into stage first and its
 // digest checked (Resolver.Stream) before any of it is decompressed; an
-// indexable layer (eStargz, plain tar) is then unpacked KEY dir by KEY dir
-// on every core, each file verified against the TOC, and a plain gzip layer
+// indexable layer (eStargz, plain tar) is then unpacked unit by unit on
+// every core, each file verified against the TOC, and a plain gzip layer
 // is walked as a stream.
 func (s *stager) layer(ctx context.Context, r Streamer, im *resolver.Image, i int) error {
 	l := im.LayerRef(i)
@@ -163,14 +239,20 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-// indexed stages every KEY dir of idx, read from blob and verified, on
+// indexed stages every unit of idx, read from blob and verified, on
 // GOMAXPROCS workers.
 func (s *stager) indexed(ctx context.Context, blob io.ReaderAt, idx *layer.Index) error {
+	s.mu.Lock()
+	s.skipped = append(s.skipped, idx.Skipped...)
+	s.mu.Unlock()
 	keys := make([]string, 0, len(idx.Dirs))
 	for k := range idx.Dirs {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	if len(keys) > 0 && !s.takes(idx.Kind, fmt.Sprintf("the %d %s units of a layer", len(keys), idx.Kind)) {
+		return nil
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	next := make(chan string)
@@ -197,7 +279,7 @@ feed:
 	return context.Cause(ctx)
 }
 
-// dir reads one KEY dir's span and stages its verified files.
+// dir reads one unit's span and stages its verified files.
 func (s *stager) dir(blob io.ReaderAt, d *layer.Dir) error {
 	span := make([]byte, d.End-d.Offset)
 	if len(span) > 0 {
@@ -209,12 +291,12 @@ func (s *stager) dir(blob io.ReaderAt, d *layer.Dir) error {
 	if err != nil {
 		return err
 	}
-	sd, err := s.mkdir(d.Key)
+	su, err := s.mkdir(d.Key)
 	if err != nil {
 		return err
 	}
 	for _, c := range files {
-		if err := s.file(sd, d.Key, c.File, c.Data); err != nil {
+		if err := s.file(su, d.Key, c.File, c.Data); err != nil {
 			return err
 		}
 	}
@@ -224,69 +306,77 @@ func (s *stager) dir(blob io.ReaderAt, d *layer.Dir) error {
 // walk stages every cache file of a layer without an index (a plain
 // gzip), as a stream.
 func (s *stager) walk(ctx context.Context, blob io.Reader) error {
-	return layer.Walk(blob, func(k kind.Kind, key string, f layer.File, content io.Reader) error {
+	return layer.WalkSkipped(blob, func(k kind.Kind, unit string, f layer.File, content io.Reader) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if k != kind.Triton {
+		if !s.takes(k, k.Prefix()+unit+"/"+f.Name) {
 			return nil
 		}
-		sd, err := s.mkdir(key)
+		su, err := s.mkdir(unit)
 		if err != nil {
 			return err
 		}
 		if f.Size > maxFileSize {
-			return fmt.Errorf("%s/%s: %d bytes, more than the %d a cache file may have", key, f.Name, f.Size, maxFileSize)
+			return fmt.Errorf("%s/%s: %d bytes, more than the %d a cache file may have", unit, f.Name, f.Size, maxFileSize)
 		}
 		data := make([]byte, f.Size)
 		if _, err := io.ReadFull(content, data); err != nil {
-			return fmt.Errorf("%s/%s: %w", key, f.Name, err)
+			return fmt.Errorf("%s/%s: %w", unit, f.Name, err)
 		}
-		return s.file(sd, key, f, data)
+		return s.file(su, unit, f, data)
+	}, func(name string) {
+		s.mu.Lock()
+		s.skipped = append(s.skipped, name)
+		s.mu.Unlock()
 	})
 }
 
 // maxFileSize bounds one file of a streamed layer, read whole into memory.
 const maxFileSize = 1 << 30
 
-// mkdir makes stage/KEY once and returns its record.
-func (s *stager) mkdir(key string) (*stagedDir, error) {
+// mkdir makes a unit's stage dir once and returns its record.
+func (s *stager) mkdir(unit string) (*stagedUnit, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sd := s.dirs[key]; sd != nil {
-		return sd, nil
+	if su := s.units[unit]; su != nil {
+		return su, nil
 	}
-	if err := os.Mkdir(filepath.Join(s.stage, key), 0o755); err != nil {
+	d := filepath.Join(s.stage, strconv.Itoa(len(s.units)))
+	if err := os.Mkdir(d, 0o755); err != nil {
 		return nil, err
 	}
-	sd := &stagedDir{files: map[string]triton.File{}, json: map[string][]byte{}}
-	s.dirs[key] = sd
-	return sd, nil
+	su := &stagedUnit{dir: d, files: map[string]triton.File{}, json: map[string][]byte{}}
+	s.units[unit] = su
+	return su, nil
 }
 
 // file writes one staged file, replacing what an earlier layer put there:
-// mode 0755 when executable, else 0644; a group file with its child paths
-// rewritten to the cache dir. Plain syscalls (no poller registration) and
-// no fsync: a crash leaves the stage dir, never a half KEY dir in the
-// cache.
-func (s *stager) file(sd *stagedDir, key string, f layer.File, data []byte) error {
-	fail := func(err error) error { return fmt.Errorf("%s/%s: %w", key, f.Name, err) }
+// mode 0755 when executable, else 0644; a file the kind rewrites
+// (kind.RewriteOf) rewritten for the cache root. Plain syscalls (no poller
+// registration) and no fsync: a crash leaves the stage dir, never a half
+// unit in the cache.
+func (s *stager) file(su *stagedUnit, unit string, f layer.File, data []byte) error {
+	fail := func(err error) error { return fmt.Errorf("%s/%s: %w", unit, f.Name, err) }
 	perm := uint32(0o644)
 	if f.Mode&0o111 != 0 {
 		perm = 0o755
 	}
-	sd.files[f.Name] = triton.File{Name: f.Name, Size: f.Size, Mode: os.FileMode(perm)}
-	delete(sd.json, f.Name)
-	if strings.HasSuffix(f.Name, ".json") && !triton.IsGroupFile(f.Name) {
-		sd.json[f.Name] = bytes.Clone(data) // data may be a slice of a whole span
+	s.mu.Lock()
+	k := s.kind
+	s.mu.Unlock()
+	su.files[f.Name] = triton.File{Name: f.Name, Size: f.Size, Mode: os.FileMode(perm)}
+	delete(su.json, f.Name)
+	if kind.IsTritonUnit(k, unit) && strings.HasSuffix(f.Name, ".json") && !triton.IsGroupFile(f.Name) {
+		su.json[f.Name] = bytes.Clone(data) // data may be a slice of a whole span
 	}
-	if triton.IsGroupFile(f.Name) {
+	if rw := kind.RewriteOf(k, unit, f.Name); rw != kind.RewriteNone {
 		var err error
-		if data, err = triton.RewriteGroup(data, s.root); err != nil {
+		if data, err = rw.Apply(data, s.root, unit); err != nil {
 			return fail(err)
 		}
 	}
-	p := filepath.Join(s.stage, key, f.Name)
+	p := filepath.Join(su.dir, f.Name)
 	var fd int
 	err := retryEINTR(func() (err error) {
 		fd, err = unix.Open(p, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, perm)
@@ -319,53 +409,74 @@ func retryEINTR(f func() error) error {
 	}
 }
 
-// install moves each fitting staged KEY dir into root, never over an
-// existing one. Launcher and other non-kernel entries go with the kernels:
-// they are installed when some kernel of the image fits.
-func (s *stager) install(local []gpu.Target, res *Unpacked, log *slog.Logger) error {
-	var entries []triton.Entry
+// install moves each fitting staged unit into root, parents first (the
+// dirs above a unit are made as needed), never over an existing unit dir.
+// Triton units with a kernel JSON fit by it; the other units go with an
+// image that fits (by its labels, or, without labels, by some kernel that
+// fits).
+func (s *stager) install(local []gpu.Target, labelled bool, res *Unpacked, log *slog.Logger) error {
+	type staged struct {
+		unit  string
+		entry triton.Entry
+	}
+	var units []staged
 	var all []gpu.Target
-	fitting := false
-	for key, sd := range s.dirs {
-		files := make([]triton.File, 0, len(sd.files))
-		for _, f := range sd.files {
-			files = append(files, f)
+	kernelFits := false
+	for unit, su := range s.units {
+		u := staged{unit: unit}
+		if kind.IsTritonUnit(s.kind, unit) {
+			files := make([]triton.File, 0, len(su.files))
+			for _, f := range su.files {
+				files = append(files, f)
+			}
+			e, err := triton.NewEntry(filepath.Join(su.dir, path.Base(unit)), files, func(name string) ([]byte, error) { return su.json[name], nil })
+			if err != nil {
+				return fmt.Errorf("image: unpack: %w", err)
+			}
+			u.entry = e
+			all = append(all, e.Targets()...)
+			kernelFits = kernelFits || gpu.AnyFits(e.Targets(), local)
 		}
-		e, err := triton.NewEntry(filepath.Join(s.stage, key), files, func(name string) ([]byte, error) { return sd.json[name], nil })
-		if err != nil {
-			return fmt.Errorf("image: unpack: %w", err)
-		}
-		entries = append(entries, e)
+		units = append(units, u)
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].Key < entries[j].Key })
-	for _, e := range entries {
-		all = append(all, e.Targets()...)
-		fitting = fitting || gpu.AnyFits(e.Targets(), local)
-	}
+	sort.Slice(units, func(i, j int) bool { return units[i].unit < units[j].unit })
 	if res.Targets == nil {
 		res.Targets = gpu.Dedup(all)
 	}
-	for _, e := range entries {
-		ok := fitting
-		if e.Kind == triton.KindKernel {
-			ok = gpu.AnyFits(e.Targets(), local)
+	imageFits := (labelled && gpu.AnyFits(res.Targets, local)) || kernelFits
+	for _, u := range units {
+		ok := imageFits
+		if u.entry.Kind == triton.KindKernel {
+			ok = gpu.AnyFits(u.entry.Targets(), local)
 		}
 		if !ok {
-			res.Unfit = append(res.Unfit, e.Key)
+			res.Unfit = append(res.Unfit, u.unit)
 			continue
 		}
-		switch err := triton.MoveEntry(filepath.Join(s.stage, e.Key), s.root); {
+		dst := filepath.Join(s.root, filepath.FromSlash(u.unit))
+		err := os.MkdirAll(filepath.Dir(dst), 0o755)
+		if err == nil {
+			err = triton.RenameNoReplace(s.units[u.unit].dir, dst)
+		}
+		switch {
 		case err == nil:
-			res.Installed = append(res.Installed, e.Key)
+			res.Installed = append(res.Installed, u.unit)
 		case errors.Is(err, os.ErrExist):
-			log.Debug("kept local entry", "key", e.Key)
-			res.Kept = append(res.Kept, e.Key)
+			log.Debug("kept local unit", "unit", u.unit)
+			res.Kept = append(res.Kept, u.unit)
 		default:
-			return fmt.Errorf("image: unpack: install %s: %w", e.Key, err)
+			return fmt.Errorf("image: unpack: install %s: %w", u.unit, err)
 		}
 	}
 	if len(res.Installed)+len(res.Kept) == 0 {
-		res.Reason = fmt.Sprintf("no kernel of the image (%s) fits the local GPU (%s)", gpu.FormatList(res.Targets), gpu.FormatList(local))
+		switch {
+		case len(units) == 0:
+			res.Reason = fmt.Sprintf("the image holds no %s cache files", s.kind)
+		case len(res.Targets) == 0:
+			res.Reason = "the image names no targets (no labels, no kernel JSON) to check against the local GPU"
+		default:
+			res.Reason = fmt.Sprintf("no unit of the image (%s) fits the local GPU (%s)", gpu.FormatList(res.Targets), gpu.FormatList(local))
+		}
 	}
 	return nil
 }

@@ -152,6 +152,10 @@ func TestNestedEntries(t *testing.T) {
 	if idx.Kind != kind.VLLM || !slices.Equal(units, wantUnits) || !slices.Equal(idx.Skipped, wantSkipped) {
 		t.Fatalf("kind %q units %q skipped %q\nwant units %q skipped %q", idx.Kind, units, idx.Skipped, wantUnits, wantSkipped)
 	}
+	var walked []string
+	if err := WalkSkipped(bytes.NewReader(tarBytes), discardFile, func(name string) { walked = append(walked, name) }); err != nil || !slices.Equal(walked, wantSkipped[:3]) { // the other kind goes to fn
+		t.Fatalf("WalkSkipped: skipped %q, %v; want %q", walked, err, wantSkipped[:3])
+	}
 	if d := idx.Dirs[unit]; len(d.Files) != 2 || d.Files[0].Name != "artifact_compile_range_1_2_subgraph_0" {
 		t.Fatalf("unit %s: %+v", unit, d.Files)
 	}

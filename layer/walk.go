@@ -31,6 +31,13 @@ import (
 // disagrees, so a caller must treat what fn wrote as provisional until Walk
 // returns nil. An error from fn is returned as is.
 func Walk(r io.Reader, fn func(k kind.Kind, unit string, f File, content io.Reader) error) error {
+	return WalkSkipped(r, fn, nil)
+}
+
+// WalkSkipped is Walk that also tells skipped the name of every entry
+// outside the caches, or under a prefix but not taken by its kind (what an
+// Index records in Skipped); skipped may be nil.
+func WalkSkipped(r io.Reader, fn func(k kind.Kind, unit string, f File, content io.Reader) error, skipped func(name string)) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	head, _ := br.Peek(4)
 	var src io.Reader = br
@@ -68,6 +75,9 @@ func Walk(r io.Reader, fn func(k kind.Kind, unit string, f File, content io.Read
 		e, err := checkEntry(h.Name, tarType(h.Typeflag))
 		if err != nil {
 			return err
+		}
+		if e.p == placeSkip && skipped != nil {
+			skipped(h.Name)
 		}
 		if e.p != placeFile {
 			continue

@@ -123,26 +123,8 @@ func localTargets(o options) ([]gpu.Target, gpu.Report, error) {
 	return rep.Targets, rep, nil
 }
 
-func cacheDir(o options) (string, error) {
-	if o.dir != "" {
-		return o.dir, nil
-	}
-	if d := os.Getenv("TRITON_CACHE_DIR"); d != "" {
-		return d, nil
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return "", fmt.Errorf("no -d and no home dir: %w", err)
-	}
-	return filepath.Join(home, ".triton", "cache"), nil
-}
-
 func extract(ctx context.Context, o options, ropts resolver.Options, log *slog.Logger) error {
 	start := time.Now()
-	dir, err := cacheDir(o)
-	if err != nil {
-		return fmt.Errorf("extract: %w", err)
-	}
 	local, _, err := localTargets(o)
 	if err != nil {
 		return fmt.Errorf("extract: %w", err)
@@ -154,17 +136,23 @@ func extract(ctx context.Context, o options, ropts resolver.Options, log *slog.L
 	if err != nil {
 		return fmt.Errorf("extract: %w", err)
 	}
-	res, err := image.Unpack(ctx, r, im, dir, local, log)
+	// With no -d, the image's kind decides the root: $TRITON_CACHE_DIR,
+	// $VLLM_CACHE_ROOT, $TORCHINDUCTOR_CACHE_DIR or their defaults.
+	res, err := image.Unpack(ctx, r, im, o.dir, local, log)
 	bar.Done()
 	if err != nil {
 		return fmt.Errorf("extract: %w", err)
 	}
+	for _, s := range res.Skipped {
+		log.Warn("not extracted: not part of a cache of the image's kind", "kind", res.Kind, "entry", s)
+	}
 	if res.Reason != "" {
 		log.Warn("extracted nothing", "why", res.Reason)
 	}
-	log.Info("extracted", "image", o.image, "dir", dir, "installed", len(res.Installed), "kept_local", len(res.Kept),
+	log.Info("extracted", "image", o.image, "kind", res.Kind, "dir", res.Dir, "installed", len(res.Installed), "kept_local", len(res.Kept),
 		"unfit", len(res.Unfit), "took", time.Since(start).Round(time.Millisecond))
-	fmt.Printf("installed %d, kept %d local, %d not for this GPU (%s)\n", len(res.Installed), len(res.Kept), len(res.Unfit), gpu.FormatList(local))
+	fmt.Printf("%s cache in %s: installed %d, kept %d local, %d not for this GPU (%s)\n", res.Kind, res.Dir,
+		len(res.Installed), len(res.Kept), len(res.Unfit), gpu.FormatList(local))
 	return nil
 }
 

@@ -141,6 +141,10 @@ func parseArgs(args []string, stderr io.Writer) (o Options, all bool, err error)
 	return o, all, nil
 }
 
+// KeysIn lists the keys of a cache root of a kind, as the replay command's
+// --all does: Triton's KEY dirs, vLLM's hash dirs, Inductor's units.
+func KeysIn(kind Kind, dir string) ([]string, error) { return keysIn(kind, dir) }
+
 // keysIn lists the keys of a source root of a kind: Triton's KEY dirs,
 // vLLM's hash dirs, Inductor's units.
 func keysIn(kind Kind, dir string) ([]string, error) {
