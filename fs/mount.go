@@ -68,8 +68,14 @@ func Mount(ctx context.Context, mountpoint string, opts Options) (*Server, error
 			Debug:              opts.Debug,
 		},
 	}
-	srv, err := gofs.Mount(mp, v.root, fo)
+	// gofs.Mount, with each request counted on its way to the nodes.
+	srv, err := fuse.NewServer(&countingFS{RawFileSystem: gofs.NewNodeFS(v.root, fo), s: v.stats}, mp, &fo.MountOptions)
 	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("fs: mount %s: %w", mp, err)
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
 		cancel()
 		return nil, fmt.Errorf("fs: mount %s: %w", mp, err)
 	}

@@ -103,7 +103,8 @@ func TestMountDaemonAndMetrics(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(body), "cargohold_fs_hits_total 1") || !strings.Contains(string(body), "cargohold_fetches_total 1") {
+	if !strings.Contains(string(body), "cargohold_fs_hits_total 1") || !strings.Contains(string(body), "cargohold_fetches_total 1") ||
+		!strings.Contains(string(body), `cargohold_fuse_requests_total{op="OPEN"} `) {
 		t.Fatalf("metrics:\n%s", body)
 	}
 	time.Sleep(1200 * time.Millisecond) // status.json is rewritten once a second
