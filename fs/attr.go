@@ -48,11 +48,24 @@ func (v *view) upperIno(st *syscall.Stat_t) uint64 {
 // (the birth time, as loopback does), so that a reused inode number is not
 // taken for the old file.
 func lstatGen(p string) (syscall.Stat_t, uint64, error) {
+	return statxGen(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// fstatGen is lstatGen of an open file.
+func fstatGen(fd int) (syscall.Stat_t, uint64, error) {
+	return statxGen(fd, "", unix.AT_EMPTY_PATH)
+}
+
+func statxGen(dirfd int, p string, flags int) (syscall.Stat_t, uint64, error) {
 	var st syscall.Stat_t
 	var x unix.Statx_t
-	err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &x)
+	err := unix.Statx(dirfd, p, flags, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &x)
 	if err == unix.ENOSYS {
-		err = syscall.Lstat(p, &st)
+		if p == "" {
+			err = syscall.Fstat(dirfd, &st)
+		} else {
+			err = syscall.Lstat(p, &st)
+		}
 		return st, 1, err
 	}
 	if err != nil {

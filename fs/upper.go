@@ -373,6 +373,17 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 			return syscall.EISDIR
 		}
 	}
+	if flags&unix.RENAME_NOREPLACE == 0 {
+		// A process may have looked the target up just now: its node
+		// keeps its file (upperFile).
+		if ch := np.GetChild(newName); ch != nil {
+			if f, ok := ch.Operations().(*upperFile); ok {
+				if err := f.keep(dst); err != nil {
+					n.v.log.Warn("fs: rename: the file renamed over is not kept", "path", dst, "err", err)
+				}
+			}
+		}
+	}
 	srcLower, err := n.lowerHas(ctx, name)
 	created := false
 	if srcLower || err != nil {
