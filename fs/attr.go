@@ -13,8 +13,16 @@ import (
 
 // lowerTTL is the kernel's entry and attr cache time for lower nodes: image
 // content never changes, and changes made through the mount invalidate the
-// kernel's entries themselves. Upper nodes get zero (Mount's options).
+// kernel's entries themselves.
 const lowerTTL = time.Hour
+
+// upperTTL is the kernel's entry, attr and negative-entry cache time for the
+// root and upper nodes (Mount's go-fuse options). Nothing changes the upper
+// dir behind the mount while it is mounted (it is the dir under the mount),
+// and the kernel updates what it keeps for every change made through the
+// mount; notify.go covers what the view changes beyond that, and the
+// answers that can change without a change through the mount are not kept.
+const upperTTL = time.Hour
 
 // synthBit marks inode numbers made up for lower nodes and KEY dirs; upper
 // inode numbers have it cleared, so the two never collide.

@@ -140,8 +140,10 @@ func (n *upperFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.Set
 	return n.Getattr(ctx, nil, out)
 }
 
-// Open opens the upper file. Its content may change (other processes write
-// through the mount), so the kernel's page cache is not kept.
+// Open opens the upper file. Every write to it comes through the mount, into
+// the kernel's page cache of this node first, so a read-only open keeps the
+// cached pages; and as closing changes nothing here, it needs no FLUSH.
+// Opens for writing keep the kernel's defaults.
 func (n *upperFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	// As loopback: the kernel computes append offsets itself, and
 	// FMODE_EXEC is no open(2) flag.
@@ -150,7 +152,11 @@ func (n *upperFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 	if err != nil {
 		return nil, 0, n.v.errno("open "+p, err, false)
 	}
-	return &upperHandle{v: n.v, fd: fd, path: p}, 0, 0
+	var fuseFlags uint32
+	if flags&syscall.O_ACCMODE == syscall.O_RDONLY && flags&syscall.O_TRUNC == 0 {
+		fuseFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
+	}
+	return &upperHandle{v: n.v, fd: fd, path: p}, fuseFlags, 0
 }
 
 // open opens the node's file: at its path when that still holds it (the
@@ -261,6 +267,9 @@ func (h *upperHandle) Release(ctx context.Context) syscall.Errno {
 	return h.v.errno("close "+h.path, syscall.Close(h.fd), false)
 }
 
+// lowerOpen are the open flags of image content.
+const lowerOpen = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
+
 // lowerFile is a file of a KEY dir from an image: immutable, read-only.
 type lowerFile struct {
 	gofs.Inode
@@ -286,15 +295,15 @@ func (n *lowerFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.Set
 }
 
 // Open opens image content for reading, keeping the kernel's page cache
-// (the content never changes). Content evicted since the lookup is fetched
-// again by the Lower, under this request's interruption and the lookup
-// deadline.
+// (the content never changes) and with no FLUSH at close (nothing to
+// flush). Content evicted since the lookup is fetched again by the Lower,
+// under this request's interruption and the lookup deadline.
 func (n *lowerFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, n.v.errno("open "+n.name(), fmt.Errorf("fs: open %s for writing: %w", n.name(), ErrReadOnly), false)
 	}
 	if n.e.file.Group {
-		return &lowerHandle{v: n.v, name: n.name(), data: n.e.data, group: true}, fuse.FOPEN_KEEP_CACHE, 0
+		return &lowerHandle{v: n.v, name: n.name(), data: n.e.data, group: true}, lowerOpen, 0
 	}
 	octx, cancel := n.v.bound(ctx)
 	defer cancel()
@@ -302,7 +311,7 @@ func (n *lowerFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 	if err != nil {
 		return nil, 0, n.v.errno("open "+n.name(), &imagesError{fmt.Errorf("fs: open %s: %w", n.name(), err)}, false)
 	}
-	return &lowerHandle{v: n.v, name: n.name(), c: c}, fuse.FOPEN_KEEP_CACHE, 0
+	return &lowerHandle{v: n.v, name: n.name(), c: c}, lowerOpen, 0
 }
 
 func (n *lowerFile) Ioctl(ctx context.Context, f gofs.FileHandle, cmd uint32, arg uint64, input, output []byte) (int32, syscall.Errno) {

@@ -40,6 +40,7 @@ func (n *dirNode) makeUpper() (string, error) {
 	err := syscall.Mkdir(dir, 0o755)
 	switch {
 	case err == nil:
+		n.v.touchRoot() // the kernel asked for a change in the KEY dir, not the root
 		if isRoot {
 			if err := syscall.Lchown(dir, int(n.v.uid), int(n.v.gid)); err != nil {
 				return "", &os.PathError{Op: "chown", Path: dir, Err: err}
