@@ -23,6 +23,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/spf13/pflag"
 
 	"cargohold/triton"
@@ -31,24 +33,26 @@ import (
 
 // hitOptions is everything the hit mode needs.
 type hitOptions struct {
-	bins   []string
-	kernel int
-	reps   int
-	rounds int
-	count  int
-	work   string
-	keep   bool
+	bins    []string
+	kernels int
+	reps    int
+	rounds  int
+	count   int
+	work    string
+	keep    bool
 }
 
 // hitMain: the warm hit of one fetched kernel, on cargohold-fs mounts
-// (one per --bin) and on a plain dir, timed in one CPython process running
-// Triton's hit sequence (test/replay/testdata/triton_like.py), with the
-// FUSE requests each hit costs.
+// (one per --bin), on a plain dir and on a loopback FUSE mount that does
+// nothing but what the kernel asks (the floor), timed in one CPython
+// process running Triton's hit sequence
+// (test/replay/testdata/triton_like.py), with the FUSE requests each hit
+// costs (README.md).
 func hitMain(args []string) {
 	var o hitOptions
 	fl := pflag.NewFlagSet("bench hit", pflag.ContinueOnError)
 	fl.StringSliceVar(&o.bins, "bin", nil, "dirs holding cargohold and cargohold-fs, each mounted side by side\n(default: go build them into the work dir)")
-	fl.IntVar(&o.kernel, "kernels", 20, "kernels in the generated image (the first one is hit)")
+	fl.IntVar(&o.kernels, "kernels", 20, "kernels in the generated image (the first one is hit)")
 	fl.IntVar(&o.reps, "reps", 200, "hits per root per round")
 	fl.IntVar(&o.rounds, "rounds", 5, "rounds; each hits every root in turn")
 	fl.IntVar(&o.count, "count", 100, "hits per mount whose FUSE requests are counted (untimed)")
@@ -61,7 +65,7 @@ func hitMain(args []string) {
 	if err == nil && fl.NArg() > 0 {
 		err = fmt.Errorf("unexpected arguments %q", fl.Args())
 	}
-	if err == nil && (o.kernel < 1 || o.reps < 1 || o.rounds < 1 || o.count < 1) {
+	if err == nil && (o.kernels < 1 || o.reps < 1 || o.rounds < 1 || o.count < 1) {
 		err = fmt.Errorf("want --kernels, --reps, --rounds and --count >= 1")
 	}
 	if err != nil {
@@ -116,7 +120,7 @@ func runHit(ctx context.Context, o hitOptions, out io.Writer) error {
 	}
 
 	cache := filepath.Join(work, "cache")
-	entries, err := gen.Generate(cache, gen.Options{Kernels: o.kernel, Seed: 1})
+	entries, err := gen.Generate(cache, gen.Options{Kernels: o.kernels, Seed: 1})
 	if err != nil {
 		return err
 	}
@@ -138,6 +142,26 @@ func runHit(ctx context.Context, o hitOptions, out io.Writer) error {
 			return err
 		}
 	}
+
+	// The floor: go-fuse's loopback over a copy of the plain dir whose
+	// group files name the loopback's mountpoint, caching as cargohold-fs
+	// does; it costs what the kernel always asks, with no work behind it.
+	floorMnt, floorDir := filepath.Join(work, "floor"), filepath.Join(work, "floor-backing")
+	if _, err := hitCmd(ctx, env, filepath.Join(bins[0], "cargohold"),
+		"-e", "-i", layout, "-d", floorMnt, "--gpu", benchGPU, "-l", "warning"); err != nil {
+		return err
+	}
+	if err := os.Rename(floorMnt, floorDir); err != nil {
+		return err
+	}
+	if err := os.Mkdir(floorMnt, 0o755); err != nil {
+		return err
+	}
+	floor, err := mountFloor(floorDir, floorMnt)
+	if err != nil {
+		return fmt.Errorf("loopback mount: %w", err)
+	}
+	defer floor.Unmount()
 
 	var mounts []*hitMount
 	defer func() {
@@ -163,7 +187,7 @@ func runHit(ctx context.Context, o hitOptions, out io.Writer) error {
 	say("warm hit of one fetched kernel (%d files): Triton's hit sequence (triton_like.py) in one CPython process,", files)
 	say("%d rounds x %d hits per root, roots in turn; FUSE requests over %d more hits per mount", o.rounds, o.reps, o.count)
 
-	roots := []string{plain}
+	roots := []string{plain, floorMnt}
 	for _, m := range mounts {
 		roots = append(roots, m.p.mnt)
 	}
@@ -183,18 +207,21 @@ func runHit(ctx context.Context, o hitOptions, out io.Writer) error {
 	fmt.Fprintf(tw, "root\tp50\tp90\t/ plain (p50)\tFUSE requests per hit\t\n")
 	pp := quantile(ds[0], 0.5)
 	fmt.Fprintf(tw, "plain dir\t%s\t%s\t1.0x\t-\t\n", us(pp), us(quantile(ds[0], 0.9)))
+	fmt.Fprintf(tw, "go-fuse loopback, same caching (floor)\t%s\t%s\t%.1fx\t-\t\n", us(quantile(ds[1], 0.5)),
+		us(quantile(ds[1], 0.9)), float64(quantile(ds[1], 0.5))/float64(pp))
 	for i, m := range mounts {
-		d := ds[i+1]
+		d := ds[i+2]
 		fmt.Fprintf(tw, "cargohold-fs (%s)\t%s\t%s\t%.1fx\t%s\t\n", m.bin, us(quantile(d, 0.5)), us(quantile(d, 0.9)),
 			float64(quantile(d, 0.5))/float64(pp), perHit(reqs[i]))
 	}
 	tw.Flush()
 	b, _ := json.Marshal(map[string]any{"files": files, "reps": o.reps * o.rounds, "plain_p50_us": float64(pp) / 1e3,
+		"floor_p50_us": float64(quantile(ds[1], 0.5)) / 1e3,
 		"mounts": func() []map[string]any {
 			var ms []map[string]any
 			for i, m := range mounts {
-				ms = append(ms, map[string]any{"bin": m.bin, "p50_us": float64(quantile(ds[i+1], 0.5)) / 1e3,
-					"p90_us": float64(quantile(ds[i+1], 0.9)) / 1e3, "requests_per_hit": reqs[i]})
+				ms = append(ms, map[string]any{"bin": m.bin, "p50_us": float64(quantile(ds[i+2], 0.5)) / 1e3,
+					"p90_us": float64(quantile(ds[i+2], 0.9)) / 1e3, "requests_per_hit": reqs[i]})
 			}
 			return ms
 		}()})
@@ -357,4 +384,39 @@ func hitCmd(ctx context.Context, env []string, name string, args ...string) (str
 		return "", fmt.Errorf("%s %s: %w\n%s", filepath.Base(name), strings.Join(args[:min(len(args), 3)], " "), err, stderr.String())
 	}
 	return string(out), nil
+}
+
+// floorNode is go-fuse's loopback node with cargohold-fs's opens: the page
+// cache kept, no FLUSH, no passthrough (reads passed through to the backing
+// file would make the kernel ask each file's attributes again).
+type floorNode struct{ *gofs.LoopbackNode }
+
+type floorFile struct{ *gofs.LoopbackFile }
+
+func (floorFile) PassthroughFd() (int, bool) { return -1, false }
+
+func (n *floorNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	fh, ff, errno := n.LoopbackNode.Open(ctx, flags)
+	if lf, ok := fh.(*gofs.LoopbackFile); ok {
+		fh = floorFile{lf}
+	}
+	return fh, ff | fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, errno
+}
+
+// mountFloor mounts go-fuse's loopback of dir at mnt, in this process, with
+// cargohold-fs's timeouts and mount options.
+func mountFloor(dir, mnt string) (*fuse.Server, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return nil, err
+	}
+	root := &gofs.LoopbackRoot{Path: dir, Dev: uint64(st.Dev)}
+	root.NewNode = func(r *gofs.LoopbackRoot, _ *gofs.Inode, _ string, _ *syscall.Stat_t) gofs.InodeEmbedder {
+		return &floorNode{&gofs.LoopbackNode{RootData: r}}
+	}
+	root.RootNode = root.NewNode(root, nil, "", &st)
+	ttl := time.Hour
+	return gofs.Mount(mnt, root.RootNode, &gofs.Options{EntryTimeout: &ttl, AttrTimeout: &ttl, NegativeTimeout: &ttl,
+		MountOptions: fuse.MountOptions{DirectMount: true, FsName: "bench-floor", Name: "bench-floor",
+			Options: []string{"default_permissions"}, DisableReadDirPlus: true}})
 }
