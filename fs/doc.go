@@ -86,7 +86,9 @@
 //     (entries, attributes, "not there", pages) stays up to upperTTL, and a
 //     lower file's dentry up to lowerTTL (a file put into the upper dir
 //     behind the mount stays shadowed that long). Atimes shown are the
-//     kernel's.
+//     kernel's. Once the serving process is gone, a stat may still be
+//     answered from those caches; statfs, opens and listings say ENOTCONN
+//     (cargohold-fs finds a stale mount with statfs).
 //   - Lower files are not copied up for in-place writes (Triton never writes
 //     in place; it renames over).
 //   - A KEY dir shows its upper half alone while the images fail to answer
