@@ -53,15 +53,16 @@
 //     under the mount), and the kernel updates what it keeps for each
 //     change made through it: the root and upper nodes carry long entry,
 //     attribute and negative timeouts too (upperTTL), and read-only opens
-//     of upper files keep the page cache with no FLUSH. A warm hit asks the
-//     mount only what the kernel always asks: mkdir's lookup, each file's
-//     open and release, and CPython's isatty ioctl. What the view changes beyond the change the
-//     kernel asked for is invalidated (notify.go: the root's attributes when
-//     a KEY dir gets its upper half; a KEY dir's names when its image files
-//     come in after its lookups gave up), and a "not there" that can change
-//     with no change through the mount is not kept: a KEY no image lists
-//     (the catalog may list it later), names in a KEY dir while the images
-//     cannot answer for it.
+//     of upper files keep the page cache with no FLUSH. A warm hit asks
+//     the mount only what the kernel always asks: mkdir's lookup, each
+//     file's open and release, and CPython's isatty ioctl. What the view
+//     changes beyond the change the kernel asked for is invalidated
+//     (notify.go: the root's attributes when a KEY dir gets its upper
+//     half; a KEY dir's names when its image files come in after its
+//     lookups gave up), and a "not there" that can change with no change
+//     through the mount is not kept: a KEY no image lists (the catalog may
+//     list it later), names in a KEY dir while the images cannot answer
+//     for it.
 //   - An upper node is one file: a process that looked a name up just
 //     before another renamed a file over it (Triton's concurrent compiles)
 //     still opens and stats the file it found (Rename keeps it for the
@@ -81,8 +82,9 @@
 //     records the cause (log and Stats) before the errno is returned.
 //
 // Known limits (debt):
-//   - The upper dir must not change behind the mount's back (it cannot for
-//     cargohold-fs, which mounts over it): what the kernel keeps of it
+//   - The upper dir must not change behind the mount's back (for
+//     cargohold-fs, which mounts over it, only a process that held it open
+//     from before the mount could do that): what the kernel keeps of it
 //     (entries, attributes, "not there", pages) stays up to upperTTL, and a
 //     lower file's dentry up to lowerTTL (a file put into the upper dir
 //     behind the mount stays shadowed that long). Atimes shown are the
