@@ -13,8 +13,16 @@ import (
 
 // lowerTTL is the kernel's entry and attr cache time for lower nodes: image
 // content never changes, and changes made through the mount invalidate the
-// kernel's entries themselves. Upper nodes get zero (Mount's options).
+// kernel's entries themselves.
 const lowerTTL = time.Hour
+
+// upperTTL is the kernel's entry, attr and negative-entry cache time for the
+// root and upper nodes (Mount's go-fuse options). Nothing changes the upper
+// dir behind the mount while it is mounted (it is the dir under the mount),
+// and the kernel updates what it keeps for every change made through the
+// mount; notify.go covers what the view changes beyond that, and the
+// answers that can change without a change through the mount are not kept.
+const upperTTL = time.Hour
 
 // synthBit marks inode numbers made up for lower nodes and KEY dirs; upper
 // inode numbers have it cleared, so the two never collide.
@@ -48,11 +56,24 @@ func (v *view) upperIno(st *syscall.Stat_t) uint64 {
 // (the birth time, as loopback does), so that a reused inode number is not
 // taken for the old file.
 func lstatGen(p string) (syscall.Stat_t, uint64, error) {
+	return statxGen(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// fstatGen is lstatGen of an open file.
+func fstatGen(fd int) (syscall.Stat_t, uint64, error) {
+	return statxGen(fd, "", unix.AT_EMPTY_PATH)
+}
+
+func statxGen(dirfd int, p string, flags int) (syscall.Stat_t, uint64, error) {
 	var st syscall.Stat_t
 	var x unix.Statx_t
-	err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &x)
+	err := unix.Statx(dirfd, p, flags, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &x)
 	if err == unix.ENOSYS {
-		err = syscall.Lstat(p, &st)
+		if p == "" {
+			err = syscall.Fstat(dirfd, &st)
+		} else {
+			err = syscall.Lstat(p, &st)
+		}
 		return st, 1, err
 	}
 	if err != nil {

@@ -87,17 +87,19 @@ var errLowerUnknown = errors.New("fs: the images' part of this KEY dir is not kn
 
 // setLower records the lower half unless it is known already. A known lower
 // half changes only from "none" to an image's files (adopt). The first time
-// a node gets an image's files counts as a hit.
-func (n *dirNode) setLower(ld *lowerDir, adopt bool) {
+// a node gets an image's files counts as a hit, and says so (added).
+func (n *dirNode) setLower(ld *lowerDir, adopt bool) (added bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !n.lowerDone || (adopt && n.lower == nil) {
 		if ld != nil && n.lower == nil {
 			n.v.stats.hit()
+			added = true
 		}
 		n.lower, n.lowerDone = ld, true
 		n.failErr = nil
 	}
+	return added
 }
 
 // promise marks a KEY dir the images list (Lower.Has).
@@ -224,6 +226,7 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	}
 	dir, ok := n.dirPath()
 	if !ok {
+		uncached(out)
 		return nil, syscall.ENOENT
 	}
 	p := filepath.Join(dir, name)
@@ -249,6 +252,8 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			if errno := n.interrupted(ctx, "lookup "+p); errno != 0 {
 				return nil, errno
 			}
+			uncached(out) // the images may have the name once they answer
+			return nil, syscall.ENOENT
 		}
 		if ld == nil || ld.files[name] == nil {
 			return nil, syscall.ENOENT
@@ -287,13 +292,17 @@ func (n *dirNode) upperChild(ctx context.Context, name string, st *syscall.Stat_
 func (n *dirNode) lookupKey(ctx context.Context, key string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	d := n.keyChild(key)
 	if d == nil || !d.shown() {
+		// Not kept by the kernel: the images may list the KEY later (a
+		// refresh), and the next lookup must ask again.
 		has, err := n.v.has(ctx, key)
 		if err != nil {
+			uncached(out)
 			return nil, n.v.errno("lookup "+key, err, true)
 		}
 		if !has {
 			n.v.stats.miss()
 			n.v.log.Debug("fs: no image lists the KEY", "key", key)
+			uncached(out)
 			return nil, syscall.ENOENT
 		}
 		if d = n.keyChild(key); d == nil {

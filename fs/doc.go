@@ -46,9 +46,27 @@
 //   - No lookup at the root waits on the network (only, at mount start, for
 //     the images' index to load).
 //   - Image content is immutable: lower nodes carry long kernel timeouts
-//     (lowerTTL), opens get FOPEN_KEEP_CACHE, reads come from the content's
-//     file descriptor; group files are served from their rewritten bytes in
-//     memory. Upper nodes carry zero timeouts (correctness first).
+//     (lowerTTL), opens get FOPEN_KEEP_CACHE and FOPEN_NOFLUSH, reads come
+//     from the content's file descriptor; group files are served from their
+//     rewritten bytes in memory.
+//   - Every change to the upper dir comes through the mount (it is the dir
+//     under the mount), and the kernel updates what it keeps for each
+//     change made through it: the root and upper nodes carry long entry,
+//     attribute and negative timeouts too (upperTTL), and read-only opens
+//     of upper files keep the page cache with no FLUSH. A warm hit asks
+//     the mount only what the kernel always asks: mkdir's lookup, each
+//     file's open and release, and CPython's isatty ioctl. What the view
+//     changes beyond the change the kernel asked for is invalidated
+//     (notify.go: the root's attributes when a KEY dir gets its upper
+//     half; a KEY dir's names when its image files come in after its
+//     lookups gave up), and a "not there" that can change with no change
+//     through the mount is not kept: a KEY no image lists (the catalog may
+//     list it later), names in a KEY dir while the images cannot answer
+//     for it.
+//   - An upper node is one file: a process that looked a name up just
+//     before another renamed a file over it (Triton's concurrent compiles)
+//     still opens and stats the file it found (Rename keeps it for the
+//     node), never the new file under the old node, never ENOENT.
 //   - Nothing is written below a lower entry: writes, renames onto lower names
 //     and deletions change the upper dir only. A deleted lower name is hidden
 //     by a whiteout file ".wh.<name>" in the upper parent; a dir made where a
@@ -64,9 +82,15 @@
 //     records the cause (log and Stats) before the errno is returned.
 //
 // Known limits (debt):
-//   - A lower file's dentry is cached for lowerTTL, so a file put into the
-//     upper dir behind the mount's back (not through it) may stay shadowed
-//     that long.
+//   - The upper dir must not change behind the mount's back (for
+//     cargohold-fs, which mounts over it, only a process that held it open
+//     from before the mount could do that): what the kernel keeps of it
+//     (entries, attributes, "not there", pages) stays up to upperTTL, and a
+//     lower file's dentry up to lowerTTL (a file put into the upper dir
+//     behind the mount stays shadowed that long). Atimes shown are the
+//     kernel's. Once the serving process is gone, a stat may still be
+//     answered from those caches; statfs, opens and listings say ENOTCONN
+//     (cargohold-fs finds a stale mount with statfs).
 //   - Lower files are not copied up for in-place writes (Triton never writes
 //     in place; it renames over).
 //   - A KEY dir shows its upper half alone while the images fail to answer

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -15,9 +17,19 @@ import (
 
 // upperFile is a file, symlink or other non-dir of the upper layer. Its path
 // comes from the inode tree; an open handle outlives a rename over it.
+//
+// The node is one file: a path that holds another file (one renamed over
+// it) is not this node's. A process may look a name up just before another
+// renames a file over it (Triton's concurrent compiles do) and open or stat
+// the node just after: Rename keeps the replaced node's file (keep) so that
+// it still opens and stats, as it would on a local disk.
 type upperFile struct {
 	gofs.Inode
 	v *view
+
+	mu     sync.Mutex
+	kept   bool // guarded by mu: keptFd holds the node's file
+	keptFd int  // guarded by mu: an O_PATH descriptor, closed when the kernel forgets the node
 }
 
 var _ = (gofs.NodeGetattrer)((*upperFile)(nil))
@@ -25,25 +37,88 @@ var _ = (gofs.NodeSetattrer)((*upperFile)(nil))
 var _ = (gofs.NodeOpener)((*upperFile)(nil))
 var _ = (gofs.NodeReadlinker)((*upperFile)(nil))
 var _ = (gofs.NodeIoctler)((*upperFile)(nil))
+var _ = (gofs.NodeOnForgetter)((*upperFile)(nil))
 
 func (n *upperFile) path() (string, bool) { return n.v.treePath(n.EmbeddedInode()) }
 
+// mine reports whether st (and gen) is this node's file.
+func (n *upperFile) mine(st *syscall.Stat_t, gen uint64) bool {
+	a := n.StableAttr()
+	return n.v.upperIno(st) == a.Ino && gen == a.Gen
+}
+
+// keep holds on to the node's file at p before another file is renamed
+// over it. Only regular files are kept (the kernel reads symlinks itself).
+func (n *upperFile) keep(p string) error {
+	fd, err := unix.Open(p, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, syscall.ENOENT) {
+		return nil // nothing to keep
+	}
+	if err != nil {
+		return &os.PathError{Op: "keep", Path: p, Err: err}
+	}
+	st, gen, err := fstatGen(fd)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err != nil || n.kept || st.Mode&syscall.S_IFMT != syscall.S_IFREG || !n.mine(&st, gen) {
+		syscall.Close(fd)
+		if err != nil {
+			return &os.PathError{Op: "keep", Path: p, Err: err}
+		}
+		return nil
+	}
+	n.kept, n.keptFd = true, fd
+	return nil
+}
+
+// withKept runs fn on the kept file's O_PATH descriptor, if there is one.
+func (n *upperFile) withKept(fn func(fd int) error) (bool, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.kept {
+		return false, nil
+	}
+	return true, fn(n.keptFd)
+}
+
+// OnForget closes the kept file: no request names the node any more.
+func (n *upperFile) OnForget() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.kept {
+		syscall.Close(n.keptFd)
+		n.kept = false
+	}
+}
+
 // Getattr stats the open file if there is one (it may have been renamed
-// over), else the path.
+// over), else the node's file: at its path, or the kept one.
 func (n *upperFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	if h, ok := f.(*upperHandle); ok {
 		return h.Getattr(ctx, out)
 	}
 	p, ok := n.path()
-	if !ok {
-		return syscall.ENOENT
+	if ok {
+		st, gen, err := lstatGen(p)
+		if err == nil && n.mine(&st, gen) {
+			out.FromStat(&st)
+			out.Ino = 0 // the node's own; the bridge fills it in
+			return 0
+		}
+		if err != nil && !errors.Is(err, syscall.ENOENT) {
+			return n.v.errno("getattr "+p, err, false)
+		}
 	}
 	var st syscall.Stat_t
-	if err := syscall.Lstat(p, &st); err != nil {
-		return n.v.errno("getattr "+p, err, false)
+	kept, err := n.withKept(func(fd int) error { return syscall.Fstat(fd, &st) })
+	if !kept {
+		return syscall.ENOENT // the node's file is gone
+	}
+	if err != nil {
+		return n.v.errno("getattr "+p+" (renamed over)", err, false)
 	}
 	out.FromStat(&st)
-	out.Ino = 0 // the node's own; the bridge fills it in
+	out.Ino = 0
 	return 0
 }
 
@@ -65,21 +140,59 @@ func (n *upperFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.Set
 	return n.Getattr(ctx, nil, out)
 }
 
-// Open opens the upper file. Its content may change (other processes write
-// through the mount), so the kernel's page cache is not kept.
+// Open opens the upper file. Every write to it comes through the mount, into
+// the kernel's page cache of this node first, so a read-only open keeps the
+// cached pages; and as closing changes nothing here, it needs no FLUSH.
+// Opens for writing keep the kernel's defaults.
 func (n *upperFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	p, ok := n.path()
-	if !ok {
-		return nil, 0, syscall.ENOENT
-	}
 	// As loopback: the kernel computes append offsets itself, and
 	// FMODE_EXEC is no open(2) flag.
 	flags &^= syscall.O_APPEND | fuse.FMODE_EXEC
-	fd, err := syscall.Open(p, int(flags)|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	fd, p, err := n.open(int(flags) | syscall.O_CLOEXEC)
 	if err != nil {
 		return nil, 0, n.v.errno("open "+p, err, false)
 	}
-	return &upperHandle{v: n.v, fd: fd, path: p}, 0, 0
+	var fuseFlags uint32
+	if flags&syscall.O_ACCMODE == syscall.O_RDONLY && flags&syscall.O_TRUNC == 0 {
+		fuseFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
+	}
+	return &upperHandle{v: n.v, fd: fd, path: p}, fuseFlags, 0
+}
+
+// open opens the node's file: at its path when that still holds it (the
+// path is read again if the node moved meanwhile), else the kept file.
+func (n *upperFile) open(flags int) (int, string, error) {
+	p := ""
+	for range 3 {
+		q, ok := n.path()
+		if !ok || q == p {
+			break
+		}
+		p = q
+		fd, err := syscall.Open(p, flags|syscall.O_NOFOLLOW, 0)
+		if err != nil && !errors.Is(err, syscall.ENOENT) {
+			return -1, p, err
+		}
+		if err == nil {
+			st, gen, err := fstatGen(fd)
+			if err == nil && n.mine(&st, gen) {
+				return fd, p, nil
+			}
+			syscall.Close(fd)
+			if err != nil {
+				return -1, p, err
+			}
+		}
+	}
+	fd := -1
+	kept, err := n.withKept(func(k int) (err error) {
+		fd, err = syscall.Open(fmt.Sprintf("/proc/self/fd/%d", k), flags, 0)
+		return err
+	})
+	if !kept {
+		return -1, p, fmt.Errorf("fs: %s: the file is gone: %w", p, syscall.ENOENT)
+	}
+	return fd, p + " (renamed over)", err
 }
 
 // Readlink reads an upper symlink.
@@ -154,6 +267,9 @@ func (h *upperHandle) Release(ctx context.Context) syscall.Errno {
 	return h.v.errno("close "+h.path, syscall.Close(h.fd), false)
 }
 
+// lowerOpen are the open flags of image content.
+const lowerOpen = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
+
 // lowerFile is a file of a KEY dir from an image: immutable, read-only.
 type lowerFile struct {
 	gofs.Inode
@@ -179,15 +295,15 @@ func (n *lowerFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.Set
 }
 
 // Open opens image content for reading, keeping the kernel's page cache
-// (the content never changes). Content evicted since the lookup is fetched
-// again by the Lower, under this request's interruption and the lookup
-// deadline.
+// (the content never changes) and with no FLUSH at close (nothing to
+// flush). Content evicted since the lookup is fetched again by the Lower,
+// under this request's interruption and the lookup deadline.
 func (n *lowerFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, n.v.errno("open "+n.name(), fmt.Errorf("fs: open %s for writing: %w", n.name(), ErrReadOnly), false)
 	}
 	if n.e.file.Group {
-		return &lowerHandle{v: n.v, name: n.name(), data: n.e.data, group: true}, fuse.FOPEN_KEEP_CACHE, 0
+		return &lowerHandle{v: n.v, name: n.name(), data: n.e.data, group: true}, lowerOpen, 0
 	}
 	octx, cancel := n.v.bound(ctx)
 	defer cancel()
@@ -195,7 +311,7 @@ func (n *lowerFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 	if err != nil {
 		return nil, 0, n.v.errno("open "+n.name(), &imagesError{fmt.Errorf("fs: open %s: %w", n.name(), err)}, false)
 	}
-	return &lowerHandle{v: n.v, name: n.name(), c: c}, fuse.FOPEN_KEEP_CACHE, 0
+	return &lowerHandle{v: n.v, name: n.name(), c: c}, lowerOpen, 0
 }
 
 func (n *lowerFile) Ioctl(ctx context.Context, f gofs.FileHandle, cmd uint32, arg uint64, input, output []byte) (int32, syscall.Errno) {

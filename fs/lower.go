@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	iofs "io/fs"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -155,15 +157,17 @@ func (v *view) leave(p *pending) {
 }
 
 // adoptLate hands the result of an orphaned load to the KEY's node, so
-// that the next lookup in the dir sees the files at once.
+// that the next lookup in the dir sees the files at once: what the kernel
+// kept of those names (a "not there") is dropped. It runs outside any
+// request (notify.go).
 func (v *view) adoptLate(key string, ld *lowerDir, err error) {
 	if err != nil {
 		v.log.Info("fs: a KEY fetch that outlived its lookup failed", "key", key, "err", err)
 		return
 	}
 	v.log.Info("fs: a KEY fetch that outlived its lookup is in; later lookups see it", "key", key)
-	if d := v.root.keyChild(key); d != nil {
-		d.setLower(ld, true)
+	if d := v.root.keyChild(key); d != nil && d.setLower(ld, true) {
+		d.notifyNames(slices.Sorted(maps.Keys(ld.files)))
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -43,14 +42,14 @@ func Mount(ctx context.Context, mountpoint string, opts Options) (*Server, error
 		cancel()
 		return nil, fmt.Errorf("fs: mount %s: %w", mp, err)
 	}
-	// Explicit zero timeouts: upper entries change under other writers and
-	// are looked up afresh; lower nodes set lowerTTL on their own answers.
-	// A failed KEY lookup is not cached either: the next one asks again.
-	zero := time.Duration(0)
+	// The kernel keeps upper answers for upperTTL (every change comes
+	// through the mount); lower nodes set lowerTTL on their own answers,
+	// and a "not there" that can change otherwise is not kept (uncached).
+	ttl := upperTTL
 	fo := &gofs.Options{
-		EntryTimeout:    &zero,
-		AttrTimeout:     &zero,
-		NegativeTimeout: &zero,
+		EntryTimeout:    &ttl,
+		AttrTimeout:     &ttl,
+		NegativeTimeout: &ttl,
 		Logger:          slog.NewLogLogger(v.log.Handler(), slog.LevelWarn),
 		MountOptions: fuse.MountOptions{
 			// Root mounts with mount(2) itself (hosts may lack fusermount3);
@@ -68,8 +67,14 @@ func Mount(ctx context.Context, mountpoint string, opts Options) (*Server, error
 			Debug:              opts.Debug,
 		},
 	}
-	srv, err := gofs.Mount(mp, v.root, fo)
+	// gofs.Mount, with each request counted on its way to the nodes.
+	srv, err := fuse.NewServer(&countingFS{RawFileSystem: gofs.NewNodeFS(v.root, fo), s: v.stats}, mp, &fo.MountOptions)
 	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("fs: mount %s: %w", mp, err)
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
 		cancel()
 		return nil, fmt.Errorf("fs: mount %s: %w", mp, err)
 	}

@@ -56,7 +56,9 @@ const DefaultLookupTimeout = 5 * time.Second
 // documented default.
 type Options struct {
 	// Upper is the dir that takes every write and keeps the whiteouts; it
-	// survives remounts. Required. Mount creates it when missing.
+	// survives remounts. Required. Mount creates it when missing. Nothing
+	// may change it but the mount while mounted: the kernel keeps what the
+	// mount said of it (cargohold-fs uses the dir under the mount).
 	Upper string
 	// PathPrefix is the path Triton sees the cache at; group files' child
 	// paths are rewritten to PathPrefix/KEY/file. Default (Mount): the

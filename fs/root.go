@@ -41,8 +41,10 @@ type view struct {
 
 // NewRoot returns the root node of a view, for use with go-fuse's
 // fs.NewNodeFS or fs.Mount; Mount is the usual way in. The caller passes
-// explicit timeouts to go-fuse: zero entry, attr and negative timeouts, as
-// Mount does (lower nodes set their own long ones).
+// explicit timeouts to go-fuse: Mount's long ones (upperTTL) hold only when
+// nothing changes the upper dir behind the mount; zero entry, attr and
+// negative timeouts are the safe choice otherwise (lower nodes set their
+// own long ones either way).
 func NewRoot(opts Options) (gofs.InodeEmbedder, error) {
 	v, err := newView(context.Background(), opts)
 	if err != nil {

@@ -13,6 +13,7 @@ type Stats struct {
 	lookupErrors atomic.Int64 // KEY lookups and fetches that failed (error, timeout): answered ENOENT
 	ioErrors     atomic.Int64 // other failures answered EIO
 	last         atomic.Pointer[lastError]
+	requests     [numOps]atomic.Int64 // FUSE requests by kind (requests.go)
 }
 
 type lastError struct {
@@ -28,6 +29,9 @@ type StatsSnapshot struct {
 	IOErrors      int64     `json:"io_errors"`
 	LastError     string    `json:"last_error,omitempty"`
 	LastErrorTime time.Time `json:"last_error_time,omitzero"`
+	// Requests counts the FUSE requests the kernel sent, by kind
+	// ("LOOKUP", "GETATTR", "OPEN", …); kinds never sent are left out.
+	Requests map[string]int64 `json:"requests,omitempty"`
 }
 
 // Snapshot copies the counters. A nil Stats gives zeros.
@@ -44,11 +48,20 @@ func (s *Stats) Snapshot() StatsSnapshot {
 	if l := s.last.Load(); l != nil {
 		out.LastError, out.LastErrorTime = l.msg, l.at
 	}
+	for op := range numOps {
+		if n := s.requests[op].Load(); n > 0 {
+			if out.Requests == nil {
+				out.Requests = make(map[string]int64)
+			}
+			out.Requests[opNames[op]] = n
+		}
+	}
 	return out
 }
 
-func (s *Stats) hit()  { s.hits.Add(1) }
-func (s *Stats) miss() { s.misses.Add(1) }
+func (s *Stats) hit()             { s.hits.Add(1) }
+func (s *Stats) request(op reqOp) { s.requests[op].Add(1) }
+func (s *Stats) miss()            { s.misses.Add(1) }
 
 func (s *Stats) lookupError(err error) {
 	s.lookupErrors.Add(1)

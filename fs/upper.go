@@ -40,6 +40,7 @@ func (n *dirNode) makeUpper() (string, error) {
 	err := syscall.Mkdir(dir, 0o755)
 	switch {
 	case err == nil:
+		n.v.touchRoot() // the kernel asked for a change in the KEY dir, not the root
 		if isRoot {
 			if err := syscall.Lchown(dir, int(n.v.uid), int(n.v.gid)); err != nil {
 				return "", &os.PathError{Op: "chown", Path: dir, Err: err}
@@ -371,6 +372,17 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 			return syscall.ENOTDIR
 		case np.kind == rootDir: // and at the root they are dirs
 			return syscall.EISDIR
+		}
+	}
+	if flags&unix.RENAME_NOREPLACE == 0 {
+		// A process may have looked the target up just now: its node
+		// keeps its file (upperFile).
+		if ch := np.GetChild(newName); ch != nil {
+			if f, ok := ch.Operations().(*upperFile); ok {
+				if err := f.keep(dst); err != nil {
+					n.v.log.Warn("fs: rename: the file renamed over is not kept", "path", dst, "err", err)
+				}
+			}
 		}
 	}
 	srcLower, err := n.lowerHas(ctx, name)

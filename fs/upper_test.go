@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	iofs "io/fs"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"cargohold/test/replay"
@@ -205,5 +208,60 @@ func TestDirOverDeletedLowerFile(t *testing.T) {
 	}
 	if _, err := os.Stat(p); !errors.Is(err, iofs.ErrNotExist) {
 		t.Fatalf("stat after rmdir: %v: the image's file is back", err)
+	}
+}
+
+// TestRenamedOverNodeKeepsItsFile: a process that looked a name up just
+// before another renamed a file over it still opens and stats the file it
+// found (Triton's concurrent compiles rename over each other's files):
+// while the tree still has the node under the name (the rename is done on
+// disk, the bridge has not moved the nodes yet), and after it moved out.
+func TestRenamedOverNodeKeepsItsFile(t *testing.T) {
+	root, v := newTestRoot(t, Options{})
+	ctx := context.Background()
+	for name, data := range map[string]string{"f": "old", "g": "new file"} {
+		if err := os.WriteFile(filepath.Join(v.upper, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lookup := func(name string) *gofs.Inode {
+		var out fuse.EntryOut
+		in, errno := root.Lookup(ctx, name, &out)
+		if errno != 0 {
+			t.Fatalf("lookup %s: %v", name, errno)
+		}
+		root.AddChild(name, in, true) // as the bridge does
+		return in
+	}
+	n := lookup("f").Operations().(*upperFile)
+	lookup("g")
+	if errno := root.Rename(ctx, "g", root, "f", 0); errno != 0 {
+		t.Fatalf("rename over: %v", errno)
+	}
+	check := func(when string) {
+		t.Helper()
+		fh, _, errno := n.Open(ctx, syscall.O_RDONLY)
+		if errno != 0 {
+			t.Fatalf("%s: open of the node renamed over: %v", when, errno)
+		}
+		h := fh.(*upperHandle)
+		defer h.Release(ctx)
+		buf := make([]byte, 100)
+		k, _ := syscall.Pread(h.fd, buf, 0)
+		if string(buf[:k]) != "old" {
+			t.Errorf("%s: the node renamed over reads %q, want its own file %q", when, buf[:k], "old")
+		}
+		var a fuse.AttrOut
+		if errno := n.Getattr(ctx, nil, &a); errno != 0 || a.Size != 3 {
+			t.Errorf("%s: getattr of the node renamed over: %v, size %d, want 3", when, errno, a.Size)
+		}
+	}
+	check("before the tree moved")
+	root.MvChild("g", root.EmbeddedInode(), "f", true) // as the bridge does after the rename
+	check("after the tree moved")
+
+	n.OnForget()
+	if _, _, errno := n.Open(ctx, syscall.O_RDONLY); errno != syscall.ENOENT {
+		t.Errorf("open once the kernel forgot the node: %v, want ENOENT", errno)
 	}
 }

@@ -13,15 +13,16 @@ import (
 )
 
 // clearStaleMount detaches a mount left at mountpoint by a killed
-// cargohold-fs (its FUSE connection is gone: stat says ENOTCONN). A live
-// mount there is an error rather than something to take over.
+// cargohold-fs (its FUSE connection is gone: statfs says ENOTCONN; a stat
+// may still be answered from the kernel's cache). A live mount there is an
+// error rather than something to take over.
 func clearStaleMount(mp string, log *slog.Logger) error {
 	fstype, mounted := fs.MountType(mp)
 	if !mounted {
 		return os.MkdirAll(mp, 0o755)
 	}
-	var st syscall.Stat_t
-	serr := syscall.Stat(mp, &st)
+	var st syscall.Statfs_t
+	serr := syscall.Statfs(mp, &st)
 	if !errors.Is(serr, syscall.ENOTCONN) {
 		return fmt.Errorf("%s is already mounted (%s); unmount it first", mp, fstype)
 	}

@@ -279,6 +279,10 @@ func (w *statusWriter) serveMetrics(ln net.Listener) {
 		for _, n := range names {
 			fmt.Fprintf(rw, "%s %d\n", n, m[n])
 		}
+		ops := slices.Sorted(maps.Keys(s.FS.Requests))
+		for _, op := range ops {
+			fmt.Fprintf(rw, "cargohold_fuse_requests_total{op=%q} %d\n", op, s.FS.Requests[op])
+		}
 	})
 	w.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

@@ -39,8 +39,10 @@ func TestMountStaleReplaced(t *testing.T) {
 	m.cmd.Process.Kill()
 	<-m.done
 	m.done <- nil
-	var st syscall.Stat_t
-	if err := syscall.Stat(mnt, &st); !errors.Is(err, syscall.ENOTCONN) || !isMounted(mnt) {
+	// statfs always asks the mount (a stat may be answered from the
+	// kernel's cache of the root).
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(mnt, &st); !errors.Is(err, syscall.ENOTCONN) || !isMounted(mnt) {
 		t.Fatalf("after SIGKILL want a stale mount (ENOTCONN), got %v", err)
 	}
 	m2 := startFS(t, mnt, state, args...)
@@ -103,7 +105,8 @@ func TestMountDaemonAndMetrics(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(body), "cargohold_fs_hits_total 1") || !strings.Contains(string(body), "cargohold_fetches_total 1") {
+	if !strings.Contains(string(body), "cargohold_fs_hits_total 1") || !strings.Contains(string(body), "cargohold_fetches_total 1") ||
+		!strings.Contains(string(body), `cargohold_fuse_requests_total{op="OPEN"} `) {
 		t.Fatalf("metrics:\n%s", body)
 	}
 	time.Sleep(1200 * time.Millisecond) // status.json is rewritten once a second
