@@ -16,15 +16,17 @@ import (
 	"cargohold/store"
 )
 
-// KeyFile is one file of a fetched KEY dir, stored in the content store
-// under Digest. Group files are stored as the image holds them (child paths
-// relative, triton.ImageRoot); whoever serves them rewrites them.
+// KeyFile is one file of a fetched unit (a KEY dir, or a vLLM or Inductor
+// dir), stored in the content store under Digest. Files are stored as the
+// image holds them (group files with the build host's absolute child
+// paths, or relative in images of older cargohold); whoever serves or
+// installs them applies the kind's rewrites (kind.RewriteOf).
 type KeyFile struct {
 	Name   string
 	Size   int64
 	Mode   os.FileMode // permission bits only
 	Digest digest.Digest
-	Group  bool // triton.IsGroupFile(Name)
+	Group  bool // triton.IsGroupFile(Name); whether it is rewritten depends on the unit (kind.RewriteOf)
 }
 
 // Stats are an Engine's counters since NewEngine. They count work, not

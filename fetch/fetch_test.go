@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"cargohold/fetch"
+	"cargohold/kind"
 	"cargohold/layer"
 	"cargohold/resolver"
 	"cargohold/triton"
@@ -129,7 +130,7 @@ func TestLazyFetchImageKey(t *testing.T) {
 		t.Errorf("FetchKey: layer %s", l)
 	}
 	dir := t.TempDir()
-	if err := eng.Install(dir, key, files); err != nil {
+	if err := eng.Install(dir, kind.Triton, key, files); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range files {
@@ -150,7 +151,7 @@ func TestLazyFetchImageKey(t *testing.T) {
 			t.Errorf("%s/%s: installed content differs", key, f.Name)
 		}
 	}
-	if err := eng.Install(dir, key, files); !errors.Is(err, fs.ErrExist) {
+	if err := eng.Install(dir, kind.Triton, key, files); !errors.Is(err, fs.ErrExist) {
 		t.Errorf("second install: %v, want fs.ErrExist", err)
 	}
 	if _, _, err := eng.ImageKey(context.Background(), im, "NOTAKEY"); !errors.Is(err, fs.ErrNotExist) {

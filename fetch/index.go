@@ -15,13 +15,15 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"cargohold/kind"
 	"cargohold/layer"
 	"cargohold/resolver"
 )
 
 // layerIndexVersion changes whenever the cached index format does. 2: the
-// byte source is recorded (source).
-const layerIndexVersion = 2
+// byte source is recorded (source). 3: the layer's cache kind, units keyed
+// by path (layer.Index.Kind), MCV's manifest.
+const layerIndexVersion = 3
 
 // source is where the offsets of a layer's index point: the engine reads a
 // KEY dir's span from there.
@@ -68,21 +70,29 @@ func (e *Engine) Index(ctx context.Context, l resolver.LayerRef) (*layer.Index, 
 	return ix.Index, nil
 }
 
-// Keys returns the KEY dirs of layer l, sorted. It loads the index as
-// Index does (memory, disk cache, blob) but does not keep it in memory: a
-// catalog that lists the KEYs of every image would otherwise fill the
-// in-memory cache with layers no lookup has asked for.
+// Keys returns the KEY dirs of layer l, sorted: its units, whatever its
+// kind (Units).
 func (e *Engine) Keys(ctx context.Context, l resolver.LayerRef) ([]string, error) {
+	_, keys, err := e.Units(ctx, l)
+	return keys, err
+}
+
+// Units returns the cache kind of layer l ("" when it holds no cache) and
+// its units (Triton KEYs, or dir paths under the kind's root), sorted. It
+// loads the index as Index does (memory, disk cache, blob) but does not
+// keep it in memory: a catalog that lists the units of every image would
+// otherwise fill the in-memory cache with layers no lookup has asked for.
+func (e *Engine) Units(ctx context.Context, l resolver.LayerRef) (kind.Kind, []string, error) {
 	ix, err := e.index(ctx, l, false)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	keys := make([]string, 0, len(ix.Dirs))
 	for k := range ix.Dirs {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	return keys, nil
+	return ix.Kind, keys, nil
 }
 
 // index loads l's index; keep puts it in the in-memory cache.
@@ -194,8 +204,11 @@ func (e *Engine) readIndexCache(l resolver.LayerRef) (*indexed, error) {
 			return nil, fmt.Errorf("%s: %w", p, err)
 		}
 	}
+	if f.Index.Kind != "" && !f.Index.Kind.Valid() {
+		return nil, fmt.Errorf("%s: unknown cache kind %q", p, f.Index.Kind)
+	}
 	for key, d := range f.Index.Dirs {
-		if d == nil || d.Key != key || !plainFileName(key) {
+		if d == nil || d.Key != key || kind.CheckPath(key) != nil {
 			return nil, fmt.Errorf("%s: bad dir entry %q", p, key)
 		}
 		for _, file := range d.Files {

@@ -1,34 +1,39 @@
 package fetch
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 
+	"cargohold/kind"
 	"cargohold/triton"
 )
 
-// Install copies the files of a fetched KEY dir from the content store into
-// dir/key: staged in a temp dir inside dir, then renamed into place whole,
-// never over an existing dir/key (an error wrapping fs.ErrExist, also for an
-// empty dir a concurrent Triton just made). Group files get their child
-// paths rewritten to dir's absolute path (triton.InstallEntry). Files are
-// 0755 when the image gave them an executable bit, else 0644.
-func (e *Engine) Install(dir, key string, files []KeyFile) error {
-	if !plainFileName(key) {
-		return fmt.Errorf("fetch: install KEY %q: not a plain name", key)
+// Install copies the files of a fetched unit (a KEY dir, or the dir path
+// key under a cache root of kind k) from the content store into dir/key:
+// staged in a temp dir inside dir, then renamed into place whole (the dirs
+// above it made as needed), never over an existing dir/key (an error
+// wrapping fs.ErrExist, also for an empty dir a concurrent Triton just
+// made). The kind's rewrites (kind.RewriteOf) are applied for dir's
+// absolute path: group files name the dir their KEY dir is installed in,
+// vLLM's cache file dir. Files are 0755 when the image gave them an
+// executable bit, else 0644.
+func (e *Engine) Install(dir string, k kind.Kind, key string, files []KeyFile) error {
+	if err := kind.CheckPath(key); err != nil || !kind.IsUnit(k, key) {
+		return fmt.Errorf("fetch: install %q: not a unit of a %s cache", key, k)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
 	}
-	dst := filepath.Join(abs, key)
+	dst := filepath.Join(abs, filepath.FromSlash(key))
 	if _, err := os.Lstat(dst); err == nil {
 		return fmt.Errorf("fetch: install KEY %s: %s: %w", key, dst, fs.ErrExist)
 	}
-	if err := os.MkdirAll(abs, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
 	}
 	// Its name is not a KEY, so Triton never looks at it.
@@ -37,22 +42,23 @@ func (e *Engine) Install(dir, key string, files []KeyFile) error {
 		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
 	}
 	defer os.RemoveAll(stage)
-	kd := filepath.Join(stage, key)
+	kd := filepath.Join(stage, "unit")
 	if err := os.Mkdir(kd, 0o755); err != nil {
 		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
 	}
 	for _, f := range files {
-		if err := e.installFile(kd, f); err != nil {
+		if err := e.installFile(kd, f, kind.RewriteOf(k, key, f.Name), abs, key); err != nil {
 			return fmt.Errorf("fetch: install KEY %s: %s: %w", key, f.Name, err)
 		}
 	}
-	if err := triton.InstallEntry(kd, abs); err != nil {
+	if err := triton.RenameNoReplace(kd, dst); err != nil {
 		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
 	}
 	return nil
 }
 
-func (e *Engine) installFile(kd string, f KeyFile) error {
+// installFile writes f into kd, rewritten by rw for a cache at root.
+func (e *Engine) installFile(kd string, f KeyFile, rw kind.Rewrite, root, unit string) error {
 	if !plainFileName(f.Name) {
 		return fmt.Errorf("not a plain name")
 	}
@@ -68,11 +74,25 @@ func (e *Engine) installFile(kd string, f KeyFile) error {
 	if f.Mode&0o111 != 0 {
 		mode = 0o755
 	}
+	var r io.Reader = src
+	if rw != kind.RewriteNone {
+		if f.Size > kind.MaxRewrite {
+			return fmt.Errorf("%d bytes, more than the %d rewritten in memory", f.Size, kind.MaxRewrite)
+		}
+		data, err := io.ReadAll(src)
+		if err == nil {
+			data, err = rw.Apply(data, root, unit)
+		}
+		if err != nil {
+			return err
+		}
+		r = bytes.NewReader(data)
+	}
 	w, err := os.OpenFile(filepath.Join(kd, f.Name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(w, src)
+	_, err = io.Copy(w, r)
 	if cerr := w.Close(); err == nil {
 		err = cerr
 	}

@@ -6,18 +6,21 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"slices"
 	"time"
 
 	"cargohold/fetch"
 	"cargohold/internal/cli"
 	"cargohold/internal/userdir"
+	"cargohold/kind"
 	"cargohold/resolver"
 	"cargohold/store"
 )
 
-// fetchKeys fetches single KEY dirs of an image with ranged reads into the
-// content store of the state dir, installs them into -d DIR when given, and
-// prints what each cost.
+// fetchKeys fetches single units of an image (Triton KEY dirs, vLLM or
+// Inductor dirs by their path under the root) with ranged reads into the
+// content store of the state dir, installs them into the cache root -d DIR
+// when given (with the kind's rewrites), and prints what each cost.
 func fetchKeys(ctx context.Context, o options, ropts resolver.Options, log *slog.Logger) error {
 	state := o.stateDir
 	if state == "" {
@@ -43,6 +46,16 @@ func fetchKeys(ctx context.Context, o options, ropts resolver.Options, log *slog
 	e := fetch.NewEngine(res, st, state)
 	defer e.Close()
 
+	k := kind.KindOfLabels(im.Labels)
+	if k == "" && len(im.Layers) > 0 {
+		if k, _, err = e.Units(ctx, im.LayerRef(len(im.Layers)-1)); err != nil {
+			return fmt.Errorf("fetch: %w", err)
+		}
+	}
+	// Sorted, a unit comes before the units below it (a vLLM rank dir
+	// before its inductor_cache/ units): installed after them, its dir
+	// would exist already.
+	slices.Sort(o.keys)
 	failed := 0
 	for _, key := range o.keys {
 		var c resolver.Counters
@@ -59,9 +72,9 @@ func fetchKeys(ctx context.Context, o options, ropts resolver.Options, log *slog
 		}
 		took := time.Since(start)
 		if o.dir != "" {
-			switch err := e.Install(o.dir, key, files); {
+			switch err := e.Install(o.dir, k, key, files); {
 			case errors.Is(err, fs.ErrExist):
-				log.Warn("kept the local KEY dir", "key", key, "dir", o.dir)
+				log.Warn("kept the local unit", "unit", key, "dir", o.dir)
 			case err != nil:
 				log.Error("install failed", "key", key, "err", err)
 				failed++

@@ -33,7 +33,7 @@ var allowed = map[string][]string{
 	"store":              {},
 	"layer":              {"kind", "triton"},
 	"resolver":           {"internal/userdir"},
-	"fetch":              {"internal/userdir", "layer", "resolver", "store", "triton"},
+	"fetch":              {"internal/userdir", "kind", "layer", "resolver", "store", "triton"},
 	"catalog":            {"fetch", "gpu", "layer", "resolver", "store", "triton"},
 	"image":              {"gpu", "kind", "layer", "resolver", "triton"},
 	"fs":                 {"triton"},
