@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"cargohold/gpu"
+	"cargohold/kind"
 	"cargohold/resolver"
 	"cargohold/triton"
 )
@@ -130,16 +131,22 @@ func (cat *Catalog) buildRec(ctx context.Context, c resolver.Pending) (*imageRec
 	}
 
 	kernelOf := map[string]gpu.Target{}
-	sum, lerr := triton.ParseLabels(im.Labels)
+	sum, lerr := kind.ParseLabels(im.Labels)
+	rec.Kind = sum.Kind
 	switch {
-	case errors.Is(lerr, triton.ErrNoLabels):
+	case errors.Is(lerr, kind.ErrNoLabels):
 		rec.Unlabelled = true
 		cat.log.Debug("image without labels: indexing every KEY, fit checked on fetch", "image", c.Ref)
+	case rec.Kind != cat.cfg.Kind:
+		rec.Why = fmt.Sprintf("a %s cache; this catalog serves %s caches", rec.Kind, cat.cfg.Kind)
+		cat.log.Debug("image of another cache kind", "image", c.Ref, "kind", rec.Kind)
+		return rec, nil
 	case lerr != nil:
 		rec.LabelError = lerr.Error()
 	default:
 		rec.Targets = sum.Targets
 		if !gpu.AnyFits(sum.Targets, cat.cfg.Targets) {
+			rec.Why = fmt.Sprintf("no target of the image (%s) fits the local GPU (%s)", gpu.FormatList(sum.Targets), gpu.FormatList(cat.cfg.Targets))
 			cat.log.Debug("image fits no local target", "image", c.Ref, "targets", gpu.FormatList(sum.Targets))
 			return rec, nil
 		}
@@ -151,25 +158,51 @@ func (cat *Catalog) buildRec(ctx context.Context, c resolver.Pending) (*imageRec
 				break
 			}
 			kernelOf[key] = k.Target
+			kernelOf[k.Hash] = k.Target // the KEY of Triton 3.1 and older
 		}
 	}
 	if rec.LabelError != "" {
 		cat.log.Warn("image labels malformed: indexing every KEY, fit checked on fetch", "image", c.Ref, "err", rec.LabelError)
 	}
-	rec.Fits = true
+	// Without usable labels, units other than Triton's (whose kernel JSON
+	// decides at Entry) have no targets to fit: they are left out.
+	tritonOnly := (rec.Unlabelled || rec.LabelError != "") && cat.cfg.Kind != kind.Triton
 
 	// Every layer holding a KEY dir, in layer order: Entry merges them file
-	// by file, later layers winning, as unpacking does.
+	// by file, later layers winning, as unpacking does. A layer of another
+	// kind is left out.
 	held := map[string][]uint16{}
 	for i, l := range rec.Layers {
-		keys, err := cat.eng.Keys(ctx, l)
+		lk, keys, err := cat.eng.Units(ctx, l)
 		if err != nil {
 			return nil, fmt.Errorf("catalog: image %s: layer %d: %w", c.Ref, i, err)
 		}
+		if lk == "" {
+			continue
+		}
+		if rec.Kind == "" {
+			rec.Kind = lk
+		}
+		if lk != cat.cfg.Kind {
+			cat.log.Debug("layer of another cache kind", "image", c.Ref, "layer", i, "kind", lk)
+			continue
+		}
 		for _, key := range keys {
+			if tritonOnly && !kind.IsTritonUnit(lk, key) {
+				continue
+			}
 			held[key] = append(held[key], uint16(i))
 		}
 	}
+	switch {
+	case rec.Kind != "" && rec.Kind != cat.cfg.Kind:
+		rec.Why = fmt.Sprintf("a %s cache; this catalog serves %s caches", rec.Kind, cat.cfg.Kind)
+		return rec, nil
+	case tritonOnly:
+		rec.Why = "no usable labels: only its Triton units (fit by their kernel JSON) are served"
+	}
+	rec.Fits = true
+
 	kernelIdx := map[gpu.Target]uint16{}
 	earlierIdx := map[string]uint16{} // an Earlier set, as a string of its indexes, -> 1 + its index
 	rec.Keys = make([]keyRec, 0, len(held))

@@ -13,6 +13,7 @@ import (
 
 	"cargohold/fetch"
 	"cargohold/gpu"
+	"cargohold/kind"
 	"cargohold/resolver"
 	"cargohold/store"
 )
@@ -39,6 +40,9 @@ type Config struct {
 	// Sources are the images to index, highest priority first; see the
 	// package doc for the forms. At least one is needed.
 	Sources []string
+	// Kind is the cache kind the catalog serves: images of other kinds are
+	// listed (ImageInfo says why) but not indexed. Default kind.Triton.
+	Kind kind.Kind
 	// Targets are the local GPU targets (gpu.Detect). An image whose labels
 	// name none of them is not indexed; an empty list indexes only images
 	// without usable labels (their fit is decided by Entry).
@@ -102,6 +106,8 @@ type ImageInfo struct {
 	Created    time.Time    `json:"created"`
 	Targets    []gpu.Target `json:"targets,omitempty"` // from labels
 	Fits       bool         `json:"fits"`              // some KEYs indexed (or left to Entry)
+	Kind       kind.Kind    `json:"kind,omitempty"`    // the image's cache kind, when known
+	Why        string       `json:"why,omitempty"`     // why its units are not (all) indexed
 	Keys       int          `json:"keys"`
 	LabelError string       `json:"label_error,omitempty"`
 	Unlabelled bool         `json:"unlabelled,omitempty"`
@@ -131,8 +137,9 @@ type Stats struct {
 
 // fetcher is what the catalog needs of the fetch engine (*fetch.Engine).
 type fetcher interface {
-	// Keys lists a layer's KEY dirs without keeping its index in memory.
-	Keys(ctx context.Context, l resolver.LayerRef) ([]string, error)
+	// Units lists a layer's kind and units without keeping its index in
+	// memory.
+	Units(ctx context.Context, l resolver.LayerRef) (kind.Kind, []string, error)
 	Key(ctx context.Context, layers []resolver.LayerRef, key string) ([]fetch.KeyFile, error)
 	Open(f fetch.KeyFile) (*store.File, error)
 	Prefetch(l resolver.LayerRef, keys []string) <-chan error
@@ -188,6 +195,8 @@ type imageRec struct {
 	// into Layers) that also hold a KEY dir; keyRec.Earlier points in. Most
 	// images have one layer, so most records have none.
 	Earlier    [][]uint16 `json:"earlier,omitempty"`
+	Kind       kind.Kind  `json:"kind,omitempty"` // the image's cache kind, when known
+	Why        string     `json:"why,omitempty"`  // why its units are not (all) indexed
 	LabelError string     `json:"label_error,omitempty"`
 	Unlabelled bool       `json:"unlabelled,omitempty"`
 	Fits       bool       `json:"fits"`
@@ -239,6 +248,12 @@ func newCatalog(r *resolver.Resolver, eng fetcher, cfg Config) (*Catalog, error)
 	cat := &Catalog{r: r, eng: eng, cfg: cfg, ready: make(chan struct{}), verdicts: map[string]bool{},
 		prefetched: map[string]bool{}}
 	cat.cfg.Targets = gpu.Dedup(slices.Clone(cfg.Targets))
+	if cat.cfg.Kind == "" {
+		cat.cfg.Kind = kind.Triton
+	}
+	if !cat.cfg.Kind.Valid() {
+		return nil, fmt.Errorf("catalog: unknown cache kind %q", cfg.Kind)
+	}
 	if cat.cfg.Refresh == 0 {
 		cat.cfg.Refresh = DefaultRefresh
 	}
@@ -331,8 +346,8 @@ func (cat *Catalog) Images() []ImageInfo {
 	out := make([]ImageInfo, 0, len(s.entries))
 	for _, e := range s.entries {
 		out = append(out, ImageInfo{Ref: e.ref, Image: e.rec.Image, Source: e.source, Created: e.rec.Created,
-			Targets: e.rec.Targets, Fits: e.rec.Fits, Keys: len(e.rec.Keys), LabelError: e.rec.LabelError,
-			Unlabelled: e.rec.Unlabelled})
+			Targets: e.rec.Targets, Fits: e.rec.Fits, Kind: e.rec.Kind, Why: e.rec.Why, Keys: len(e.rec.Keys),
+			LabelError: e.rec.LabelError, Unlabelled: e.rec.Unlabelled})
 	}
 	return out
 }

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"path"
+	"slices"
 	"strings"
 	"time"
 
 	"cargohold/fetch"
 	"cargohold/gpu"
+	"cargohold/kind"
 	"cargohold/resolver"
 	"cargohold/store"
 	"cargohold/triton"
@@ -69,6 +72,7 @@ func (cat *Catalog) Entry(ctx context.Context, key string) ([]fetch.KeyFile, err
 			cat.log.Debug("KEY fetch failed; next image, if any", "key", key, "image", loc.Image, "err", err)
 			continue
 		}
+		files = cat.marked(key, files)
 		ok, err := cat.fits(loc, key, files)
 		if err != nil {
 			errs = append(errs, err)
@@ -95,11 +99,26 @@ func (cat *Catalog) Entry(ctx context.Context, key string) ([]fetch.KeyFile, err
 	return nil, fmt.Errorf("catalog: KEY %s: no usable location of %d: %w", key, len(ls), errors.Join(errs...))
 }
 
-// fits checks the kernel JSON of a fetched KEY dir against the local
+// marked returns files with Group set where the catalog's kind rewrites
+// them (kind.RewriteOf): a group file of a Triton unit, not a file of that
+// name elsewhere.
+func (cat *Catalog) marked(unit string, files []fetch.KeyFile) []fetch.KeyFile {
+	out := slices.Clone(files)
+	for i := range out {
+		out[i].Group = kind.RewriteOf(cat.cfg.Kind, unit, out[i].Name) == kind.RewriteGroup
+	}
+	return out
+}
+
+// fits checks the kernel JSON of a fetched Triton unit against the local
 // targets. A dir without a kernel JSON (launcher, other) fits: its image
-// was admitted by its labels or has none. Verdicts are remembered by the
-// layer digests and KEY, and logged once.
+// was admitted by its labels or has none; so does every unit other than
+// Triton's, whose image was admitted by its targets. Verdicts are
+// remembered by the layer digests and KEY, and logged once.
 func (cat *Catalog) fits(loc Location, key string, files []fetch.KeyFile) (bool, error) {
+	if !kind.IsTritonUnit(cat.cfg.Kind, key) {
+		return true, nil
+	}
 	var vk string
 	for _, l := range loc.layers() {
 		vk += l.Desc.Digest.String() + "/"
@@ -157,7 +176,7 @@ func (cat *Catalog) kernelOf(key string, files []fetch.KeyFile) (triton.Kernel, 
 			// JSON that does not parse: not what decides the fit.
 			continue
 		}
-		if k.Key() != key {
+		if !k.In(path.Base(key)) {
 			return triton.Kernel{}, false, fmt.Errorf("catalog: KEY %s: %s has the hash of KEY %s", key, f.Name, k.Key())
 		}
 		return k, true, nil

@@ -16,7 +16,6 @@ import (
 	"cargohold/resolver"
 	"cargohold/test/cachetest"
 	"cargohold/test/proxy"
-	"cargohold/triton"
 	"cargohold/triton/gen"
 )
 
@@ -33,8 +32,8 @@ func TestIndexLayersMerge(t *testing.T) {
 	partial, whole, untouched := keys[0], keys[1], keys[2]
 
 	// over is the second layer's cache: partial's binary with other bytes
-	// plus a new file; whole's every file as the first layer has it
-	// (group files in image form, as cargohold packs them).
+	// plus a new file; whole's every file as the first layer has it (as on
+	// disk, as cargohold packs them).
 	over := t.TempDir()
 	want := t.TempDir() // the merged partial, as the mount must show it
 	if err := os.CopyFS(filepath.Join(want, partial), os.DirFS(filepath.Join(dir, partial))); err != nil {
@@ -66,11 +65,6 @@ func TestIndexLayersMerge(t *testing.T) {
 		data, err := os.ReadFile(filepath.Join(dir, whole, de.Name()))
 		if err != nil {
 			t.Fatal(err)
-		}
-		if triton.IsGroupFile(de.Name()) {
-			if data, err = triton.RewriteGroup(data, triton.ImageRoot); err != nil {
-				t.Fatal(err)
-			}
 		}
 		ixWrite(t, filepath.Join(over, whole, de.Name()), data)
 	}

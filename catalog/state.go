@@ -3,6 +3,7 @@ package catalog
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"slices"
 
 	"cargohold/gpu"
+	"cargohold/kind"
 )
 
 // StateFile is the name of the persisted catalog in Config.StateDir. (The
@@ -34,6 +36,7 @@ var ErrStaleState = errors.New("persisted catalog does not match this configurat
 // changed source list still maps.
 type stateFile struct {
 	Version int          `json:"version"`
+	Kind    kind.Kind    `json:"kind,omitempty"` // "": Triton (older files)
 	Targets []gpu.Target `json:"targets"`
 	Entries []stateEntry `json:"entries"`
 	Images  []*imageRec  `json:"images"`
@@ -51,7 +54,7 @@ func (cat *Catalog) save(s *snapshot) error {
 	if cat.cfg.StateDir == "" {
 		return nil
 	}
-	st := stateFile{Version: stateVersion, Targets: cat.cfg.Targets}
+	st := stateFile{Version: stateVersion, Kind: cat.cfg.Kind, Targets: cat.cfg.Targets}
 	seen := map[*imageRec]bool{}
 	for _, e := range s.entries {
 		st.Entries = append(st.Entries, stateEntry{Ref: e.ref, Source: cat.sources[e.source].raw, Memo: e.rec.Memo})
@@ -139,6 +142,8 @@ func (st *stateFile) read(r io.Reader) error {
 		switch tok {
 		case "version":
 			err = dec.Decode(&st.Version)
+		case "kind":
+			err = dec.Decode(&st.Kind)
 		case "targets":
 			err = dec.Decode(&st.Targets)
 		case "entries":
@@ -214,6 +219,9 @@ func (cat *Catalog) Load() error {
 	}
 	if st.Version != stateVersion {
 		return fmt.Errorf("catalog: load %s: version %d, want %d: %w", p, st.Version, stateVersion, ErrStaleState)
+	}
+	if k := cmp.Or(st.Kind, kind.Triton); k != cat.cfg.Kind {
+		return fmt.Errorf("catalog: load %s: built for %s caches, this catalog serves %s: %w", p, k, cat.cfg.Kind, ErrStaleState)
 	}
 	if !slices.Equal(gpu.Dedup(st.Targets), cat.cfg.Targets) {
 		return fmt.Errorf("catalog: load %s: built for targets %q, local targets are %q: %w", p,

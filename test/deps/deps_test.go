@@ -34,7 +34,7 @@ var allowed = map[string][]string{
 	"layer":              {"kind", "triton"},
 	"resolver":           {"internal/userdir"},
 	"fetch":              {"internal/userdir", "kind", "layer", "resolver", "store", "triton"},
-	"catalog":            {"fetch", "gpu", "layer", "resolver", "store", "triton"},
+	"catalog":            {"fetch", "gpu", "kind", "layer", "resolver", "store", "triton"},
 	"image":              {"gpu", "kind", "layer", "resolver", "triton"},
 	"fs":                 {"triton"},
 	"internal/cli":       {},
