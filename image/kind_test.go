@@ -220,3 +220,31 @@ func replayHit(t *testing.T, k kind.Kind, root, src string) {
 		t.Fatalf("replay %s: %+v, %v", k, sum, err)
 	}
 }
+
+// TestHexLauncherDirs: Triton 3.1 and older name launcher dirs by 64 hex
+// digits; they are packed, and installed with an image that fits.
+func TestHexLauncherDirs(t *testing.T) {
+	src := t.TempDir()
+	copyTree(t, cachetest.Testdata(t, "vector-add-cache"), src)
+	hex := "c4d45c65a1f8a3b1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5"
+	if err := os.MkdirAll(filepath.Join(src, hex), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, hex, "cuda_utils.so"), []byte("\x7fELF launcher"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Pack(context.Background(), src, "hex", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if len(p.Skipped) != 0 || len(p.Tree.Units) != 2 {
+		t.Fatalf("packed %d units, skipped %v", len(p.Tree.Units), p.Skipped)
+	}
+	out := t.TempDir()
+	res, err := Unpack(context.Background(), testResolver, save(t, p.Image), out, targets(t, "cuda:75:32"), nil)
+	if err != nil || !slices.Contains(res.Installed, hex) || len(res.Installed) != 2 {
+		t.Fatalf("unpack %+v, %v", res, err)
+	}
+	cachetest.Compare(t, src, out)
+}

@@ -88,8 +88,9 @@ func (t *Tree) Entries() []triton.Entry {
 	return es
 }
 
-// ErrNoUnits is returned by Scan for a dir without any unit.
-var ErrNoUnits = triton.ErrNoEntries
+// ErrNoUnits is returned by Scan for a dir without any unit; for a Triton
+// cache the error also wraps triton.ErrNoEntries.
+var ErrNoUnits = errors.New("no cache units")
 
 // Scan reads a cache tree of kind k rooted at dir. Units come sorted by
 // path; what the kind does not take is in Tree.Skipped (a dir it does not
@@ -170,6 +171,9 @@ func Scan(dir string, k Kind) (*Tree, error) {
 	}
 	slices.SortFunc(t.Units, func(a, b Unit) int { return strings.Compare(a.Path, b.Path) })
 	if len(t.Units) == 0 {
+		if k == Triton {
+			return t, fmt.Errorf("kind: scan %s as a %s cache: %w: %w", dir, k, ErrNoUnits, triton.ErrNoEntries)
+		}
 		return t, fmt.Errorf("kind: scan %s as a %s cache: %w", dir, k, ErrNoUnits)
 	}
 	return t, nil

@@ -122,7 +122,7 @@ func TestExtractPlainImage(t *testing.T) {
 
 func TestCreateRefusesEmptyDir(t *testing.T) {
 	env := []string{"CARGOHOLD_STORE=" + t.TempDir()}
-	r := run(t, env, "cargohold", "-c", "-i", "x/y:z", "-d", t.TempDir())
+	r := run(t, env, "cargohold", "-c", "-i", "x/y:z", "-d", t.TempDir(), "--cache", "triton")
 	if r.err == nil || !strings.Contains(r.stderr, "no Triton cache entries") {
 		t.Fatalf("want a clear refusal, got %v\n%s", r.err, r.stderr)
 	}
