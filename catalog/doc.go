@@ -3,6 +3,13 @@
 // images fit the local GPU, persists itself, and serves a KEY dir's files
 // to the mount (Entry, Open), fetched through the fetch engine.
 //
+// A catalog serves one cache kind (Config.Kind, default Triton; package
+// kind): its "KEYs" are that kind's units (a Triton KEY, or a dir path under
+// a vLLM or Inductor root). Images of another kind are listed, not indexed
+// (ImageInfo.Why). Units other than Triton's fit by their image's targets;
+// Triton units, nested ones included, by their kernel JSON, and only their
+// group files are marked for the rewrite (KeyFile.Group).
+//
 // Sources, highest priority first:
 //
 //   - REG/REPO:TAG or REG/REPO@sha256:...: one image (from the local store

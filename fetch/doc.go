@@ -1,6 +1,11 @@
 // Package fetch is the lazy fetch engine: which bytes of an image layer a
 // KEY dir needs, read once, verified, and kept in the content store.
 //
+// A "KEY dir" is a unit of any cache kind (package kind): a Triton KEY, or
+// a dir path under a vLLM or Inductor root ("torch_compile_cache/<hash>/
+// rank_0_0/backbone"); Engine.Units says a layer's kind and units, and
+// Install applies the kind's rewrites where it installs a unit.
+//
 // Data path. Engine.Index indexes a layer once (layer.Open over the layer's
 // ranged resolver.Blob: an eStargz TOC in two reads, an uncompressed tar in
 // large blocks; one layer at a time, the TOC parsed as a stream) and caches
