@@ -14,9 +14,11 @@ const (
 	GroupSuffix = ".json"
 )
 
-// ImageRoot is the root that group files' child paths are stored under in an
-// image: ".triton/cache/<KEY>/<file>", the relative form the original tool's
-// successor restores.
+// ImageRoot is the root that group files' child paths were stored under in
+// images of cargohold before cache kinds: ".triton/cache/<KEY>/<file>", the
+// relative form the original tool's successor restores. Images now store
+// group files as they are (the build host's absolute paths); RewriteGroup
+// takes either form.
 const ImageRoot = ".triton/cache"
 
 // IsGroupFile reports whether a file name is a group file.

@@ -5,58 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
-
-// InstallEntry moves a complete KEY dir, staged on the same filesystem as
-// cacheDir, into cacheDir/KEY as Triton expects it: group files get their
-// child paths rewritten to cacheDir's absolute path, then the dir is renamed
-// into place whole. It never replaces an existing entry, not even the empty
-// dir a concurrent Triton has just made: that is an error wrapping
-// fs.ErrExist, and the local entry wins.
-func InstallEntry(staged, cacheDir string) error {
-	key := filepath.Base(staged)
-	root, err := filepath.Abs(cacheDir)
-	if err != nil {
-		return fmt.Errorf("triton: install %s: %w", key, err)
-	}
-	des, err := os.ReadDir(staged)
-	if err != nil {
-		return fmt.Errorf("triton: install %s: %w", key, err)
-	}
-	for _, de := range des {
-		if !IsGroupFile(de.Name()) {
-			continue
-		}
-		p := filepath.Join(staged, de.Name())
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return fmt.Errorf("triton: install %s: %w", key, err)
-		}
-		out, err := RewriteGroup(data, root)
-		if err != nil {
-			return fmt.Errorf("triton: install %s/%s: %w", key, de.Name(), err)
-		}
-		if err := os.WriteFile(p, out, 0o644); err != nil {
-			return fmt.Errorf("triton: install %s: %w", key, err)
-		}
-	}
-	return MoveEntry(staged, root)
-}
-
-// MoveEntry renames a complete KEY dir staged on the same filesystem as
-// cacheDir, whose group files already name cacheDir (RewriteGroup with its
-// absolute path), into cacheDir/KEY, never over an existing entry (an error
-// wrapping fs.ErrExist), as InstallEntry does.
-func MoveEntry(staged, cacheDir string) error {
-	key := filepath.Base(staged)
-	if err := renameNoReplace(staged, filepath.Join(cacheDir, key)); err != nil {
-		return fmt.Errorf("triton: install %s: %w", key, err)
-	}
-	return nil
-}
 
 // RenameNoReplace renames the dir src to dst unless dst exists (an error
 // wrapping fs.ErrExist, also for an empty dir a concurrent Triton has just
