@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -335,6 +336,52 @@ func (cat *Catalog) Keys() []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// DirInfo is what the indexed units show at a dir path under the kind's
+// root: the skeleton of a nested cache (vLLM's torch_compile_cache/<hash>/
+// rank_0_0/, Inductor's fxgraph/<xx>/) is the set of the units' ancestors.
+type DirInfo struct {
+	Exists   bool     // a unit or an ancestor of one
+	Unit     bool     // a unit: Entry serves its files
+	Children []string // names of the dirs right below it that exist, sorted
+}
+
+// Dir says what the indexed units show at rel ("" for the root), without
+// I/O: for a mount of a nested kind, which dirs a lookup or listing finds
+// before anything is fetched. It walks every indexed unit (debt: a sorted
+// index would make it a range scan; Triton mounts do not ask).
+func (cat *Catalog) Dir(rel string) DirInfo {
+	s := cat.cur.Load()
+	if s == nil {
+		return DirInfo{}
+	}
+	var d DirInfo
+	if rel == "" {
+		d.Exists = len(s.keys) > 0
+	} else {
+		_, d.Unit = s.keys[rel]
+		d.Exists = d.Unit
+	}
+	seen := map[string]bool{}
+	prefix := rel + "/"
+	if rel == "" {
+		prefix = ""
+	}
+	for k := range s.keys {
+		rest, ok := strings.CutPrefix(k, prefix)
+		if !ok || rest == "" {
+			continue
+		}
+		d.Exists = true
+		child, _, _ := strings.Cut(rest, "/")
+		if !seen[child] {
+			seen[child] = true
+			d.Children = append(d.Children, child)
+		}
+	}
+	slices.Sort(d.Children)
+	return d
 }
 
 // Images lists the images of the catalog in priority order.

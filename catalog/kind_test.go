@@ -56,6 +56,22 @@ func TestCatalogKinds(t *testing.T) {
 		t.Errorf("the Triton image: %+v, want listed, not indexed, with why", triton)
 	}
 
+	// The skeleton, from the index alone.
+	for rel, want := range map[string]catalog.DirInfo{
+		"":                               {Exists: true, Children: []string{"torch_compile_cache"}},
+		"torch_compile_cache/d4ec7c2a7d": {Exists: true, Children: []string{"rank_0_0"}},
+		"torch_compile_cache/d4ec7c2a7d/rank_0_0/inductor_cache/fxgraph": {Exists: true, Children: []string{"eo", "ih", "r4"}},
+		"torch_compile_cache/d4ec7c2a7d/rank_0_0/inductor_cache/sy":      {Exists: true, Unit: true},
+		"torch_compile_cache/d4ec7c2a7d/rank_0_0/inductor_cache/zz":      {},
+	} {
+		if got := e.ix.Dir(rel); got.Exists != want.Exists || got.Unit != want.Unit || !slices.Equal(got.Children, want.Children) {
+			t.Errorf("Dir(%q) = %+v, want %+v", rel, got, want)
+		}
+	}
+	if d := e.ix.Dir("torch_compile_cache/d4ec7c2a7d/rank_0_0"); !d.Unit || !slices.Equal(d.Children, []string{"inductor_cache", "triton_cache"}) {
+		t.Errorf("the rank dir: %+v, want a unit holding inductor_cache and triton_cache", d)
+	}
+
 	const (
 		rank   = "torch_compile_cache/d4ec7c2a7d/rank_0_0"
 		nested = rank + "/triton_cache/CLGERUUZRLHT73J2VAUCCDR5ZG34VIZXGHFLZH6HGZRILMOKHGQQ"
