@@ -71,8 +71,9 @@ func TestPackUnpackKinds(t *testing.T) {
 			if err != nil || len(res.Kept) != len(p.Tree.Units) || len(res.Installed) != 0 {
 				t.Fatalf("second unpack: %+v %v", res, err)
 			}
-			res, err = Unpack(ctx, testResolver, im, filepath.Join(t.TempDir(), "none"), targets(t, "cuda:90:32"), nil)
-			if err != nil || len(res.Installed) != 0 || !strings.Contains(res.Reason, "fits") {
+			none := filepath.Join(t.TempDir(), "none")
+			res, err = Unpack(ctx, testResolver, im, none, targets(t, "cuda:90:32"), nil)
+			if err != nil || len(res.Installed) != 0 || !strings.Contains(res.Reason, "fits") || res.Dir != none {
 				t.Fatalf("unfit unpack: %+v %v", res, err)
 			}
 		})

@@ -67,18 +67,6 @@ func Unpack(ctx context.Context, r Streamer, im *resolver.Image, dir string, loc
 	sum, lerr := kind.ParseLabels(im.Labels)
 	res.Kind = sum.Kind
 	labelled := lerr == nil
-	switch {
-	case labelled:
-		res.Targets = sum.Targets
-		if !gpu.AnyFits(sum.Targets, local) {
-			res.Reason = fmt.Sprintf("no target of the image (%s) fits the local GPU (%s)", gpu.FormatList(sum.Targets), gpu.FormatList(local))
-			return res, nil
-		}
-	case errors.Is(lerr, kind.ErrNoLabels):
-		log.Info("image has no cache labels; learning targets from its kernel JSONs", "image", im.Ref)
-	default:
-		log.Warn("ignoring malformed cache labels; learning targets from its kernel JSONs", "image", im.Ref, "err", lerr)
-	}
 	if res.Kind == "" && dir == "" {
 		res.Kind = peekKind(ctx, r, im)
 	}
@@ -93,6 +81,18 @@ func Unpack(ctx context.Context, r Streamer, im *resolver.Image, dir string, loc
 		return nil, fmt.Errorf("image: unpack: %w", err)
 	}
 	res.Dir = abs
+	switch {
+	case labelled:
+		res.Targets = sum.Targets
+		if !gpu.AnyFits(sum.Targets, local) {
+			res.Reason = fmt.Sprintf("no target of the image (%s) fits the local GPU (%s)", gpu.FormatList(sum.Targets), gpu.FormatList(local))
+			return res, nil
+		}
+	case errors.Is(lerr, kind.ErrNoLabels):
+		log.Info("image has no cache labels; learning targets from its kernel JSONs", "image", im.Ref)
+	default:
+		log.Warn("ignoring malformed cache labels; learning targets from its kernel JSONs", "image", im.Ref, "err", lerr)
+	}
 	if err := os.MkdirAll(abs, 0o755); err != nil {
 		return nil, fmt.Errorf("image: unpack: %w", err)
 	}
