@@ -19,6 +19,7 @@ import (
 	"cargohold/fetch"
 	"cargohold/gpu"
 	"cargohold/image"
+	"cargohold/kind"
 	"cargohold/resolver"
 	"cargohold/store"
 	"cargohold/test/proxy"
@@ -143,6 +144,12 @@ type ixEnv struct {
 
 func newIxEnv(tb testing.TB, state string, opts resolver.Options, sources []string, ts string) *ixEnv {
 	tb.Helper()
+	return newIxEnvKind(tb, state, opts, kind.Triton, sources, ts)
+}
+
+// newIxEnvKind is newIxEnv for a catalog of cache kind k.
+func newIxEnvKind(tb testing.TB, state string, opts resolver.Options, k kind.Kind, sources []string, ts string) *ixEnv {
+	tb.Helper()
 	if state == "" {
 		state = tb.TempDir()
 	}
@@ -152,7 +159,7 @@ func newIxEnv(tb testing.TB, state string, opts resolver.Options, sources []stri
 	}
 	r := resolver.New(opts)
 	eng := fetch.NewEngine(r, st, state)
-	ix, err := catalog.New(r, eng, catalog.Config{Sources: sources, Targets: ixTargets(tb, ts), StateDir: state})
+	ix, err := catalog.New(r, eng, catalog.Config{Sources: sources, Kind: k, Targets: ixTargets(tb, ts), StateDir: state})
 	if err != nil {
 		tb.Fatal(err)
 	}

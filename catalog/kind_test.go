@@ -10,11 +10,8 @@ import (
 	"time"
 
 	"cargohold/catalog"
-	"cargohold/fetch"
 	"cargohold/image"
 	"cargohold/kind"
-	"cargohold/resolver"
-	"cargohold/store"
 	"cargohold/test/cachetest"
 )
 
@@ -117,20 +114,5 @@ func TestCatalogKinds(t *testing.T) {
 
 func newKindEnv(tb testing.TB, state string, k kind.Kind, ts string, sources ...string) *ixEnv {
 	tb.Helper()
-	if state == "" {
-		state = tb.TempDir()
-	}
-	st, err := store.Open(fetch.StoreDir(state), 0)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	r := resolver.New(ixOptions(tb))
-	eng := fetch.NewEngine(r, st, state)
-	ix, err := catalog.New(r, eng, catalog.Config{Sources: sources, Kind: k, Targets: ixTargets(tb, ts), StateDir: state})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	e := &ixEnv{r: r, st: st, eng: eng, ix: ix, state: state}
-	tb.Cleanup(e.close)
-	return e
+	return newIxEnvKind(tb, state, ixOptions(tb), k, sources, ts)
 }

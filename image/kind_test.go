@@ -206,19 +206,12 @@ func compareKind(t *testing.T, k kind.Kind, src, got string) {
 // what it reads with src.
 func replayHit(t *testing.T, k kind.Kind, root, src string) {
 	t.Helper()
-	rk := replay.Kind(k)
-	keys, err := replay.KeysIn(rk, root)
-	if err != nil {
-		t.Fatal(err)
+	sum, bad, err := replay.HitAll(context.Background(), replay.Kind(k), root, src)
+	for _, r := range bad {
+		t.Errorf("replay %s %s: %s %s", k, r.Key, r.Outcome, r.Error)
 	}
-	sum, err := replay.Run(context.Background(), replay.Options{Mode: replay.ModeHit, Cache: rk, Root: root, Keys: keys, Expect: src},
-		func(r replay.Result) {
-			if r.Outcome != replay.OutcomeHit {
-				t.Errorf("replay %s %s: %s %s", k, r.Key, r.Outcome, r.Error)
-			}
-		})
-	if err != nil || !sum.OK() || sum.Hits != len(keys) {
-		t.Fatalf("replay %s: %+v, %v", k, sum, err)
+	if err != nil || !sum.OK() || sum.Hits == 0 {
+		t.Fatalf("replay %s in %s: %+v, %v", k, root, sum, err)
 	}
 }
 

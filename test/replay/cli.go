@@ -145,6 +145,24 @@ func parseArgs(args []string, stderr io.Writer) (o Options, all bool, err error)
 // --all does: Triton's KEY dirs, vLLM's hash dirs, Inductor's units.
 func KeysIn(kind Kind, dir string) ([]string, error) { return keysIn(kind, dir) }
 
+// HitAll replays the HIT of every key of root (KeysIn) in this process,
+// each file read compared with the source root expect ("" for none), as
+// replay hit --all does. It returns the results that are not hits, and an
+// error for bad options or a root without keys.
+func HitAll(ctx context.Context, kind Kind, root, expect string) (Summary, []Result, error) {
+	keys, err := KeysIn(kind, root)
+	if err != nil {
+		return Summary{}, nil, err
+	}
+	var bad []Result
+	sum, err := Run(ctx, Options{Mode: ModeHit, Cache: kind, Root: root, Keys: keys, Expect: expect}, func(r Result) {
+		if r.Outcome != OutcomeHit {
+			bad = append(bad, r)
+		}
+	})
+	return sum, bad, err
+}
+
 // keysIn lists the keys of a source root of a kind: Triton's KEY dirs,
 // vLLM's hash dirs, Inductor's units.
 func keysIn(kind Kind, dir string) ([]string, error) {
