@@ -99,13 +99,14 @@ func (cat *Catalog) Entry(ctx context.Context, key string) ([]fetch.KeyFile, err
 	return nil, fmt.Errorf("catalog: KEY %s: no usable location of %d: %w", key, len(ls), errors.Join(errs...))
 }
 
-// marked returns files with Group set where the catalog's kind rewrites
-// them (kind.RewriteOf): a group file of a Triton unit, not a file of that
-// name elsewhere.
+// marked returns files with Rewrite set to what the catalog's kind changes
+// in them where they are served (kind.RewriteOf), and Group only for a
+// group file of a Triton unit, not a file of that name elsewhere.
 func (cat *Catalog) marked(unit string, files []fetch.KeyFile) []fetch.KeyFile {
 	out := slices.Clone(files)
 	for i := range out {
-		out[i].Group = kind.RewriteOf(cat.cfg.Kind, unit, out[i].Name) == kind.RewriteGroup
+		out[i].Rewrite = kind.RewriteOf(cat.cfg.Kind, unit, out[i].Name)
+		out[i].Group = out[i].Rewrite == kind.RewriteGroup
 	}
 	return out
 }

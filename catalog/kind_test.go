@@ -80,6 +80,16 @@ func TestCatalogKinds(t *testing.T) {
 			if want := unit == nested && strings.HasPrefix(fl.Name, "__grp__"); fl.Group != want {
 				t.Errorf("%s/%s: Group %v, want %v", unit, fl.Name, fl.Group, want)
 			}
+			want := kind.RewriteNone
+			switch {
+			case fl.Group:
+				want = kind.RewriteGroup
+			case unit == rank && fl.Name == "vllm_compile_cache.py":
+				want = kind.RewriteVLLM
+			}
+			if fl.Rewrite != want {
+				t.Errorf("%s/%s: Rewrite %d, want %d", unit, fl.Name, fl.Rewrite, want)
+			}
 		}
 	}
 

@@ -12,6 +12,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"cargohold/internal/userdir"
+	"cargohold/kind"
 	"cargohold/resolver"
 	"cargohold/store"
 )
@@ -27,6 +28,10 @@ type KeyFile struct {
 	Mode   os.FileMode // permission bits only
 	Digest digest.Digest
 	Group  bool // triton.IsGroupFile(Name); whether it is rewritten depends on the unit (kind.RewriteOf)
+	// Rewrite is what whoever serves the file changes in it (set by the
+	// catalog, which knows the kind: kind.RewriteOf); RewriteNone from
+	// the engine itself.
+	Rewrite kind.Rewrite `json:"-"`
 }
 
 // Stats are an Engine's counters since NewEngine. They count work, not
