@@ -60,6 +60,10 @@
 //     (EROFS). KEY dirs are not renamed either way.
 //   - No lock is held across a call into the Lower: a slow KEY blocks only
 //     the lookups inside that KEY dir.
+//   - An upper file the kernel looked up stays openable when a rename or
+//     unlink through the mount takes its name away before the open comes
+//     (Triton ranks renaming over each other's files): the node keeps an
+//     O_PATH fd of its file from then until the kernel forgets it.
 //   - errno (errno.go) is the one place where Go errors become errnos; it
 //     records the cause (log and Stats) before the errno is returned.
 //

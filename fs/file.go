@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -14,10 +16,19 @@ import (
 )
 
 // upperFile is a file, symlink or other non-dir of the upper layer. Its path
-// comes from the inode tree; an open handle outlives a rename over it.
+// comes from the inode tree; an open handle outlives a rename over it. A
+// rename or unlink through the mount that takes its name away first keeps an
+// O_PATH fd of it (keep), so that an open of the node the kernel looked up
+// before still opens that file, as on a local file system (Triton ranks
+// compiling one kernel rename over each other's files while others open
+// them); the fd is closed when the kernel forgets the node.
 type upperFile struct {
 	gofs.Inode
 	v *view
+
+	mu   sync.Mutex
+	kept int // guarded by mu: the O_PATH fd, when held
+	held bool
 }
 
 var _ = (gofs.NodeGetattrer)((*upperFile)(nil))
@@ -25,8 +36,58 @@ var _ = (gofs.NodeSetattrer)((*upperFile)(nil))
 var _ = (gofs.NodeOpener)((*upperFile)(nil))
 var _ = (gofs.NodeReadlinker)((*upperFile)(nil))
 var _ = (gofs.NodeIoctler)((*upperFile)(nil))
+var _ = (gofs.NodeOnForgetter)((*upperFile)(nil))
 
 func (n *upperFile) path() (string, bool) { return n.v.treePath(n.EmbeddedInode()) }
+
+// keep holds an O_PATH fd of the file at p, its path now, before a rename
+// or unlink takes the name away from it. A failure only loses the fallback.
+func (n *upperFile) keep(p string) {
+	fd, err := syscall.Open(p, unix.O_PATH|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.held {
+		syscall.Close(fd)
+		return
+	}
+	n.kept, n.held = fd, true
+}
+
+// OnForget closes the kept fd: the kernel will not ask for the node again.
+func (n *upperFile) OnForget() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.held {
+		syscall.Close(n.kept)
+		n.held = false
+	}
+}
+
+// openKept reopens the kept file (through /proc/self/fd, which reaches an
+// unlinked file too); ok is false when none is kept.
+func (n *upperFile) openKept(flags int) (fd int, ok bool, err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.held {
+		return -1, false, nil
+	}
+	// No O_NOFOLLOW: the magic link is the file itself.
+	fd, err = syscall.Open("/proc/self/fd/"+strconv.Itoa(n.kept), flags&^syscall.O_NOFOLLOW, 0)
+	return fd, true, err
+}
+
+// statKept stats the kept file; kept is false when none is kept.
+func (n *upperFile) statKept(st *syscall.Stat_t) (kept bool, err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.held {
+		return false, nil
+	}
+	return true, syscall.Fstat(n.kept, st)
+}
 
 // Getattr stats the open file if there is one (it may have been renamed
 // over), else the path.
@@ -34,12 +95,15 @@ func (n *upperFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.At
 	if h, ok := f.(*upperHandle); ok {
 		return h.Getattr(ctx, out)
 	}
-	p, ok := n.path()
-	if !ok {
-		return syscall.ENOENT
-	}
 	var st syscall.Stat_t
-	if err := syscall.Lstat(p, &st); err != nil {
+	p, ok := n.path()
+	if kept, err := n.statKept(&st); kept { // the file the node stands for, wherever its name went
+		if err != nil {
+			return n.v.errno("getattr "+p, err, false)
+		}
+	} else if !ok {
+		return syscall.ENOENT
+	} else if err := syscall.Lstat(p, &st); err != nil {
 		return n.v.errno("getattr "+p, err, false)
 	}
 	out.FromStat(&st)
@@ -68,16 +132,25 @@ func (n *upperFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.Set
 // Open opens the upper file. Its content may change (other processes write
 // through the mount), so the kernel's page cache is not kept.
 func (n *upperFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	p, ok := n.path()
-	if !ok {
-		return nil, 0, syscall.ENOENT
-	}
+	p, _ := n.path()
 	// As loopback: the kernel computes append offsets itself, and
 	// FMODE_EXEC is no open(2) flag.
 	flags &^= syscall.O_APPEND | fuse.FMODE_EXEC
-	fd, err := syscall.Open(p, int(flags)|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	oflags := int(flags) | syscall.O_NOFOLLOW | syscall.O_CLOEXEC
+	// A file renamed over or unlinked since the kernel looked it up is
+	// opened through its kept fd: the name may hold another file now.
+	fd, kept, err := n.openKept(oflags)
+	if !kept {
+		if p == "" {
+			return nil, 0, syscall.ENOENT
+		}
+		fd, err = syscall.Open(p, oflags, 0)
+	}
 	if err != nil {
 		return nil, 0, n.v.errno("open "+p, err, false)
+	}
+	if p == "" {
+		p = "(a file renamed over or removed)"
 	}
 	return &upperHandle{v: n.v, fd: fd, path: p}, 0, 0
 }

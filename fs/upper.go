@@ -227,6 +227,7 @@ func (n *dirNode) remove(ctx context.Context, name string, rm func(string) error
 		}
 	}
 	if inUpper {
+		keepChild(n, name, p)
 		if err := rm(p); err != nil {
 			if created {
 				removeWhiteout(dir, name)
@@ -308,6 +309,17 @@ func (n *dirNode) rmdirKey(ctx context.Context, key string) syscall.Errno {
 	return 0
 }
 
+// keepChild has the upper file node the tree holds for name, if any, keep
+// its file (at p) open before a rename or unlink takes the name away: an
+// open of that node still reaches it (upperFile.keep).
+func keepChild(n *dirNode, name, p string) {
+	if ch := n.GetChild(name); ch != nil {
+		if f, ok := ch.Operations().(*upperFile); ok {
+			f.keep(p)
+		}
+	}
+}
+
 // Rename moves an upper entry, replacing what the target name showed in
 // either layer. Image entries and KEY dirs do not move (EXDEV: mv copies).
 // RENAME_NOREPLACE is honoured across both layers; other flags are EINVAL.
@@ -380,6 +392,7 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 			return n.v.errno("rename "+src, err, false)
 		}
 	}
+	keepChild(np, newName, dst)
 	if flags != 0 {
 		err = unix.Renameat2(unix.AT_FDCWD, src, unix.AT_FDCWD, dst, uint(flags))
 	} else {
