@@ -45,16 +45,16 @@ func (s *Store) Fits(n int64) error {
 	s.mu.Unlock()
 	switch {
 	case limit > 0 && n > limit:
-		return fmt.Errorf("store: %w: %d bytes, more than the limit of %d", ErrFull, n, limit)
+		return fmt.Errorf("%w: %d bytes, more than the limit of %d", ErrFull, n, limit)
 	case limit > 0 && n > limit-pinned:
-		return fmt.Errorf("store: %w: %d bytes, %d of the limit of %d in use", ErrFull, n, pinned, limit)
+		return fmt.Errorf("%w: %d bytes, %d of the limit of %d in use", ErrFull, n, pinned, limit)
 	}
 	free, err := statfs(s.dir)
 	if err != nil {
 		return fmt.Errorf("store: free space: %w", err)
 	}
 	if room := free + unpinned - reserve; n > room {
-		return fmt.Errorf("store: %w: %d bytes, %d free on disk (keeping %d free, %d evictable)", ErrFull, n, free, reserve, unpinned)
+		return fmt.Errorf("%w: %d bytes, %d free on disk (keeping %d free, %d evictable)", ErrFull, n, free, reserve, unpinned)
 	}
 	return nil
 }
