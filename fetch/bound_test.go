@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,4 +164,32 @@ func temps(t *testing.T, dir string) []string {
 		return nil
 	})
 	return out
+}
+
+// TestInstallBoundedByFreeSpace: cargohold fetch -d refuses a KEY dir that
+// does not fit the free space of the target before writing any of it.
+func TestInstallBoundedByFreeSpace(t *testing.T) {
+	img, key := lzZerosImage(t)
+	e := newLzEnv(t)
+	ref := e.push(t, "zeros:v1", img)
+	_, l := e.image(t, ref, 0)
+	st := lzStore(t, 0)
+	eng := e.engine(t, st, t.TempDir())
+	files, _ := lzFetch(t, eng, l, key)
+
+	dir := filepath.Join(t.TempDir(), "mnt")
+	os.Mkdir(dir, 0o755)
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=16m"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("mount tmpfs: %v", err)
+		}
+		t.Skipf("SKIPPED: cannot mount a tmpfs (%v); needs root", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, 0) })
+	if err := eng.Install(dir, key, files); !errors.Is(err, store.ErrFull) {
+		t.Fatalf("install of %d bytes onto 16 MiB: %v, want ErrFull", zerosSize, err)
+	}
+	if des, _ := os.ReadDir(dir); len(des) != 0 {
+		t.Errorf("left %v", des)
+	}
 }
