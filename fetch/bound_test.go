@@ -193,3 +193,30 @@ func TestInstallBoundedByFreeSpace(t *testing.T) {
 		t.Errorf("left %v", des)
 	}
 }
+
+// TestPrefetchLargeFileBoundedMemory: a prefetch range holding a dir with
+// a large file (small compressed) commits it streaming, as a lookup does.
+func TestPrefetchLargeFileBoundedMemory(t *testing.T) {
+	img, key := lzZerosImage(t)
+	e := newLzEnv(t)
+	ref := e.push(t, "zeros:v1", img)
+	_, l := e.image(t, ref, 0)
+	st := lzStore(t, 0)
+	eng := e.engine(t, st, t.TempDir())
+	lzIndex(t, eng, l)
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if err := waitPrefetch(t, eng.Prefetch(l, []string{key})); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if s := eng.Stats(); s.PrefetchDirs != 1 {
+		t.Fatalf("stats %+v: want the dir prefetched", s)
+	}
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("prefetch of a KEY dir with a %d-byte file allocated %d bytes", zerosSize, alloc)
+	if alloc > 32<<20 {
+		t.Errorf("prefetch of a KEY dir with a %d-byte file allocated %d bytes, want under 32 MiB", zerosSize, alloc)
+	}
+}
