@@ -14,6 +14,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"cargohold/fetch"
+	"cargohold/resolver"
 	"cargohold/store"
 	"cargohold/test/cachetest"
 )
@@ -46,17 +48,25 @@ func lzZerosImage(t *testing.T) (v1.Image, string) {
 	return lzZerosPacked.get(t, dir), key
 }
 
-// TestDirTooLargeForStore: a KEY dir whose files (as the index gives their
-// uncompressed sizes) do not fit the store is refused with ErrFull before
-// a byte of it is read or allocated.
-func TestDirTooLargeForStore(t *testing.T) {
+// zerosEnv pushes lzZerosImage to a fresh registry and indexes its layer
+// with an engine over st.
+func zerosEnv(t *testing.T, st *store.Store) (*lzEnv, resolver.LayerRef, *fetch.Engine, string) {
+	t.Helper()
 	img, key := lzZerosImage(t)
 	e := newLzEnv(t)
 	ref := e.push(t, "zeros:v1", img)
 	_, l := e.image(t, ref, 0)
-	st := lzStore(t, 100<<20)
 	eng := e.engine(t, st, t.TempDir())
 	lzIndex(t, eng, l)
+	return e, l, eng, key
+}
+
+// TestDirTooLargeForStore: a KEY dir whose files (as the index gives their
+// uncompressed sizes) do not fit the store is refused with ErrFull before
+// a byte of it is read or allocated.
+func TestDirTooLargeForStore(t *testing.T) {
+	st := lzStore(t, 100<<20)
+	e, l, eng, key := zerosEnv(t, st)
 	e.px.Reset()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -80,13 +90,8 @@ func TestDirTooLargeForStore(t *testing.T) {
 // TestDirLargeFileBoundedMemory: a fetch streams a large file through the
 // decompressor into the store: memory stays a small fraction of the file.
 func TestDirLargeFileBoundedMemory(t *testing.T) {
-	img, key := lzZerosImage(t)
-	e := newLzEnv(t)
-	ref := e.push(t, "zeros:v1", img)
-	_, l := e.image(t, ref, 0)
 	st := lzStore(t, 0)
-	eng := e.engine(t, st, t.TempDir())
-	lzIndex(t, eng, l)
+	_, l, eng, key := zerosEnv(t, st)
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -114,18 +119,13 @@ func TestDirLargeFileBoundedMemory(t *testing.T) {
 // TestDirCancelStopsDecompression: a caller giving up stops the fetch while
 // it decompresses and writes: nothing is committed, no temp file stays.
 func TestDirCancelStopsDecompression(t *testing.T) {
-	img, key := lzZerosImage(t)
-	e := newLzEnv(t)
-	ref := e.push(t, "zeros:v1", img)
-	_, l := e.image(t, ref, 0)
 	dir := t.TempDir()
 	st, err := store.Open(dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	eng := e.engine(t, st, t.TempDir())
-	lzIndex(t, eng, l)
+	_, l, eng, key := zerosEnv(t, st)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -169,12 +169,8 @@ func temps(t *testing.T, dir string) []string {
 // TestInstallBoundedByFreeSpace: cargohold fetch -d refuses a KEY dir that
 // does not fit the free space of the target before writing any of it.
 func TestInstallBoundedByFreeSpace(t *testing.T) {
-	img, key := lzZerosImage(t)
-	e := newLzEnv(t)
-	ref := e.push(t, "zeros:v1", img)
-	_, l := e.image(t, ref, 0)
 	st := lzStore(t, 0)
-	eng := e.engine(t, st, t.TempDir())
+	_, l, eng, key := zerosEnv(t, st)
 	files, _ := lzFetch(t, eng, l, key)
 
 	dir := filepath.Join(t.TempDir(), "mnt")
@@ -197,13 +193,8 @@ func TestInstallBoundedByFreeSpace(t *testing.T) {
 // TestPrefetchLargeFileBoundedMemory: a prefetch range holding a dir with
 // a large file (small compressed) commits it streaming, as a lookup does.
 func TestPrefetchLargeFileBoundedMemory(t *testing.T) {
-	img, key := lzZerosImage(t)
-	e := newLzEnv(t)
-	ref := e.push(t, "zeros:v1", img)
-	_, l := e.image(t, ref, 0)
 	st := lzStore(t, 0)
-	eng := e.engine(t, st, t.TempDir())
-	lzIndex(t, eng, l)
+	_, l, eng, key := zerosEnv(t, st)
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)

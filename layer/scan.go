@@ -62,28 +62,12 @@ func ScanTar(r io.Reader, size int64) (*Index, error) {
 		if err != nil {
 			return nil, fmt.Errorf("layer: scan tar at byte %d: %w", cr.n, err)
 		}
-		if h.Typeflag == tar.TypeXGlobalHeader {
-			continue
-		}
-		key, file, p, err := checkEntry(h.Name, tarKind(h.Typeflag))
+		key, f, ok, err := b.tarFile(h, cr.n, size)
 		if err != nil {
 			return nil, err
 		}
-		if p == placeSkip {
-			b.skip(h.Name)
-		}
-		if p != placeFile {
+		if !ok {
 			continue
-		}
-		// archive/tar reads headers in exact 512-byte blocks and buffers
-		// nothing: the stream stands at the start of the body.
-		f := File{Name: strings.Clone(file), Size: h.Size, Mode: uint32(h.Mode & 0o777)}
-		if h.Size > 0 {
-			f.Offset, f.End = cr.n, cr.n+h.Size
-			if f.End > size {
-				return nil, fmt.Errorf("layer: scan tar: %s: body [%d,%d) beyond the %d-byte blob: %w",
-					h.Name, f.Offset, f.End, size, io.ErrUnexpectedEOF)
-			}
 		}
 		sum.Reset()
 		if _, err := io.Copy(sum, tr); err != nil {
