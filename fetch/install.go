@@ -7,6 +7,9 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
+	"cargohold/store"
 	"cargohold/triton"
 )
 
@@ -15,7 +18,9 @@ import (
 // never over an existing dir/key (an error wrapping fs.ErrExist, also for an
 // empty dir a concurrent Triton just made). Group files get their child
 // paths rewritten to dir's absolute path (triton.InstallEntry). Files are
-// 0755 when the image gave them an executable bit, else 0644.
+// 0755 when the image gave them an executable bit, else 0644. Files that
+// would not fit the free space of dir's file system are refused before
+// anything is written (an error wrapping store.ErrFull).
 func (e *Engine) Install(dir, key string, files []KeyFile) error {
 	if !plainFileName(key) {
 		return fmt.Errorf("fetch: install KEY %q: not a plain name", key)
@@ -30,6 +35,17 @@ func (e *Engine) Install(dir, key string, files []KeyFile) error {
 	}
 	if err := os.MkdirAll(abs, 0o755); err != nil {
 		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
+	}
+	var need int64
+	for _, f := range files {
+		need += f.Size
+	}
+	var fsst unix.Statfs_t
+	if err := unix.Statfs(abs, &fsst); err != nil {
+		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
+	}
+	if free := int64(fsst.Bavail) * fsst.Bsize; need > free {
+		return fmt.Errorf("fetch: install KEY %s: %w: %d bytes, %d free in %s", key, store.ErrFull, need, free, abs)
 	}
 	// Its name is not a KEY, so Triton never looks at it.
 	stage, err := os.MkdirTemp(abs, ".cargohold-fetch-")

@@ -28,8 +28,27 @@ type Unpacked struct {
 	Installed []string     // KEY dirs written
 	Kept      []string     // KEY dirs already present locally, left alone
 	Unfit     []string     // KEY dirs whose kernels fit no local GPU
+	Failed    []Failure    // KEY dirs left out: bad content, or their install failed
 	Reason    string       // why nothing was extracted, when nothing was
 }
+
+// Failure is one KEY dir Unpack left out, and why.
+type Failure struct {
+	Key string
+	Err error
+}
+
+// ErrSomeFailed says Unpack installed what it could but left some KEY
+// dirs out (Unpacked.Failed); Triton compiles those.
+var ErrSomeFailed = errors.New("image: unpack: some KEY dirs failed")
+
+// maxMeta bounds a kernel JSON or group file, read into memory to check it
+// (or rewrite it); a larger one fails its KEY dir.
+const maxMeta = 64 << 20
+
+// maxSpanInMemory: a KEY dir's span up to this size is read into memory in
+// one read; a larger one is read from the blob file as its files stream.
+const maxSpanInMemory = 8 << 20
 
 // Streamer opens a layer's whole blob, verified (*resolver.Resolver).
 type Streamer interface {
@@ -39,6 +58,20 @@ type Streamer interface {
 // Unpack extracts the entries of im that fit the local targets into dir,
 // streaming its layers through r. Group files are rewritten to dir. An
 // image whose labels name no fitting target is not downloaded at all.
+//
+// What it writes is bounded by the free space of dir's file system, taken
+// when it starts: each blob's download, and each layer's uncompressed cache
+// files before any of them is written (a gzip layer's file by file, as its
+// tar headers come); an image that needs more is refused with an error
+// wrapping ErrNoSpace.
+//
+// A layer that cannot be trusted (its digest, unsafe entries, an eStargz TOC
+// that disagrees with its tar) fails the whole image, and nothing is
+// installed. A KEY dir whose own content is bad (a file that fails its TOC
+// digest, a malformed kernel JSON or group file) or whose install fails is
+// left out, as the mount would miss it: the other KEY dirs are installed,
+// the bad ones listed in Unpacked.Failed, and the error wraps
+// ErrSomeFailed.
 func Unpack(ctx context.Context, r Streamer, im *resolver.Image, dir string, local []gpu.Target, log *slog.Logger) (*Unpacked, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -71,13 +104,22 @@ func Unpack(ctx context.Context, r Streamer, im *resolver.Image, dir string, loc
 		return nil, fmt.Errorf("image: unpack: %w", err)
 	}
 	defer os.RemoveAll(stage)
-	st := &stager{stage: stage, root: abs, dirs: map[string]*stagedDir{}}
+	free, err := freeSpace(abs)
+	if err != nil {
+		return nil, fmt.Errorf("image: unpack: %w", err)
+	}
+	st := &stager{stage: stage, root: abs, dirs: map[string]*stagedDir{}, failed: map[string]error{},
+		room: &budget{left: free, dir: abs}}
 	for i := range im.Layers {
 		if err := st.layer(ctx, r, im, i); err != nil {
 			return nil, err
 		}
 	}
-	return res, st.install(local, res, log)
+	st.install(local, res, log)
+	if n := len(res.Failed); n > 0 {
+		return res, fmt.Errorf("%w: %d of %d KEY dirs", ErrSomeFailed, n, n+len(res.Installed)+len(res.Kept)+len(res.Unfit))
+	}
+	return res, nil
 }
 
 // stager writes the cache files of an image's layers under stage/KEY/,
@@ -86,10 +128,36 @@ func Unpack(ctx context.Context, r Streamer, im *resolver.Image, dir string, loc
 type stager struct {
 	// immutable
 	stage, root string
+	room        *budget
 
-	mu   sync.Mutex
-	dirs map[string]*stagedDir // guarded by mu
+	mu     sync.Mutex
+	dirs   map[string]*stagedDir // guarded by mu
+	failed map[string]error      // guarded by mu: KEY dirs left out, and why
 }
+
+// fail leaves KEY dir key out, for why; the first cause is kept.
+func (s *stager) fail(key string, why error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed[key] == nil {
+		s.failed[key] = why
+	}
+}
+
+// keyLevel reports whether err is a fault of one KEY dir's content rather
+// than of the layer, the disk or the caller: that dir is left out, the
+// others go on.
+func keyLevel(err error) bool {
+	var ve *layer.VerifyError
+	var me *metaError
+	return errors.As(err, &ve) || errors.As(err, &me)
+}
+
+// metaError is a kernel JSON or group file that cannot be used.
+type metaError struct{ err error }
+
+func (e *metaError) Error() string { return e.err.Error() }
+func (e *metaError) Unwrap() error { return e.err }
 
 // stagedDir is what a KEY dir holds so far. One goroutine at a time
 // writes a KEY dir (layers are staged one after the other).
@@ -98,15 +166,59 @@ type stagedDir struct {
 	json  map[string][]byte // kernel JSON candidates, by name
 }
 
+// budget is the free space Unpack may still use.
+type budget struct {
+	dir  string
+	mu   sync.Mutex
+	left int64 // guarded by mu
+}
+
+// ErrNoSpace says an image needs more room than dir's file system has free.
+var ErrNoSpace = errors.New("image: not enough free space")
+
+// take claims n bytes for what, or refuses.
+func (b *budget) take(n int64, what string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n > b.left {
+		return fmt.Errorf("%w: %s needs %d bytes, %d of the free space of %s are left", ErrNoSpace, what, n, max(b.left, 0), b.dir)
+	}
+	b.left -= n
+	return nil
+}
+
+// give returns n bytes no longer used.
+func (b *budget) give(n int64) {
+	b.mu.Lock()
+	b.left += n
+	b.mu.Unlock()
+}
+
+// freeSpace is what an unprivileged user may still write on dir's file
+// system.
+func freeSpace(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("free space of %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
+
 // layer stages every cache file of layer i. Later layers overwrite earlier
 // ones, as in any image. The blob is downloaded into stage first and its
 // digest checked (Resolver.Stream) before any of it is decompressed; an
-// indexable layer (eStargz, plain tar) is then unpacked KEY dir by KEY dir
-// on every core, each file verified against the TOC, and a plain gzip layer
-// is walked as a stream.
+// indexed layer (eStargz, plain tar) is then unpacked KEY dir by KEY dir on
+// every core, each file verified against the TOC, and a plain gzip layer
+// is walked as a stream. An eStargz TOC the manifest does not vouch for
+// file by file (layer.Index.Verifiable) is first checked against the
+// blob's tar, as the mount does: a TOC that disagrees fails the layer.
 func (s *stager) layer(ctx context.Context, r Streamer, im *resolver.Image, i int) error {
 	l := im.LayerRef(i)
 	fail := func(err error) error { return fmt.Errorf("image: unpack layer %d: %w", i, err) }
+	if err := s.room.take(l.Desc.Size, fmt.Sprintf("layer %d's blob", i)); err != nil {
+		return fail(err)
+	}
+	defer s.room.give(l.Desc.Size)
 	blob, size, err := download(ctx, r, l, s.stage)
 	if err != nil {
 		return fail(err)
@@ -116,6 +228,9 @@ func (s *stager) layer(ctx context.Context, r Streamer, im *resolver.Image, i in
 		os.Remove(blob.Name())
 	}()
 	idx, err := layer.Open(blob, size, l.TOCDigest)
+	if err == nil && idx.Format == layer.FormatEStargz && !idx.Verifiable(l.TOCDigest) {
+		idx, err = idx.Check(io.NewSectionReader(blob, 0, size))
+	}
 	switch {
 	case errors.Is(err, layer.ErrNotIndexable):
 		err = s.walk(ctx, io.NewSectionReader(blob, 0, size))
@@ -163,13 +278,22 @@ func (c ctxReader) Read(p []byte) (int, error) {
 }
 
 // indexed stages every KEY dir of idx, read from blob and verified, on
-// GOMAXPROCS workers.
+// GOMAXPROCS workers, once the layer's cache files fit the free space. A
+// KEY dir whose content is bad is left out (fail); any other error stops
+// the layer.
 func (s *stager) indexed(ctx context.Context, blob io.ReaderAt, idx *layer.Index) error {
 	keys := make([]string, 0, len(idx.Dirs))
-	for k := range idx.Dirs {
+	var total int64
+	for k, d := range idx.Dirs {
 		keys = append(keys, k)
+		for _, f := range d.Files {
+			total += f.Size
+		}
 	}
 	sort.Strings(keys)
+	if err := s.room.take(total, fmt.Sprintf("the layer's %d KEY dirs", len(keys))); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	next := make(chan string)
@@ -177,7 +301,12 @@ func (s *stager) indexed(ctx context.Context, blob io.ReaderAt, idx *layer.Index
 	for range runtime.GOMAXPROCS(0) {
 		wg.Go(func() {
 			for key := range next {
-				if err := s.dir(blob, idx.Dirs[key]); err != nil {
+				err := s.dir(ctx, blob, idx.Dirs[key])
+				switch {
+				case err == nil:
+				case keyLevel(err):
+					s.fail(key, err)
+				default:
 					cancel(err)
 				}
 			}
@@ -196,54 +325,80 @@ feed:
 	return context.Cause(ctx)
 }
 
-// dir reads one KEY dir's span and stages its verified files.
-func (s *stager) dir(blob io.ReaderAt, d *layer.Dir) error {
-	span := make([]byte, d.End-d.Offset)
-	if len(span) > 0 {
-		if _, err := blob.ReadAt(span, d.Offset); err != nil {
-			return fmt.Errorf("read %s: %w", d.Key, err)
+// dir reads one KEY dir's span and stages its verified files, streaming
+// each into its file.
+func (s *stager) dir(ctx context.Context, blob io.ReaderAt, d *layer.Dir) error {
+	src := blob
+	if n := d.End - d.Offset; n <= maxSpanInMemory {
+		span := make([]byte, n)
+		if n > 0 {
+			if _, err := blob.ReadAt(span, d.Offset); err != nil {
+				return fmt.Errorf("read %s: %w", d.Key, err)
+			}
 		}
-	}
-	files, err := d.Read(span)
-	if err != nil {
-		return err
+		src = spanAt{span, d.Offset}
 	}
 	sd, err := s.mkdir(d.Key)
 	if err != nil {
 		return err
 	}
-	for _, c := range files {
-		if err := s.file(sd, d.Key, c.File, c.Data); err != nil {
+	for _, f := range d.ByOffset() {
+		fr := d.Open(src, f)
+		err := s.file(sd, d.Key, f, ctxReader{ctx, fr})
+		fr.Close()
+		if err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// spanAt is a KEY dir's span in memory, at the blob's offsets.
+type spanAt struct {
+	b   []byte
+	off int64
+}
+
+func (s spanAt) ReadAt(p []byte, off int64) (int, error) {
+	if off < s.off || off-s.off > int64(len(s.b)) {
+		return 0, fmt.Errorf("read at %d, outside the span at %d", off, s.off)
+	}
+	n := copy(p, s.b[off-s.off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
 // walk stages every cache file of a layer without an index (a plain
-// gzip), as a stream.
+// gzip), as a stream, each file taking its size from the free space
+// before it is written.
 func (s *stager) walk(ctx context.Context, blob io.Reader) error {
-	return layer.Walk(blob, func(key string, f layer.File, content io.Reader) error {
+	err := layer.Walk(blob, func(key string, f layer.File, content io.Reader) error {
 		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := s.room.take(f.Size, key+"/"+f.Name); err != nil {
 			return err
 		}
 		sd, err := s.mkdir(key)
 		if err != nil {
 			return err
 		}
-		if f.Size > maxFileSize {
-			return fmt.Errorf("%s/%s: %d bytes, more than the %d a cache file may have", key, f.Name, f.Size, maxFileSize)
+		err = s.file(sd, key, f, content)
+		if keyLevel(err) {
+			s.fail(key, err)
+			return nil
 		}
-		data := make([]byte, f.Size)
-		if _, err := io.ReadFull(content, data); err != nil {
-			return fmt.Errorf("%s/%s: %w", key, f.Name, err)
-		}
-		return s.file(sd, key, f, data)
+		return err
 	})
+	var ve *layer.VerifyError
+	if errors.As(err, &ve) { // a file the stream's TOC disagrees with, found at its end
+		s.fail(ve.Key, err)
+		return nil
+	}
+	return err
 }
-
-// maxFileSize bounds one file of a streamed layer, read whole into memory.
-const maxFileSize = 1 << 30
 
 // mkdir makes stage/KEY once and returns its record.
 func (s *stager) mkdir(key string) (*stagedDir, error) {
@@ -260,27 +415,41 @@ func (s *stager) mkdir(key string) (*stagedDir, error) {
 	return sd, nil
 }
 
-// file writes one staged file, replacing what an earlier layer put there:
-// mode 0755 when executable, else 0644; a group file with its child paths
-// rewritten to the cache dir. Plain syscalls (no poller registration) and
-// no fsync: a crash leaves the stage dir, never a half KEY dir in the
-// cache.
-func (s *stager) file(sd *stagedDir, key string, f layer.File, data []byte) error {
+// file writes one staged file from r, replacing what an earlier layer put
+// there: mode 0755 when executable, else 0644; a group file with its child
+// paths rewritten to the cache dir. Kernel JSON and group files are read
+// into memory (at most maxMeta bytes); others stream through a buffer.
+// Plain syscalls (no poller registration) and no fsync: a crash leaves the
+// stage dir, never a half KEY dir in the cache. An error reading r comes
+// back as it is (a *layer.VerifyError for bad content).
+func (s *stager) file(sd *stagedDir, key string, f layer.File, r io.Reader) error {
 	fail := func(err error) error { return fmt.Errorf("%s/%s: %w", key, f.Name, err) }
 	perm := uint32(0o644)
 	if f.Mode&0o111 != 0 {
 		perm = 0o755
 	}
+	if old, ok := sd.files[f.Name]; ok { // replaced: its room is free again
+		s.room.give(old.Size)
+	}
 	sd.files[f.Name] = triton.File{Name: f.Name, Size: f.Size, Mode: os.FileMode(perm)}
 	delete(sd.json, f.Name)
-	if strings.HasSuffix(f.Name, ".json") && !triton.IsGroupFile(f.Name) {
-		sd.json[f.Name] = bytes.Clone(data) // data may be a slice of a whole span
-	}
-	if triton.IsGroupFile(f.Name) {
-		var err error
-		if data, err = triton.RewriteGroup(data, s.root); err != nil {
+	group := triton.IsGroupFile(f.Name)
+	if group || strings.HasSuffix(f.Name, ".json") {
+		if f.Size > maxMeta {
+			return &metaError{fail(fmt.Errorf("%d bytes, more than the %d a kernel JSON or group file may have", f.Size, maxMeta))}
+		}
+		data, err := io.ReadAll(r)
+		if err != nil {
 			return fail(err)
 		}
+		if group {
+			if data, err = triton.RewriteGroup(data, s.root); err != nil {
+				return &metaError{fail(err)}
+			}
+		} else {
+			sd.json[f.Name] = data
+		}
+		r = bytes.NewReader(data)
 	}
 	p := filepath.Join(s.stage, key, f.Name)
 	var fd int
@@ -291,20 +460,41 @@ func (s *stager) file(sd *stagedDir, key string, f layer.File, data []byte) erro
 	if err != nil {
 		return fail(&os.PathError{Op: "open", Path: p, Err: err})
 	}
-	for len(data) > 0 {
-		var n int
-		if err = retryEINTR(func() (err error) { n, err = unix.Write(fd, data); return err }); err != nil {
-			break
-		}
-		data = data[n:]
-	}
+	err = writeAll(fd, r)
 	if cerr := unix.Close(fd); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fail(&os.PathError{Op: "write", Path: p, Err: err})
+		return fail(err)
 	}
 	return nil
+}
+
+// copyBufs are writeAll's buffers.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// writeAll copies r to fd with plain write(2)s.
+func writeAll(fd int, r io.Reader) error {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := r.Read(buf)
+		data := buf[:n]
+		for len(data) > 0 {
+			var k int
+			if err := retryEINTR(func() (err error) { k, err = unix.Write(fd, data); return err }); err != nil {
+				return &os.PathError{Op: "write", Path: fmt.Sprintf("fd %d", fd), Err: err}
+			}
+			data = data[k:]
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
 }
 
 func retryEINTR(f func() error) error {
@@ -317,19 +507,27 @@ func retryEINTR(f func() error) error {
 
 // install moves each fitting staged KEY dir into root, never over an
 // existing one. Launcher and other non-kernel entries go with the kernels:
-// they are installed when some kernel of the image fits.
-func (s *stager) install(local []gpu.Target, res *Unpacked, log *slog.Logger) error {
+// they are installed when some kernel of the image fits. A KEY dir that
+// failed while staged, whose kernel JSON is malformed, or whose install
+// fails is left out and listed in res.Failed; the others go on.
+func (s *stager) install(local []gpu.Target, res *Unpacked, log *slog.Logger) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var entries []triton.Entry
 	var all []gpu.Target
 	fitting := false
 	for key, sd := range s.dirs {
+		if s.failed[key] != nil {
+			continue
+		}
 		files := make([]triton.File, 0, len(sd.files))
 		for _, f := range sd.files {
 			files = append(files, f)
 		}
 		e, err := triton.NewEntry(filepath.Join(s.stage, key), files, func(name string) ([]byte, error) { return sd.json[name], nil })
 		if err != nil {
-			return fmt.Errorf("image: unpack: %w", err)
+			s.failed[key] = err
+			continue
 		}
 		entries = append(entries, e)
 	}
@@ -357,11 +555,15 @@ func (s *stager) install(local []gpu.Target, res *Unpacked, log *slog.Logger) er
 			log.Debug("kept local entry", "key", e.Key)
 			res.Kept = append(res.Kept, e.Key)
 		default:
-			return fmt.Errorf("image: unpack: install %s: %w", e.Key, err)
+			s.failed[e.Key] = err
 		}
 	}
-	if len(res.Installed)+len(res.Kept) == 0 {
+	for key, err := range s.failed {
+		log.Warn("left out a KEY dir", "key", key, "err", err)
+		res.Failed = append(res.Failed, Failure{Key: key, Err: err})
+	}
+	sort.Slice(res.Failed, func(i, j int) bool { return res.Failed[i].Key < res.Failed[j].Key })
+	if len(res.Installed)+len(res.Kept) == 0 && len(res.Failed) == 0 {
 		res.Reason = fmt.Sprintf("no kernel of the image (%s) fits the local GPU (%s)", gpu.FormatList(res.Targets), gpu.FormatList(local))
 	}
-	return nil
 }

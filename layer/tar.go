@@ -44,28 +44,12 @@ func OpenTar(ra io.ReaderAt, size int64, blockSize int) (*Index, error) {
 		// Bodies not read below are skipped by seeking; a large one is
 		// followed by a small read.
 		br.probe = h.Size > int64(blockSize) && !br.buffered(br.pos, h.Size)
-		if h.Typeflag == tar.TypeXGlobalHeader {
-			continue
-		}
-		key, file, p, err := checkEntry(h.Name, tarKind(h.Typeflag))
+		key, f, ok, err := b.tarFile(h, br.pos, size)
 		if err != nil {
 			return nil, err
 		}
-		if p == placeSkip {
-			b.skip(h.Name)
-		}
-		if p != placeFile {
+		if !ok {
 			continue
-		}
-		// archive/tar reads headers in exact 512-byte blocks and buffers
-		// nothing, so the reader stands at the start of the body now.
-		f := File{Name: strings.Clone(file), Size: h.Size, Mode: uint32(h.Mode & 0o777)}
-		if h.Size > 0 {
-			f.Offset, f.End = br.pos, br.pos+h.Size
-			if f.End > size {
-				return nil, fmt.Errorf("layer: open tar: %s: body [%d,%d) beyond the %d-byte blob: %w",
-					h.Name, f.Offset, f.End, size, io.ErrUnexpectedEOF)
-			}
 		}
 		if br.buffered(f.Offset, h.Size) || h.Size <= int64(blockSize) {
 			sum := sha256.New()
@@ -142,4 +126,34 @@ func (r *blockReader) Seek(off int64, whence int) (int64, error) {
 // buffered reports whether [off, off+n) is in the buffer.
 func (r *blockReader) buffered(off, n int64) bool {
 	return off >= r.bufOff && off+n <= r.bufOff+int64(len(r.buf))
+}
+
+// tarFile checks the entry of header h, recording it as skipped where it
+// is not part of the cache; ok says it is a cache file, f, whose body
+// starts at pos of a blob of size bytes. archive/tar reads headers in exact
+// 512-byte blocks and buffers nothing, so its reader stands at the start
+// of the body once Next returned h.
+func (b *builder) tarFile(h *tar.Header, pos, size int64) (key string, f File, ok bool, err error) {
+	if h.Typeflag == tar.TypeXGlobalHeader {
+		return "", File{}, false, nil
+	}
+	key, file, p, err := checkEntry(h.Name, tarKind(h.Typeflag))
+	if err != nil {
+		return "", File{}, false, err
+	}
+	if p == placeSkip {
+		b.skip(h.Name)
+	}
+	if p != placeFile {
+		return "", File{}, false, nil
+	}
+	f = File{Name: strings.Clone(file), Size: h.Size, Mode: uint32(h.Mode & 0o777)}
+	if h.Size > 0 {
+		f.Offset, f.End = pos, pos+h.Size
+		if f.End > size {
+			return "", File{}, false, fmt.Errorf("layer: tar: %s: body [%d,%d) beyond the %d-byte blob: %w",
+				h.Name, f.Offset, f.End, size, io.ErrUnexpectedEOF)
+		}
+	}
+	return key, f, true, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -151,7 +152,7 @@ func extract(ctx context.Context, o options, ropts resolver.Options, log *slog.L
 	}
 	res, err := image.Unpack(ctx, r, im, dir, local, log)
 	bar.Done()
-	if err != nil {
+	if err != nil && !errors.Is(err, image.ErrSomeFailed) {
 		return fmt.Errorf("extract: %w", err)
 	}
 	if res.Reason != "" {
@@ -160,6 +161,13 @@ func extract(ctx context.Context, o options, ropts resolver.Options, log *slog.L
 	log.Info("extracted", "image", o.image, "dir", dir, "installed", len(res.Installed), "kept_local", len(res.Kept),
 		"unfit", len(res.Unfit), "took", time.Since(start).Round(time.Millisecond))
 	fmt.Printf("installed %d, kept %d local, %d not for this GPU (%s)\n", len(res.Installed), len(res.Kept), len(res.Unfit), gpu.FormatList(local))
+	if len(res.Failed) > 0 {
+		fmt.Printf("left out %d with bad content or a failed install (Triton compiles them):\n", len(res.Failed))
+		for _, f := range res.Failed {
+			fmt.Printf("  %s: %v\n", f.Key, f.Err)
+		}
+		return fmt.Errorf("extract: %w", err)
+	}
 	return nil
 }
 
