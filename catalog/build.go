@@ -171,12 +171,13 @@ func (cat *Catalog) buildRec(ctx context.Context, c resolver.Pending) (*imageRec
 	// Every layer holding a KEY dir, in layer order: Entry merges them file
 	// by file, later layers winning, as unpacking does. A layer of another
 	// kind is left out.
+	kinds, lists, err := cat.layerUnits(ctx, c.Ref, rec.Layers)
+	if err != nil {
+		return nil, err
+	}
 	held := map[string][]uint16{}
-	for i, l := range rec.Layers {
-		lk, keys, err := cat.eng.Units(ctx, l)
-		if err != nil {
-			return nil, fmt.Errorf("catalog: image %s: layer %d: %w", c.Ref, i, err)
-		}
+	for i, keys := range lists {
+		lk := kinds[i]
 		if lk == "" {
 			continue
 		}
@@ -238,4 +239,53 @@ func (cat *Catalog) buildRec(ctx context.Context, c resolver.Pending) (*imageRec
 	slices.SortFunc(rec.Keys, func(a, b keyRec) int { return cmp.Compare(a.Key, b.Key) })
 	rec.Keys = slices.Clip(rec.Keys)
 	return rec, nil
+}
+
+// layerWorkers bounds the layers of one image listed at once; the engine
+// bounds the index loads behind them (over every image) itself.
+const layerWorkers = 8
+
+// layerUnits lists the kind and units of each layer (fetch.Engine.Units), layerWorkers
+// layers at once: an image of hundreds of layers costs a few round trips
+// of its registry, not hundreds one after the other. A failing layer fails
+// the whole (its own error, not that of a layer canceled because of it).
+func (cat *Catalog) layerUnits(ctx context.Context, ref string, layers []resolver.LayerRef) ([]kind.Kind, [][]string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	kinds := make([]kind.Kind, len(layers))
+	lists := make([][]string, len(layers))
+	errs := make([]error, len(layers))
+	sem := make(chan struct{}, layerWorkers)
+	var wg sync.WaitGroup
+	for i, l := range layers {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+		}
+		if errs[i] != nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if kinds[i], lists[i], errs[i] = cat.eng.Units(ctx, l); errs[i] != nil {
+				cancel() // the image fails anyway: the other layers need not load
+			}
+		})
+	}
+	wg.Wait()
+	var first error
+	for i, err := range errs {
+		if err == nil {
+			continue
+		}
+		err = fmt.Errorf("catalog: image %s: layer %d: %w", ref, i, err)
+		if !errors.Is(err, context.Canceled) {
+			return nil, nil, err
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return kinds, lists, first
 }

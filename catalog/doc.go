@@ -21,7 +21,10 @@
 //
 // Every image goes through the resolver's one resolution step
 // (resolver.Identify); an image whose Memo is known from an earlier refresh
-// (or the persisted catalog) costs nothing more.
+// (or the persisted catalog) costs nothing more. A new fitting image's
+// layers are listed (fetch.Engine.Keys) several at once; a layer the
+// manifest does not vouch for file by file (an uncompressed tar, an eStargz
+// layer without the TOC digest annotation) costs a whole read then.
 //
 // Locations of a KEY are ordered by source, then, within a source, newest
 // image config "created" first, ties broken by the image ref descending

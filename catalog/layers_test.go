@@ -7,7 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -152,5 +154,49 @@ func ixWrite(t *testing.T, p string, data []byte) {
 	}
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestIndexLayersConcurrently: the layers of an image are indexed several
+// at once, not one request after the other: behind a registry that takes
+// 100 ms per request, more than one layer's requests are in flight.
+func TestIndexLayersConcurrently(t *testing.T) {
+	f := newIxRegistry(t)
+	dir, es := ixGen(t, gen.Options{Kernels: 12, Seed: 5, Targets: ixTargets(t, "cuda:80:32")})
+	keys := ixKeys(es)
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	for _, k := range keys {
+		var err error
+		img, err = mutate.Append(img, mutate.Addendum{
+			Layer:     static.NewLayer(cachetest.KeyDirTar(t, dir, []string{k}), types.OCIUncompressedLayer),
+			MediaType: types.OCIUncompressedLayer,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.push(t, "layers:v1", img)
+	e := newIxEnv(t, "", ixOptions(t), []string{f.ref("layers:v1")}, "cuda:80:32")
+	f.p.SetLatency(100 * time.Millisecond)
+	done := make(chan error, 1)
+	go func() { done <- e.ix.Refresh(context.Background()) }()
+	most := 0
+	for running := true; running; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			running = false
+		case <-time.After(5 * time.Millisecond):
+			most = max(most, f.p.Pending())
+		}
+	}
+	if got := e.ix.Keys(); !slices.Equal(got, keys) {
+		t.Fatalf("Keys() = %d KEYs, want %d", len(got), len(keys))
+	}
+	t.Logf("%d layers: at most %d requests in flight", len(keys), most)
+	if most < 2 {
+		t.Errorf("%d layers indexed with at most %d request in flight: one after the other", len(keys), most)
 	}
 }

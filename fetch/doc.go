@@ -6,26 +6,40 @@
 // rank_0_0/backbone"); Engine.Units says a layer's kind and units, and
 // Install applies the kind's rewrites where it installs a unit.
 //
-// Data path. Engine.Index indexes a layer once (layer.Open over the layer's
-// ranged resolver.Blob: an eStargz TOC in two reads, an uncompressed tar in
-// large blocks; one layer at a time, the TOC parsed as a stream) and caches
-// the index on disk by layer digest (and the most recently used ones that
-// served a lookup in memory; Engine.Keys, which the catalog uses to list an
-// image's KEYs, keeps none). A gzip layer without an index is one more
-// byte source: downloaded whole through resolver.Stream, decompressed into
-// the store under its DiffID, and indexed and read there (legacy.go).
-// Engine.Dir reads one KEY dir's span with one ranged read from its layer's
-// byte source, verifies every file (layer.Dir.Read) and only then commits
-// them to the store; Engine.Key merges a KEY dir spread over several layers
-// of an image, a later layer's file winning; Engine.Install copies a fetched
-// dir into a cache dir. Engine.Prefetch (prefetch.go) fetches the dirs a
-// caller names in the background: sorted by offset, coalesced into large
-// ranges, each range one ranged read split into its dirs, each dir
-// verified and committed as Dir does, into the store's spare room only.
+// Data path. Engine.Index indexes a layer once and caches the index on disk
+// by layer digest (and the most recently used ones that served a lookup in
+// memory; Engine.Keys, which the catalog uses to list an image's KEYs,
+// keeps none), indexSlots layers at a time, from bytes the manifest vouches
+// for only: an eStargz TOC checked against the layer's TOC digest
+// annotation and giving every file a digest costs two ranged reads; any
+// other layer (eStargz without that annotation or without file digests,
+// uncompressed tar) is read whole once as a stream whose layer digest is
+// checked at its end, and its index taken from that stream (layer.ScanTar,
+// layer.Index.Check: a TOC that disagrees with its tar is refused). A gzip
+// layer without an index is one more byte source: downloaded whole through
+// resolver.Stream, decompressed into the store under its DiffID, and
+// indexed and read there (legacy.go). Engine.Dir checks that a KEY dir's
+// uncompressed size fits the store (store.Fits) before anything is read,
+// then reads its span with one ranged read (pieces of spanPiece for a
+// larger span) and streams every file through the decompressor and its
+// verification (layer.Dir.Open) into a store.Batch, committed once all
+// passed; Engine.Key merges a KEY dir spread over several layers of an
+// image, a later layer's file winning; Engine.Install copies a fetched dir
+// into a cache dir. Engine.Prefetch (prefetch.go) fetches the dirs a caller
+// names in the background: sorted by offset, coalesced into large ranges,
+// each range one ranged read split into its dirs, each dir verified and
+// committed as Dir does, into the store's spare room only.
 //
 // Invariants.
+//   - Every byte committed to the store was checked against a digest that
+//     chains to the manifest (TOC digest annotation, or the layer digest of
+//     a whole read); nothing unverified is kept on disk, indexes included.
 //   - Nothing is committed to the store unless every file of the dir passed
 //     its checks; a failure names the file and commits nothing.
+//   - A fetch holds at most spanPiece bytes of span and a decompressor in
+//     memory, whatever its files' sizes; a prefetch range at most
+//     max(prefetchRange, prefetchMaxDir). ctx ends reads, decompression and
+//     writes alike.
 //   - Concurrent calls for one layer index or one KEY dir share one fetch
 //     (flight); the shared work ends when its last caller gives up or the
 //     Engine closes (legacy downloads run on until Close).

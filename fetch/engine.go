@@ -47,7 +47,8 @@ type Stats struct {
 	// loaded from the disk cache.
 	Indexes        int64 `json:"indexes"`
 	IndexCacheHits int64 `json:"index_cache_hits"`
-	// Downloads is whole-blob downloads of legacy gzip layers.
+	// Downloads is whole-blob reads: legacy gzip layers downloaded into
+	// the store, and layers read whole to check their index (Index).
 	Downloads int64 `json:"downloads"`
 	// Requests and Bytes are the blob reads and bytes received on behalf of
 	// the Engine (retries included); Retries the retried attempts.
@@ -89,21 +90,24 @@ type Engine struct {
 	// one per prefetch commit running.
 	prefetchSem chan struct{}
 	commitSem   chan struct{}
-	loading     chan struct{} // a token per layer index being loaded (loadIndex)
+	loading     chan struct{} // a token per layer index being loaded (loadIndex), indexSlots at most
 
 	mu       sync.Mutex
-	reserved int64                // guarded by mu: store bytes that prefetch ranges in flight will put
-	idx      *indexLRU            // guarded by mu: the layer indexes kept in memory
-	known    map[string][]KeyFile // guarded by mu: dirs whose digests were learnt by fetching, by dirKey
-	stats    Stats                // guarded by mu; traffic fields filled in by Stats
+	reserved int64     // guarded by mu: store bytes that prefetch ranges in flight will put
+	idx      *indexLRU // guarded by mu: the layer indexes kept in memory
+	stats    Stats     // guarded by mu; traffic fields filled in by Stats
 }
 
 // NewEngine returns an Engine reading blobs through r and storing files in
 // st. Layer indexes are cached in stateDir/layers/<digest>.json (the
-// resolver's Options.LayerIndexes most recently used ones also in memory),
-// and digests learnt by fetching (tar bodies the index skipped) in
-// stateDir/layers/<digest>.keys/<KEY>.json.
+// resolver's Options.LayerIndexes most recently used ones also in memory).
 func NewEngine(r *resolver.Resolver, st *store.Store, stateDir string) *Engine {
+	// Digests older versions learnt from unverified bytes: never read again.
+	if old, _ := filepath.Glob(filepath.Join(stateDir, "layers", "*.keys")); len(old) > 0 {
+		for _, p := range old {
+			os.RemoveAll(p)
+		}
+	}
 	return &Engine{
 		res:         r,
 		st:          st,
@@ -114,8 +118,7 @@ func NewEngine(r *resolver.Resolver, st *store.Store, stateDir string) *Engine {
 		prefetchSem: make(chan struct{}, prefetchRanges),
 		commitSem:   make(chan struct{}, commitSlots()),
 		idx:         newIndexLRU(r.Options().LayerIndexes),
-		loading:     make(chan struct{}, 1),
-		known:       map[string][]KeyFile{},
+		loading:     make(chan struct{}, indexSlots),
 	}
 }
 

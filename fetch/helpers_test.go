@@ -196,29 +196,44 @@ func lzStore(t *testing.T, limit int64) *store.Store {
 	return st
 }
 
-var lzPacked struct {
+type lzPackedImage struct {
 	once sync.Once
 	img  v1.Image
 	err  error
 }
+
+var lzPacked, lzPackedBig lzPackedImage
 
 // lzPackImage is the eStargz cache image of the shared cache, as cargohold -c
 // builds it; built once per test binary.
 func lzPackImage(t *testing.T) v1.Image {
 	t.Helper()
 	src, _ := lzCache(t)
-	lzPacked.once.Do(func() {
+	return lzPacked.get(t, src)
+}
+
+// lzPackBigImage is lzPackImage of lzBigCache: large incompressible
+// files, stored by deflate as they are.
+func lzPackBigImage(t *testing.T) v1.Image {
+	t.Helper()
+	src, _ := lzBigCache(t)
+	return lzPackedBig.get(t, src)
+}
+
+func (p *lzPackedImage) get(t *testing.T, src string) v1.Image {
+	t.Helper()
+	p.once.Do(func() {
 		// The staged layer lives in lzTmp until the binary ends.
-		var p *image.Packed
-		p, lzPacked.err = image.Pack(context.Background(), src, "test", lzTmp)
-		if lzPacked.err == nil {
-			lzPacked.img = p.Image
+		var packed *image.Packed
+		packed, p.err = image.Pack(context.Background(), src, "test", lzTmp)
+		if p.err == nil {
+			p.img = packed.Image
 		}
 	})
-	if lzPacked.err != nil {
-		t.Fatal(lzPacked.err)
+	if p.err != nil {
+		t.Fatal(p.err)
 	}
-	return lzPacked.img
+	return p.img
 }
 
 // lzTarImage is a one-layer OCI image whose layer is the uncompressed tar b.

@@ -21,9 +21,16 @@ import (
 )
 
 // layerIndexVersion changes whenever the cached index format does. 2: the
-// byte source is recorded (source). 3: the layer's cache kind, units keyed
-// by path (layer.Index.Kind), MCV's manifest.
-const layerIndexVersion = 3
+// byte source is recorded (source). 3: indexes come only from bytes the
+// manifest vouches for, and every file has a digest (older ones may hold
+// digests of unverified bytes: they are rebuilt). 4: the layer's cache
+// kind, units keyed by path (layer.Index.Kind), MCV's manifest.
+const layerIndexVersion = 4
+
+// indexSlots is how many layer indexes load at once (loadIndex): a TOC
+// costs memory while it is parsed, and a layer read whole to check its
+// index takes its slot for the whole download.
+const indexSlots = 4
 
 // source is where the offsets of a layer's index point: the engine reads a
 // KEY dir's span from there.
@@ -53,15 +60,27 @@ type layerIndexFile struct {
 
 // Index returns the index of layer l: from memory (the resolver's
 // Options.LayerIndexes most recently used ones), else from the disk cache
-// (no request), else built from the blob. An eStargz layer costs two ranged
-// reads (footer, TOC). Any other layer first costs the same footer read and
-// a 512-byte probe; an uncompressed tar is then read in blocks of
-// layer.DefaultBlockSize that skip bodies larger than a block; a gzip layer
-// that is not eStargz has no random access and is downloaded once in full,
-// verified, decompressed into the content store under its DiffID and indexed
-// there (legacy.go).
+// (no request), else built from the blob, from bytes the manifest vouches
+// for only:
+//   - an eStargz layer whose descriptor carries the TOC digest annotation
+//     and whose TOC gives every file a digest costs two ranged reads
+//     (footer, TOC, checked against the annotation); its files are then
+//     verified against the TOC digests as they are read;
+//   - another eStargz layer (no annotation, or files without digests) is
+//     read whole once as a stream (resolver.Stream: its digest is checked
+//     at the end), its TOC checked against its tar and every file's digest
+//     taken from the tar (layer.Index.Check); a TOC that disagrees with the
+//     tar is refused;
+//   - an uncompressed tar is read whole once as a stream, likewise, and
+//     indexed from it (layer.ScanTar), every body with its digest;
+//   - a gzip layer that is not eStargz has no random access: it is
+//     downloaded once in full, verified, decompressed into the content
+//     store under its DiffID and indexed there (legacy.go).
 //
-// Concurrent calls for one layer share one load.
+// So every file of every index has a digest that chains to the manifest,
+// and an index is cached (memory, disk) only once those bytes were checked:
+// corruption met while indexing fails the load and leaves nothing behind.
+// Concurrent calls for one layer share one load; indexSlots load at once.
 func (e *Engine) Index(ctx context.Context, l resolver.LayerRef) (*layer.Index, error) {
 	ix, err := e.index(ctx, l, true)
 	if err != nil {
@@ -120,9 +139,9 @@ func (e *Engine) index(ctx context.Context, l resolver.LayerRef, keep bool) (*in
 	return ix, nil
 }
 
-// loadIndex reads l's index from the disk cache or builds it, one layer at
-// a time: a big TOC costs memory while it is parsed, and a refresh asks
-// for many layers at once.
+// loadIndex reads l's index from the disk cache or builds it, indexSlots
+// layers at a time: a big TOC costs memory while it is parsed, and a
+// refresh asks for many layers at once.
 func (e *Engine) loadIndex(ctx context.Context, l resolver.LayerRef) (*indexed, error) {
 	select {
 	case e.loading <- struct{}{}:
@@ -155,19 +174,49 @@ func (e *Engine) buildIndex(ctx context.Context, l resolver.LayerRef) (*indexed,
 	if err != nil {
 		return nil, err
 	}
-	idx, err := layer.Open(b, b.Size(), l.TOCDigest)
+	idx, err := layer.OpenEStargz(b, b.Size(), l.TOCDigest)
+	format := layer.FormatEStargz
+	if errors.Is(err, layer.ErrNotEStargz) {
+		format, err = layer.Sniff(b, b.Size())
+	}
 	b.Close()
 	e.account(ctx, b.Counters())
-	if errors.Is(err, layer.ErrNotIndexable) {
-		if strings.Contains(string(l.Desc.MediaType), "zstd") {
-			return nil, fmt.Errorf("zstd layer (%s) without an eStargz index: not supported", l.Desc.MediaType)
-		}
+	switch {
+	case errors.Is(err, layer.ErrNotIndexable) && strings.Contains(string(l.Desc.MediaType), "zstd"):
+		return nil, fmt.Errorf("zstd layer (%s) without an eStargz index: not supported", l.Desc.MediaType)
+	case err != nil:
+		return nil, err
+	case format == layer.FormatGzip:
 		return e.indexGzip(ctx, l)
+	case format == layer.FormatTar:
+		idx, err = e.whole(ctx, l, func(r io.Reader) (*layer.Index, error) { return layer.ScanTar(r, l.Desc.Size) })
+	case !idx.Verifiable(l.TOCDigest):
+		e.log.Debug("eStargz layer the manifest does not vouch for file by file: reading it whole", "layer", l.String(),
+			"toc_digest_annotation", l.TOCDigest != "", "every_file_digested", idx.Complete())
+		idx, err = e.whole(ctx, l, idx.Check)
 	}
 	if err != nil {
 		return nil, err
 	}
 	return &indexed{Index: idx, src: fromBlob}, nil
+}
+
+// whole reads l's whole blob as one stream through scan, which reads it to
+// its end, where resolver.Stream checks its size and digest: scan's index
+// counts only if that check passed.
+func (e *Engine) whole(ctx context.Context, l resolver.LayerRef, scan func(io.Reader) (*layer.Index, error)) (*layer.Index, error) {
+	s, err := e.res.Stream(ctx, l)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	defer e.account(ctx, s.Counters())
+	idx, err := scan(ctxReader{ctx, s})
+	if err != nil {
+		return nil, fmt.Errorf("read whole to index it: %w", err)
+	}
+	e.bump(func(s *Stats) { s.Downloads++ })
+	return idx, nil
 }
 
 func (e *Engine) indexPath(l resolver.LayerRef) string {
@@ -207,6 +256,9 @@ func (e *Engine) readIndexCache(l resolver.LayerRef) (*indexed, error) {
 	if f.Index.Kind != "" && !f.Index.Kind.Valid() {
 		return nil, fmt.Errorf("%s: unknown cache kind %q", p, f.Index.Kind)
 	}
+	if !f.Index.Complete() {
+		return nil, fmt.Errorf("%s: files without a digest", p)
+	}
 	for key, d := range f.Index.Dirs {
 		if d == nil || d.Key != key || kind.CheckPath(key) != nil {
 			return nil, fmt.Errorf("%s: bad dir entry %q", p, key)
@@ -240,14 +292,6 @@ func (e *Engine) writeIndexCache(l resolver.LayerRef, ix *indexed) error {
 		}
 		bw.WriteString("}")
 		return bw.Flush()
-	})
-}
-
-// saveFileAtomic writes data to p through a temp file in p's dir.
-func saveFileAtomic(p string, data []byte) error {
-	return saveFileWith(p, func(w io.Writer) error {
-		_, err := w.Write(data)
-		return err
 	})
 }
 

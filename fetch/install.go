@@ -8,7 +8,10 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"cargohold/kind"
+	"cargohold/store"
 	"cargohold/triton"
 )
 
@@ -20,7 +23,9 @@ import (
 // made). The kind's rewrites (kind.RewriteOf) are applied for dir's
 // absolute path: group files name the dir their KEY dir is installed in,
 // vLLM's cache file dir. Files are 0755 when the image gave them an
-// executable bit, else 0644.
+// executable bit, else 0644. Files that would not fit the free space of
+// dir's file system are refused before anything is written (an error
+// wrapping store.ErrFull).
 func (e *Engine) Install(dir string, k kind.Kind, key string, files []KeyFile) error {
 	if err := kind.CheckPath(key); err != nil || !kind.IsUnit(k, key) {
 		return fmt.Errorf("fetch: install %q: not a unit of a %s cache", key, k)
@@ -35,6 +40,17 @@ func (e *Engine) Install(dir string, k kind.Kind, key string, files []KeyFile) e
 	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
+	}
+	var need int64
+	for _, f := range files {
+		need += f.Size
+	}
+	var fsst unix.Statfs_t
+	if err := unix.Statfs(abs, &fsst); err != nil {
+		return fmt.Errorf("fetch: install KEY %s: %w", key, err)
+	}
+	if free := int64(fsst.Bavail) * fsst.Bsize; need > free {
+		return fmt.Errorf("fetch: install KEY %s: %w: %d bytes, %d free in %s", key, store.ErrFull, need, free, abs)
 	}
 	// Its name is not a KEY, so Triton never looks at it.
 	stage, err := os.MkdirTemp(abs, ".cargohold-fetch-")

@@ -30,8 +30,9 @@ const (
 	// reads through (dirs that do not fit the local GPU, or are stored
 	// already) rather than splitting it in two.
 	prefetchGap = 256 << 10
-	// prefetchMaxDir: a dir whose span is larger is left to its lookup.
-	prefetchMaxDir = 64 << 20
+	// prefetchMaxDir: a dir whose span is larger is left to its lookup
+	// (which reads it in pieces of spanPiece).
+	prefetchMaxDir = 8 << 20
 	// prefetchRanges is how many ranges are read (and held) at once, over
 	// all layers; how many are committed at once is commitSlots.
 	prefetchRanges = 4
@@ -116,7 +117,7 @@ func (e *Engine) prefetch(ctx context.Context, l resolver.LayerRef, keys []strin
 		if d == nil || d.End <= d.Offset || d.End-d.Offset > prefetchMaxDir {
 			continue // not there, nothing to read, or left to its lookup
 		}
-		if _, ok := e.stored(l, d); !ok {
+		if _, ok := e.stored(d); !ok {
 			todo = append(todo, d)
 		}
 	}
@@ -188,14 +189,6 @@ func coalesce(dirs []*layer.Dir) []span {
 	return out
 }
 
-func dirContent(d *layer.Dir) int64 {
-	var n int64
-	for _, f := range d.Files {
-		n += f.Size
-	}
-	return n
-}
-
 // reserve takes r's content out of the prefetch budget: the store's room
 // less what ranges in flight will put. A range that does not fit whole is
 // cut after its last dir that does, and the error (wrapping
@@ -248,7 +241,7 @@ func (e *Engine) skipped(rs []span) {
 // commits, which take a commit token each (commitSem) so that prefetch
 // leaves CPU to lookups.
 func (e *Engine) readRange(ctx context.Context, l resolver.LayerRef, ix *indexed, r span) error {
-	rr := &rangeRead{e: e, l: l, r: r, ready: make(chan struct{}), taken: make([]bool, len(r.dirs)),
+	rr := &rangeRead{e: e, ctx: ctx, l: l, r: r, ready: make(chan struct{}), taken: make([]bool, len(r.dirs)),
 		claims: make([]*flightCall[[]KeyFile], len(r.dirs))}
 	for i, d := range r.dirs {
 		rr.claims[i] = e.dirs.claim(dirKey(l, d.Key), rr.ready, func() { rr.commitIfFree(i) })
@@ -287,6 +280,7 @@ func (e *Engine) readRange(ctx context.Context, l resolver.LayerRef, ix *indexed
 // takes a dir first commits it and settles its claim.
 type rangeRead struct {
 	e      *Engine
+	ctx    context.Context // the prefetch's: commits stop with it
 	l      resolver.LayerRef
 	r      span
 	claims []*flightCall[[]KeyFile] // nil where a demand fetch had the dir
@@ -323,7 +317,7 @@ func (rr *rangeRead) commitIfFree(i int) error {
 	if d.Offset < rr.r.off || d.End > rr.r.end {
 		err = fmt.Errorf("span [%d,%d) outside its range [%d,%d)", d.Offset, d.End, rr.r.off, rr.r.end)
 	} else {
-		files, err = rr.e.commit(rr.l, d, rr.buf[d.Offset-rr.r.off:d.End-rr.r.off], true)
+		files, err = rr.e.commit(rr.ctx, d, memAt{buf: rr.buf, off: rr.r.off}, true)
 	}
 	if err != nil {
 		if errors.Is(err, store.ErrFull) {

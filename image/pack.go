@@ -16,8 +16,12 @@
 // dir it is installed in. A layer blob is downloaded and its digest checked
 // before any of it is unpacked; an indexed layer (eStargz, plain tar) is
 // then unpacked unit by unit on every core, every file checked against the
-// TOC. Nothing is fsynced: an interrupted unpack leaves its stage dir,
-// never a half unit.
+// TOC as it streams to disk (an eStargz TOC the manifest does not vouch for
+// is first checked against the tar, as the mount does). What it writes is
+// bounded by the free space of the dir's file system. A unit with bad
+// content is left out and reported, the others installed; a layer that
+// cannot be trusted installs nothing. Nothing is fsynced: an interrupted
+// unpack leaves its stage dir, never a half unit.
 package image
 
 import (

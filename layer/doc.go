@@ -1,9 +1,9 @@
 // Package layer is the image layer format of cargohold: it builds the
 // reproducible eStargz layer that holds a compile cache (package kind:
 // Triton, vLLM, Inductor), indexes a layer blob over an io.ReaderAt (eStargz
-// TOC, or a plain tar read in large blocks), and reads and verifies one
-// unit (a Triton KEY dir, a vLLM or Inductor dir) from the bytes of its
-// span.
+// TOC, or a plain tar read in large blocks) or read whole as a stream
+// (ScanTar, Index.Check), and reads and verifies one unit (a Triton KEY
+// dir, a vLLM or Inductor dir) from the bytes of its span.
 //
 // Model: a layer holds io.<kind>.cache/<unit>/<file> entries (MCV's
 // prefixes) and MCV's io.<kind>.manifest/manifest.json. An Index records
@@ -11,9 +11,19 @@
 // kind are skipped and named) and maps each unit path (relative to the
 // kind's root: a KEY for Triton) to a Dir whose files' data lie in one
 // contiguous byte span [Dir.Offset, Dir.End) of the blob, so a caller
-// fetches a whole unit with one ranged read and hands the bytes to
-// Dir.Read. Files are stored as they are on disk: whoever installs or
-// serves them applies the kind's rewrites (kind.RewriteOf).
+// fetches a whole unit with one ranged read and reads each file through
+// Dir.Open, a stream that verifies as it goes (Dir.Read does that into
+// memory, for small dirs). Files are stored as they are on disk: whoever
+// installs or serves them applies the kind's rewrites (kind.RewriteOf).
+//
+// Trust: a digest is only as good as what vouches for it. A TOC whose
+// digest is the layer descriptor's annotation vouches for the files it
+// gives digests (Index.Verifiable); anything else (no annotation, files
+// without digests, plain tar) is vouched for by the layer digest alone, so
+// its index must come from the whole blob read as a stream whose digest the
+// caller checks at the end: ScanTar for a tar, Index.Check for an eStargz
+// blob, which also refuses a TOC that disagrees with the tar it indexes
+// (*DisagreeError).
 //
 // Invariants:
 //   - No HTTP and no FUSE here: callers bring an io.ReaderAt and a size.
@@ -23,9 +33,11 @@
 //     errors (*UnsafeEntryError); entries elsewhere, and files under a
 //     prefix that its kind does not take (kind.Classify), are skipped and
 //     recorded, never an error.
-//   - An Index is immutable after Open and JSON-serialisable; Dir.Read does
+//   - An Index is immutable after Open and JSON-serialisable; reading does
 //     not mutate it, so any number of goroutines may read at once.
-//   - Dir.Read never returns data whose known digest or size disagrees.
+//   - A FileReader never ends with io.EOF on data whose known digest or
+//     size disagrees, and holds a decompressor's window and a buffer, never
+//     the file.
 //   - Build output depends only on the cache content, the file names and the
 //     executable bits: fixed mtime, owners, entry order, tar format,
 //     compression level and chunk size. Its gzip members are compressed on

@@ -10,6 +10,9 @@ import (
 // file and calls OpenTar on that.
 var ErrNotIndexable = errors.New("layer: compressed layer without an index (not eStargz)")
 
+// ErrNotEStargz says a blob has no eStargz footer (OpenEStargz).
+var ErrNotEStargz = errors.New("layer: not eStargz")
+
 // ErrTOCDigest says an eStargz TOC does not match the digest it was announced
 // with.
 var ErrTOCDigest = errors.New("layer: TOC digest mismatch")

@@ -2,6 +2,7 @@ package layer
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
@@ -19,6 +20,10 @@ import (
 // hostile footer or a gzip bomb cannot exhaust memory. A TOC entry takes
 // about 300 bytes: this is room for some 200k files.
 const maxTOCSize = 64 << 20
+
+// tocPiece is the most compressed TOC bytes held at once while a TOC is
+// parsed (one read of the blob each).
+const tocPiece = 4 << 20
 
 // legacyFooterSize is the footer of stargz before eStargz (the estargz
 // package keeps its constant unexported).
@@ -45,14 +50,13 @@ func openEStargz(ra io.ReaderAt, size int64, tocDigest string) (idx *Index, ok b
 	if tocEnd-tocOff > maxTOCSize {
 		return nil, true, fmt.Errorf("layer: open toc: %d bytes, more than the %d allowed", tocEnd-tocOff, maxTOCSize)
 	}
-	buf := make([]byte, tocEnd-tocOff)
-	if _, err := readFullAt(ra, buf, tocOff); err != nil {
-		return nil, true, fmt.Errorf("layer: open toc: read [%d,%d): %w", tocOff, tocEnd, err)
-	}
+	// Read through a buffer of at most tocPiece bytes: one read for most
+	// TOCs, and a huge one never held whole.
+	toc := bufio.NewReaderSize(io.NewSectionReader(ra, tocOff, tocEnd-tocOff), int(min(tocEnd-tocOff, tocPiece)))
 	ix := newTOCIndexer(tocOff, size)
-	dgst, err := parseTOC(bytes.NewReader(buf), ix.add)
+	dgst, err := parseTOC(toc, ix.add)
 	if err != nil {
-		return nil, true, fmt.Errorf("layer: open toc: %w", err)
+		return nil, true, fmt.Errorf("layer: open toc [%d,%d): %w", tocOff, tocEnd, err)
 	}
 	if tocDigest != "" && dgst.String() != tocDigest {
 		return nil, true, fmt.Errorf("layer: open toc: %w: got %s, want %s", ErrTOCDigest, dgst, tocDigest)

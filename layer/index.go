@@ -91,31 +91,57 @@ func (idx *Index) ManifestDir() *Dir {
 // size. A gzip (or zstd) blob that is not eStargz gives an error matching
 // ErrNotIndexable.
 func Open(ra io.ReaderAt, size int64, tocDigest string) (*Index, error) {
-	if size < 0 {
-		return nil, fmt.Errorf("layer: open: negative size %d", size)
-	}
-	idx, ok, err := openEStargz(ra, size, tocDigest)
-	if err != nil || ok {
+	idx, err := OpenEStargz(ra, size, tocDigest)
+	if !errors.Is(err, ErrNotEStargz) {
 		return idx, err
 	}
-	head := make([]byte, min(size, 512))
-	if _, err := readFullAt(ra, head, 0); err != nil {
-		return nil, fmt.Errorf("layer: open: read head: %w", err)
+	f, err := Sniff(ra, size)
+	if err != nil {
+		return nil, err
 	}
-	switch {
-	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+	if f == FormatGzip {
 		return nil, fmt.Errorf("layer: open: gzip: %w", ErrNotIndexable)
-	case len(head) >= 4 && binary.LittleEndian.Uint32(head) == 0xfd2fb528:
-		return nil, fmt.Errorf("layer: open: zstd: %w", ErrNotIndexable)
 	}
 	return OpenTar(ra, size, 0)
 }
 
+// OpenEStargz indexes an eStargz blob with two reads (footer, then TOC),
+// checking the TOC against tocDigest unless that is "". A blob without an
+// eStargz footer gives an error matching ErrNotEStargz.
+func OpenEStargz(ra io.ReaderAt, size int64, tocDigest string) (*Index, error) {
+	if size < 0 {
+		return nil, fmt.Errorf("layer: open: negative size %d", size)
+	}
+	idx, ok, err := openEStargz(ra, size, tocDigest)
+	if err == nil && !ok {
+		err = ErrNotEStargz
+	}
+	return idx, err
+}
+
+// Sniff tells a blob that is not eStargz by its first 512 bytes: FormatGzip
+// for gzip, FormatTar for anything else (an uncompressed tar, if it is a
+// layer at all); zstd is an error matching ErrNotIndexable.
+func Sniff(ra io.ReaderAt, size int64) (Format, error) {
+	head := make([]byte, max(min(size, 512), 0))
+	if _, err := readFullAt(ra, head, 0); err != nil {
+		return "", fmt.Errorf("layer: open: read head: %w", err)
+	}
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		return FormatGzip, nil
+	case len(head) >= 4 && binary.LittleEndian.Uint32(head) == 0xfd2fb528:
+		return "", fmt.Errorf("layer: open: zstd: %w", ErrNotIndexable)
+	}
+	return FormatTar, nil
+}
+
 // OpenGunzipped indexes the uncompressed tar of a gzip layer that has no
-// index of its own (Open says ErrNotIndexable), read from a local copy: the
-// index says FormatGzip, and its offsets are into that tar, not the blob.
+// index of its own (Open says ErrNotIndexable), read whole from a local,
+// verified copy (ScanTar: every file gets its digest): the index says
+// FormatGzip, and its offsets are into that tar, not the blob.
 func OpenGunzipped(ra io.ReaderAt, size int64) (*Index, error) {
-	idx, err := OpenTar(ra, size, 0)
+	idx, err := ScanTar(io.NewSectionReader(ra, 0, size), size)
 	if err != nil {
 		return nil, err
 	}
@@ -272,6 +298,15 @@ func (b *builder) add(key string, f File) {
 
 // finish sorts files, keeps the last of each name and computes each dir's
 // span.
+// addEntry adds f, the file of entry e (a cache file or MCV's manifest).
+func (b *builder) addEntry(e entry, f File) {
+	if e.p == placeManifest {
+		b.idx.Manifest = &f
+		return
+	}
+	b.add(b.key(e.unit), f)
+}
+
 func (b *builder) finish() *Index {
 	for _, d := range b.idx.Dirs {
 		slices.SortStableFunc(d.Files, func(x, y File) int { return strings.Compare(x.Name, y.Name) })

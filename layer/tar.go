@@ -44,31 +44,12 @@ func OpenTar(ra io.ReaderAt, size int64, blockSize int) (*Index, error) {
 		// Bodies not read below are skipped by seeking; a large one is
 		// followed by a small read.
 		br.probe = h.Size > int64(blockSize) && !br.buffered(br.pos, h.Size)
-		if h.Typeflag == tar.TypeXGlobalHeader {
-			continue
-		}
-		e, err := checkEntry(h.Name, tarType(h.Typeflag))
+		e, f, ok, err := b.tarFile(h, br.pos, size)
 		if err != nil {
 			return nil, err
 		}
-		if e.p == placeFile && !b.takes(e.kind) {
-			e.p = placeSkip
-		}
-		if e.p == placeSkip {
-			b.skip(h.Name)
-		}
-		if e.p != placeFile && e.p != placeManifest {
+		if !ok {
 			continue
-		}
-		// archive/tar reads headers in exact 512-byte blocks and buffers
-		// nothing, so the reader stands at the start of the body now.
-		f := File{Name: strings.Clone(e.file), Size: h.Size, Mode: uint32(h.Mode & 0o777)}
-		if h.Size > 0 {
-			f.Offset, f.End = br.pos, br.pos+h.Size
-			if f.End > size {
-				return nil, fmt.Errorf("layer: open tar: %s: body [%d,%d) beyond the %d-byte blob: %w",
-					h.Name, f.Offset, f.End, size, io.ErrUnexpectedEOF)
-			}
 		}
 		if br.buffered(f.Offset, h.Size) || h.Size <= int64(blockSize) {
 			sum := sha256.New()
@@ -77,11 +58,7 @@ func OpenTar(ra io.ReaderAt, size int64, blockSize int) (*Index, error) {
 			}
 			f.Digest = digest.NewDigest(digest.SHA256, sum).String()
 		}
-		if e.p == placeManifest {
-			b.idx.Manifest = &f
-			continue
-		}
-		b.add(b.key(e.unit), f)
+		b.addEntry(e, f)
 	}
 	return b.finish(), nil
 }
@@ -149,4 +126,37 @@ func (r *blockReader) Seek(off int64, whence int) (int64, error) {
 // buffered reports whether [off, off+n) is in the buffer.
 func (r *blockReader) buffered(off, n int64) bool {
 	return off >= r.bufOff && off+n <= r.bufOff+int64(len(r.buf))
+}
+
+// tarFile checks the entry of header h, recording it as skipped where it
+// is not part of the cache; ok says it is a cache file, f, whose body
+// starts at pos of a blob of size bytes. archive/tar reads headers in exact
+// 512-byte blocks and buffers nothing, so its reader stands at the start
+// of the body once Next returned h.
+func (b *builder) tarFile(h *tar.Header, pos, size int64) (e entry, f File, ok bool, err error) {
+	if h.Typeflag == tar.TypeXGlobalHeader {
+		return entry{}, File{}, false, nil
+	}
+	e, err = checkEntry(h.Name, tarType(h.Typeflag))
+	if err != nil {
+		return entry{}, File{}, false, err
+	}
+	if e.p == placeFile && !b.takes(e.kind) {
+		e.p = placeSkip
+	}
+	if e.p == placeSkip {
+		b.skip(h.Name)
+	}
+	if e.p != placeFile && e.p != placeManifest {
+		return entry{}, File{}, false, nil
+	}
+	f = File{Name: strings.Clone(e.file), Size: h.Size, Mode: uint32(h.Mode & 0o777)}
+	if h.Size > 0 {
+		f.Offset, f.End = pos, pos+h.Size
+		if f.End > size {
+			return entry{}, File{}, false, fmt.Errorf("layer: tar: %s: body [%d,%d) beyond the %d-byte blob: %w",
+				h.Name, f.Offset, f.End, size, io.ErrUnexpectedEOF)
+		}
+	}
+	return e, f, true, nil
 }

@@ -4,7 +4,11 @@
 //
 // Layout: <dir>/sha256/<first two hex digits>/<hex>. A Put streams into a
 // temp file (".tmp-*") in the final shard directory, checks the digest and
-// renames it into place, so a reader never sees a partial or wrong blob.
+// renames it into place, so a reader never sees a partial or wrong blob. A
+// Batch does that for several blobs (a KEY dir's files) and renames them
+// into place together at Commit, or none of them. Fits answers, before
+// anything is read or allocated, whether content of a given size could be
+// put at all.
 // Temp files left by a crash are removed by Open. <dir>/lock is held with
 // flock(2) while the Store is open: one Store per directory, across
 // processes too, which is what makes that cleanup safe.

@@ -43,12 +43,7 @@ func (s *Store) Open(d digest.Digest) (*File, error) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("store: open %s: %w", d, fs.ErrNotExist)
 	}
-	if e.pins == 0 {
-		s.lru.Remove(e.elem)
-		e.elem = nil
-		s.unpinned -= e.size
-	}
-	e.pins++
+	s.pin(e)
 	e.spare = false // a use: it goes back to the front when closed
 	now := s.now()
 	touch := now.Sub(e.stamp) >= touchEvery
@@ -72,8 +67,19 @@ func (s *Store) Open(d digest.Digest) (*File, error) {
 	return &File{File: f, s: s, e: e}, nil
 }
 
+// pin keeps e from being evicted until unpin. s.mu is held.
+func (s *Store) pin(e *entry) {
+	if e.pins == 0 {
+		s.lru.Remove(e.elem)
+		e.elem = nil
+		s.unpinned -= e.size
+	}
+	e.pins++
+}
+
 // unpin drops one pin; the last one puts the entry back on the eviction
-// list as most recently used, or forgets it when its file is gone.
+// list as most recently used (spare content, never opened, at the back),
+// or forgets it when its file is gone.
 func (s *Store) unpin(e *entry, gone bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -85,6 +91,10 @@ func (s *Store) unpin(e *entry, gone bool) {
 		s.forget(e)
 		return
 	}
-	e.elem = s.lru.PushFront(e)
+	if e.spare {
+		e.elem = s.lru.PushBack(e)
+	} else {
+		e.elem = s.lru.PushFront(e)
+	}
 	s.unpinned += e.size
 }

@@ -32,3 +32,29 @@ func (s *Store) Room() (int64, error) {
 	}
 	return room, nil
 }
+
+// Fits says whether n more bytes of content could be put now, evicting
+// what is not in use: nil, or an error wrapping ErrFull that says why not
+// (more than the limit, more than the limit less what is pinned, or more
+// than the file system's free space, less the KeepFree reserve, plus what
+// could be evicted). A caller checks it before it reads or allocates
+// anything for the content; Put still enforces the limit as it writes.
+func (s *Store) Fits(n int64) error {
+	s.mu.Lock()
+	limit, pinned, unpinned, reserve := s.limit, s.total-s.unpinned, s.unpinned, s.reserve
+	s.mu.Unlock()
+	switch {
+	case limit > 0 && n > limit:
+		return fmt.Errorf("%w: %d bytes, more than the limit of %d", ErrFull, n, limit)
+	case limit > 0 && n > limit-pinned:
+		return fmt.Errorf("%w: %d bytes, %d of the limit of %d in use", ErrFull, n, pinned, limit)
+	}
+	free, err := statfs(s.dir)
+	if err != nil {
+		return fmt.Errorf("store: free space: %w", err)
+	}
+	if room := free + unpinned - reserve; n > room {
+		return fmt.Errorf("%w: %d bytes, %d free on disk (keeping %d free, %d evictable)", ErrFull, n, free, reserve, unpinned)
+	}
+	return nil
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -140,7 +141,7 @@ func extract(ctx context.Context, o options, ropts resolver.Options, log *slog.L
 	// $VLLM_CACHE_ROOT, $TORCHINDUCTOR_CACHE_DIR or their defaults.
 	res, err := image.Unpack(ctx, r, im, o.dir, local, log)
 	bar.Done()
-	if err != nil {
+	if err != nil && !errors.Is(err, image.ErrSomeFailed) {
 		return fmt.Errorf("extract: %w", err)
 	}
 	for _, s := range res.Skipped {
@@ -153,6 +154,13 @@ func extract(ctx context.Context, o options, ropts resolver.Options, log *slog.L
 		"unfit", len(res.Unfit), "took", time.Since(start).Round(time.Millisecond))
 	fmt.Printf("%s cache in %s: installed %d, kept %d local, %d not for this GPU (%s)\n", res.Kind, res.Dir,
 		len(res.Installed), len(res.Kept), len(res.Unfit), gpu.FormatList(local))
+	if len(res.Failed) > 0 {
+		fmt.Printf("left out %d with bad content or a failed install (the framework compiles them):\n", len(res.Failed))
+		for _, f := range res.Failed {
+			fmt.Printf("  %s: %v\n", f.Key, f.Err)
+		}
+		return fmt.Errorf("extract: %w", err)
+	}
 	return nil
 }
 

@@ -7,11 +7,14 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
 
 	"cargohold/triton"
 )
@@ -171,4 +174,39 @@ func Compare(t testing.TB, src, got string) {
 	if err != nil || n == 0 {
 		t.Fatalf("compare %s with %s: %d files, %v", src, got, n, err)
 	}
+}
+
+// RewriteTOC returns an eStargz blob with its TOC edited by edit (the data
+// before the TOC stays byte for byte) and the new TOC's digest, as the
+// layer's toc.digest annotation would give it: hostile or foreign eStargz
+// layers (TOCs without digests, TOCs that disagree with the tar).
+func RewriteTOC(t testing.TB, blob []byte, edit func(*estargz.JTOC)) ([]byte, string) {
+	t.Helper()
+	if len(blob) < estargz.FooterSize {
+		t.Fatalf("rewrite TOC: blob of %d bytes", len(blob))
+	}
+	_, tocOff, _, err := (&estargz.GzipDecompressor{}).ParseFooter(blob[len(blob)-estargz.FooterSize:])
+	if err != nil {
+		t.Fatalf("rewrite TOC: footer: %v", err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(blob[tocOff : len(blob)-estargz.FooterSize]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	if _, err := tr.Next(); err != nil {
+		t.Fatal(err)
+	}
+	var toc estargz.JTOC
+	if err := json.NewDecoder(tr).Decode(&toc); err != nil {
+		t.Fatalf("rewrite TOC: %v", err)
+	}
+	edit(&toc)
+	var out bytes.Buffer
+	out.Write(blob[:tocOff])
+	d, err := estargz.NewGzipCompressorWithLevel(gzip.BestCompression).WriteTOCAndFooter(&out, tocOff, &toc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes(), d.String()
 }

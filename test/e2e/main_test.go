@@ -35,6 +35,9 @@ func TestMain(m *testing.M) {
 	if bigCacheDir != "" {
 		os.RemoveAll(bigCacheDir)
 	}
+	if zerosDir != "" {
+		os.RemoveAll(zerosDir)
+	}
 	os.Exit(code)
 }
 
