@@ -55,6 +55,23 @@ func TestBuildKinds(t *testing.T) {
 			if md := idx.ManifestDir(); md == nil || !bytes.Equal(readDir(t, bytes.NewReader(data), md)[0].Data, manifest) {
 				t.Fatalf("%s %s: the index does not find the manifest", c.dir, how)
 			}
+			// The whole-blob paths (a layer the manifest does not vouch for
+			// file by file) index the same units, manifest included.
+			var whole *Index
+			if how == "estargz" {
+				whole, err = idx.Check(bytes.NewReader(data))
+			} else {
+				whole, err = ScanTar(bytes.NewReader(data), int64(len(data)))
+			}
+			if err != nil {
+				t.Fatalf("%s %s: whole read: %v", c.dir, how, err)
+			}
+			if whole.Kind != c.k || len(whole.Dirs) != len(idx.Dirs) || !whole.Complete() || whole.Manifest == nil || whole.Manifest.Digest == "" {
+				t.Fatalf("%s %s: whole read: kind %q, %d dirs (want %d), complete %v, manifest %+v", c.dir, how, whole.Kind, len(whole.Dirs), len(idx.Dirs), whole.Complete(), whole.Manifest)
+			}
+			if md := whole.ManifestDir(); !bytes.Equal(readDir(t, bytes.NewReader(data), md)[0].Data, manifest) {
+				t.Fatalf("%s %s: whole read: the manifest does not verify", c.dir, how)
+			}
 			var spans [][2]int64
 			for _, u := range tree.Units {
 				d := idx.Dirs[u.Path]
