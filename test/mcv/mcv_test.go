@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"cargohold/gpu"
 	"cargohold/kind"
 	"cargohold/test/cachetest"
@@ -56,7 +58,7 @@ func TestCargoholdToMCV(t *testing.T) {
 			if err := os.Rename(p, orig); err != nil {
 				t.Fatal(err)
 			}
-			out := must(t, nil, filepath.Join(mcvBin, "mcv"), "-e", "-i", ref, "-d", p, "--no-gpu")
+			out := mustMCV(t, nil, "-e", "-i", ref, "-d", p, "--no-gpu")
 			if strings.Contains(out, "mismatch") || !strings.Contains(out, "Cache size validated") {
 				t.Fatalf("mcv -e did not validate the size:\n%s", out)
 			}
@@ -188,7 +190,7 @@ func mcvImage(t *testing.T, c kase) string {
 		t.Fatal(err)
 	}
 	name := "quay.io/cargohold-test/" + c.name + ":v1" // a name only: never pushed there
-	out := must(t, env, filepath.Join(mcvBin, "mcv"), "-c", "-i", name, "-d", src, "--no-gpu")
+	out := mustMCV(t, env, "-c", "-i", name, "-d", src, "--no-gpu")
 	if !strings.Contains(out, "created successfully") {
 		t.Fatalf("mcv -c:\n%s", out)
 	}
@@ -237,4 +239,29 @@ func replayHit(t *testing.T, k kind.Kind, root, src string) {
 	if err != nil || !sum.OK() || sum.Hits == 0 {
 		t.Fatalf("replay %s in %s: %+v, %v", k, root, sum, err)
 	}
+}
+
+// mustMCV is must for MCV's binary, under a host-wide lock: MCV stages
+// every build and extract in one fixed dir (its constants.MCVBuildDir,
+// /tmp/.mcv), so two at once on one host (two test binaries, two
+// checkouts) remove each other's files.
+func mustMCV(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	unlock := lockMCVBuildDir(t)
+	defer unlock()
+	return must(t, env, filepath.Join(mcvBin, "mcv"), args...)
+}
+
+// lockMCVBuildDir takes the host-wide lock mustMCV holds.
+func lockMCVBuildDir(t *testing.T) (unlock func()) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "cargohold-mcv-build.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	return func() { f.Close() } // closing the only descriptor releases the lock
 }
