@@ -110,26 +110,39 @@ func copyDir(t *testing.T, from, to string) {
 	}
 }
 
-func (l *fakeLower) Keys() []string {
-	des, _ := os.ReadDir(l.dir)
+// Dirs lists the image dir's dirs below rel: KEYs at the root.
+func (l *fakeLower) Dirs(rel string) []string {
+	des, _ := os.ReadDir(filepath.Join(l.dir, rel))
 	var keys []string
 	for _, de := range des {
-		keys = append(keys, de.Name())
+		if de.IsDir() {
+			keys = append(keys, de.Name())
+		}
 	}
 	return keys
 }
 
-// Has answers from the image dir, as an index would: no Entry call, no gate.
-func (l *fakeLower) Has(ctx context.Context, key string) (bool, error) {
+// Dir answers from the image dir, as an index would: no Entry call, no
+// gate. A dir with files is a unit.
+func (l *fakeLower) Dir(ctx context.Context, rel string) (LowerDir, error) {
 	l.mu.Lock()
 	l.hasCalls++
 	err := l.hasErr
 	l.mu.Unlock()
 	if err != nil {
-		return false, err
+		return LowerDir{}, err
 	}
-	_, err = os.Stat(filepath.Join(l.dir, key))
-	return err == nil, nil
+	des, err := os.ReadDir(filepath.Join(l.dir, rel))
+	if err != nil {
+		return LowerDir{}, nil
+	}
+	d := LowerDir{Exists: true}
+	for _, de := range des {
+		if de.Type().IsRegular() {
+			d.Unit = true
+		}
+	}
+	return d, nil
 }
 
 func (l *fakeLower) Entry(ctx context.Context, key string) ([]LowerFile, error) {
@@ -168,6 +181,9 @@ func (l *fakeLower) Entry(ctx context.Context, key string) ([]LowerFile, error) 
 	}
 	var files []LowerFile
 	for _, de := range des {
+		if !de.Type().IsRegular() {
+			continue
+		}
 		info, err := de.Info()
 		if err != nil {
 			return nil, err
