@@ -11,12 +11,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 
+	"cargohold/kind"
 	"cargohold/triton"
 )
 
@@ -55,8 +57,10 @@ type fakeLower struct {
 	gates     map[string]chan struct{}
 	ignoreCtx bool
 	ctxErrs   []error // ctx.Err() of Entry calls that left a gate because of ctx
-	hasErr    error   // Has fails with it
+	hasErr    error   // Dir fails with it
 	hasCalls  int
+	asked     []string  // the paths Dir was asked for
+	kind      kind.Kind // set: files get kind.RewriteOf, not Group
 
 	open atomic.Int64 // contents opened and not closed
 }
@@ -127,6 +131,7 @@ func (l *fakeLower) Dirs(rel string) []string {
 func (l *fakeLower) Dir(ctx context.Context, rel string) (LowerDir, error) {
 	l.mu.Lock()
 	l.hasCalls++
+	l.asked = append(l.asked, rel)
 	err := l.hasErr
 	l.mu.Unlock()
 	if err != nil {
@@ -189,9 +194,13 @@ func (l *fakeLower) Entry(ctx context.Context, key string) ([]LowerFile, error) 
 			return nil, err
 		}
 		p := filepath.Join(dir, de.Name())
+		group, rewrite := triton.IsGroupFile(de.Name()), kind.RewriteNone
+		if l.kind != "" {
+			group, rewrite = false, kind.RewriteOf(l.kind, key, de.Name())
+		}
 		files = append(files, LowerFile{
 			Name: de.Name(), Size: info.Size(), Mode: info.Mode().Perm(),
-			Group: triton.IsGroupFile(de.Name()),
+			Group: group, Rewrite: rewrite,
 			Open: func(context.Context) (Content, error) {
 				f, err := os.Open(p)
 				if err != nil {
@@ -428,4 +437,11 @@ func writeViaTmp(t *testing.T, kdir, name string, data []byte) {
 	if err := syscall.Rmdir(tmp); err != nil {
 		t.Fatalf("rmdir tmp: %v", err)
 	}
+}
+
+// askedPaths returns the paths Dir was asked for.
+func (l *fakeLower) askedPaths() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.asked)
 }
