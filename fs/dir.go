@@ -326,6 +326,9 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if n.kind == plainDir || hasWhiteout(dir, name) {
 		return nil, syscall.ENOENT
 	}
+	if e := n.knownFile(name); e != nil {
+		return n.lowerFileChild(ctx, e, out), 0
+	}
 	asked := false
 	if n.mayShow(dir, name) {
 		ch, errno := n.lookupDir(ctx, name, out)
@@ -355,12 +358,26 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		}
 		return nil, syscall.ENOENT
 	}
-	e := ld.files[name]
+	return n.lowerFileChild(ctx, ld.files[name], out), 0
+}
+
+// knownFile returns the image's file name of this unit when its files are
+// known already: no need to ask the images for a dir of that name.
+func (n *dirNode) knownFile(name string) *lowerEntry {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.lower == nil {
+		return nil
+	}
+	return n.lower.files[name]
+}
+
+// lowerFileChild makes the node for an image's file of this unit.
+func (n *dirNode) lowerFileChild(ctx context.Context, e *lowerEntry, out *fuse.EntryOut) *gofs.Inode {
 	n.v.lowerFileAttr(e, &out.Attr)
 	out.SetEntryTimeout(lowerTTL)
 	out.SetAttrTimeout(lowerTTL)
-	ch := n.NewInode(ctx, &lowerFile{v: n.v, e: e}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: lowerIno(n.rel, name)})
-	return ch, 0
+	return n.NewInode(ctx, &lowerFile{v: n.v, e: e}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: lowerIno(n.rel, e.file.Name)})
 }
 
 // upperChild makes the node for an upper entry in dir (n's upper path).
