@@ -91,13 +91,17 @@ func (n *dirNode) childRel(name string) string {
 // as Inductor's locks/ or a tmp dir, not a dir inside a Triton KEY). dir
 // is the dir's upper path.
 func (n *dirNode) mayShow(dir, name string) bool {
+	return n.kindTakes(name) && (n.kind == rootDir || !isOpaque(dir))
+}
+
+// kindTakes reports whether this dir merges both layers and the kind takes
+// a dir name in it (mayShow, but for the dir's opacity).
+func (n *dirNode) kindTakes(name string) bool {
 	if n.kind == plainDir {
 		return false
 	}
-	if ok, _ := kind.ClassifyDir(n.v.kind, n.childRel(name)); !ok {
-		return false
-	}
-	return n.kind == rootDir || !isOpaque(dir)
+	ok, _ := kind.ClassifyDir(n.v.kind, n.childRel(name))
+	return ok
 }
 
 // lowerState returns the lower half as known so far; an error when it is
@@ -441,6 +445,7 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	if err != nil && !(n.kind == mergedDir && errors.Is(err, iofs.ErrNotExist)) {
 		return nil, n.v.errno("readdir "+dir, err, false)
 	}
+	merged := n.kind == rootDir || (n.kind == mergedDir && !isOpaque(dir))
 	var list []fuse.DirEntry
 	seen := make(map[string]bool, len(des))
 	hidden := make(map[string]bool)
@@ -454,7 +459,7 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		}
 		seen[name] = true
 		e := fuse.DirEntry{Name: name, Mode: typeMode(de.Type())}
-		if de.IsDir() && n.mayShow(dir, name) {
+		if de.IsDir() && merged && n.kindTakes(name) {
 			e.Ino = keyIno(n.childRel(name))
 		}
 		list = append(list, e)
@@ -465,9 +470,9 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 			list = append(list, fuse.DirEntry{Name: name, Mode: mode, Ino: ino})
 		}
 	}
-	if n.kind != plainDir && (n.kind == rootDir || !isOpaque(dir)) {
+	if merged {
 		for _, name := range n.v.lowerDirs(n.rel) {
-			if plainName(name) && n.mayShow(dir, name) {
+			if plainName(name) && n.kindTakes(name) {
 				add(name, syscall.S_IFDIR, keyIno(n.childRel(name)))
 			}
 		}
