@@ -162,7 +162,10 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 
 	// Pokes wake the status writer, which sleeps while nothing happens.
 	act := newActivity()
-	cat, err := catalog.New(r, eng, catalog.Config{
+	// Each image the mount will not serve is logged once, with why.
+	var cat *catalog.Catalog
+	unserved := &notServedLog{log: log, seen: map[string]string{}}
+	cat, err = catalog.New(r, eng, catalog.Config{
 		Sources: o.images, Kind: o.cache, Targets: rep.Targets, StateDir: o.stateDir, Refresh: o.refresh, Logger: log,
 		Prefetch: o.prefetch == prefetchFitting,
 		// A refresh that read new images is most of the process's peak;
@@ -171,7 +174,7 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 		Built: debug.FreeOSMemory,
 		// The status writer sleeps while nothing happens; a refresh may
 		// change what it says (ready, KEYs, failing sources).
-		Refreshed: act.poke,
+		Refreshed: func() { act.poke(); unserved.note(cat.Images()) },
 	})
 	if err != nil {
 		return nil, err

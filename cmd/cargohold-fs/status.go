@@ -139,6 +139,24 @@ func notServed(imgs []catalog.ImageInfo) map[string]string {
 	return m
 }
 
+// notServedLog logs each image the mount does not serve, once per reason.
+type notServedLog struct {
+	log  *slog.Logger
+	mu   sync.Mutex
+	seen map[string]string // guarded by mu: image ref → the reason logged
+}
+
+func (l *notServedLog) note(imgs []catalog.ImageInfo) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for ref, why := range notServed(imgs) {
+		if l.seen[ref] != why {
+			l.seen[ref] = why
+			l.log.Info("image not served", "image", ref, "why", why)
+		}
+	}
+}
+
 // Status checks (statusWriter.pace): once a second while the mount is
 // busy; after 5 checks that found nothing new, the writer waits for image
 // activity (any call of the images adapter) or 30 s, so that an idle mount
