@@ -150,6 +150,14 @@ func (n *dirNode) shown() bool {
 	return n.promised || n.lower != nil
 }
 
+// aboveUnits reports whether the images show this dir as a dir above
+// units, not as a unit: a name not there is a unit no image has.
+func (n *dirNode) aboveUnits() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.promised && n.unitKnown && !n.unit
+}
+
 // isUnit reports whether the images hold this dir as a unit, asking them
 // (no fetch) the first time.
 func (n *dirNode) isUnit(ctx context.Context) (bool, error) {
@@ -359,6 +367,9 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if ld == nil || ld.files[name] == nil {
 		if asked {
 			uncached(out) // a dir the images may list later (a refresh)
+			if ld == nil && n.aboveUnits() {
+				n.v.stats.miss() // as for a KEY at a Triton root: no image has it
+			}
 		}
 		return nil, syscall.ENOENT
 	}

@@ -61,8 +61,14 @@ func hitAll(t *testing.T, k replay.Kind, root, expect string) replay.Summary {
 func TestVLLMView(t *testing.T) {
 	src := cachetest.VLLMTestdata(t, "llama-binary-cache")
 	l := newKindLower(t, kind.VLLM, src)
-	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM})
+	s, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM})
 
+	if _, err := os.Stat(filepath.Join(mp, "torch_compile_cache", "0000000000")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a hash no image has: %v", err)
+	}
+	if st := s.Stats().Snapshot(); st.Misses != 1 {
+		t.Errorf("a hash no image has counted %d misses, want 1", st.Misses)
+	}
 	if got := readDirNames(t, mp); !slices.Equal(got, []string{"modelinfos", "torch_compile_cache"}) {
 		t.Fatalf("root lists %v", got)
 	}
@@ -90,9 +96,17 @@ func TestVLLMView(t *testing.T) {
 	if l.callsFor(vllmBackbone) != 1 || l.totalCalls() != 1 {
 		t.Errorf("Entry calls: %v, want one of %s", l.calls, vllmBackbone)
 	}
-	hitAll(t, replay.KindVLLM, mp, src)
-	if l.totalCalls() != 2 { // backbone, modelinfos (listed by the replay? only the hash dirs)
-		t.Logf("Entry calls after the replay: %v", l.calls)
+	// vLLM's hit in three processes at once (the artifacts read from the
+	// content's descriptors in processes other than the one serving).
+	sum, err := replay.Run(context.Background(), replay.Options{
+		Mode: replay.ModeHit, Cache: replay.KindVLLM, Root: mp, Keys: []string{vllmHash}, Expect: src, Procs: 3,
+	}, func(r replay.Result) {
+		if r.Outcome != replay.OutcomeHit {
+			t.Errorf("replay %s (proc %d): %s %s", r.Key, r.Proc, r.Outcome, r.Error)
+		}
+	})
+	if err != nil || !sum.OK() || sum.Hits != 3 {
+		t.Fatalf("vLLM hit in 3 processes: %+v, %v", sum, err)
 	}
 	if n := l.callsFor(vllmBackbone); n != 1 {
 		t.Errorf("backbone fetched %d times", n)
