@@ -30,7 +30,7 @@ const synthBit = 1 << 63
 
 // keyIno is the inode number of the KEY dir, whichever layers it has, so
 // that its node stays the same when an upper half appears under it.
-func keyIno(key string) uint64 { return synthIno("dir\x00" + key) }
+func keyIno(rel string) uint64 { return synthIno("dir\x00" + rel) }
 
 // lowerIno is the inode number of a lower file.
 func lowerIno(key, name string) uint64 { return synthIno("file\x00" + key + "\x00" + name) }

@@ -1,36 +1,51 @@
-// Package fs is the FUSE view that cargohold-fs mounts as Triton's cache
-// directory: go-fuse nodes over two layers.
+// Package fs is the FUSE view that cargohold-fs mounts as a compile cache's
+// root (Options.Kind, package kind: Triton's cache dir, $VLLM_CACHE_ROOT,
+// TORCHINDUCTOR_CACHE_DIR): go-fuse nodes over two layers.
 //
 // Model. The view is an upper directory (a plain local dir: every write lands
 // there and survives remounts) merged over a read-only lower layer that the
-// images supply through the Lower interface, one KEY dir at a time.
+// images supply through the Lower interface, one unit at a time. A unit is
+// a dir's own files, named by its path under the root (kind's model): a
+// Triton KEY dir; vLLM's torch_compile_cache/<hash>/rank_0_0/backbone;
+// Inductor's fxgraph/<xx>/<key>. The dirs above units (the skeleton:
+// torch_compile_cache/<hash>/, fxgraph/<xx>/) have no files of their own
+// in the images; a unit may have child units (an unpacked vLLM rank dir
+// and its inductor_cache/ and triton_cache/<KEY>).
 // cargohold-fs implements Lower with the catalog (cmd/cargohold-fs/images.go):
-// Entry asks catalog.Entry, which finds the image holding the KEY and has
+// Dir and Dirs answer from the catalog's index (catalog.Has, catalog.Dir);
+// Entry asks catalog.Entry, which finds the image holding the unit and has
 // the fetch engine read its dir (one ranged read through the resolver),
 // verify it and commit it to the content store; LowerFile.Open opens the
 // stored file (catalog.Open, fetching it again if it was evicted). This
 // package imports none of them:
 //
-//	/                 upper root  ∪  Lower.Keys()         (minus whiteouts)
-//	/KEY/             upper/KEY   ∪  Lower.Entry(KEY)     (minus whiteouts)
-//	/KEY/tmp.../, /x  upper only
+//	/                 upper root  ∪  Lower.Dirs("")                 (minus whiteouts)
+//	/D/ (merged)      upper/D     ∪  Lower.Dirs(D) ∪ Lower.Entry(D) (minus whiteouts)
+//	local-only dirs   upper only (tmp dirs, Inductor's locks/ and cache/,
+//	                  dirs inside a Triton KEY: kind.ClassifyDir)
 //
-// Lookups go upper first. A KEY at the root that is not in the upper dir is
-// answered from the images' index (Lower.Has: no fetch), because the kernel
-// holds the root's directory lock during that lookup (Triton's
-// mkdir(ROOT/KEY)) and a network round trip there would make every cold
-// lookup wait for the others. The KEY dir's files are fetched on the first
-// lookup or listing inside it (Lower.Entry), with a deadline
+// A dir is merged where the kind takes a dir (kind.ClassifyDir) and its
+// parent is merged and not opaque; the images are never asked about any
+// other path. For Triton the merged dirs are the KEY dirs at the root,
+// as before.
+//
+// Lookups go upper first. A dir that is not in the upper dir is answered
+// from the images' index (Lower.Dir: no fetch), because the kernel holds
+// the parent's directory lock during that lookup (Triton's
+// mkdir(ROOT/KEY), vLLM's makedirs of its hash and rank dirs) and a network
+// round trip there would make every cold lookup wait for the others. A
+// unit's files are fetched on the first lookup or listing inside it
+// (Lower.Entry; a listing of a dir above units fetches nothing), with a deadline
 // (Options.LookupTimeout) bound to the FUSE request; any failure, including
-// the deadline, makes the files absent (ENOENT) so that Triton compiles as
-// if there were no image, into the dir it sees. An interrupted request is
+// the deadline, makes the files absent (ENOENT) so that the framework
+// compiles as if there were no image, into the dir it sees. An interrupted request is
 // answered EINTR (Python and Go retry it): an interruption says nothing
 // about the images. The fetch itself is not
-// bound to the lookup: it goes on in the background (one per KEY, at most
+// bound to the lookup: it goes on in the background (one per unit, at most
 // maxOrphans nobody waits for, canceled at unmount), and a later lookup in
 // the dir finds the files.
 //
-// Rule 1 of the mount, as this package keeps it: a KEY dir that an image
+// Rule 1 of the mount, as this package keeps it: a unit dir that an image
 // lists may be shown before its files are fetched; its files are seen only
 // after the whole dir was fetched, verified and committed, with exact
 // sizes; when the fetch fails or the kernel does not fit, the dir is an
@@ -39,16 +54,18 @@
 // rename land in upper/KEY, and rmdir(KEY) fails ENOTEMPTY).
 //
 // Invariants.
-//   - A file of a KEY dir from an image becomes visible only after
-//     Lower.Entry returned all the dir's files and every group file was read
-//     and rewritten: sizes are exact at the first lookup and Triton never
-//     sees half a dir. The dir itself may show (empty) before that.
-//   - No lookup at the root waits on the network (only, at mount start, for
+//   - A file of a unit from an image becomes visible only after
+//     Lower.Entry returned all the unit's files and every file that holds
+//     paths was read and rewritten (LowerFile.Rewrite: Triton group files
+//     to <PathPrefix>/<unit's parent>, vLLM's vllm_compile_cache.py to
+//     PathPrefix): sizes are exact at the first lookup and the framework
+//     never sees half a unit. The dir itself may show (empty) before that.
+//   - No lookup of a dir waits on the network (only, at mount start, for
 //     the images' index to load).
 //   - Image content is immutable: lower nodes carry long kernel timeouts
 //     (lowerTTL), opens get FOPEN_KEEP_CACHE and FOPEN_NOFLUSH, reads come
-//     from the content's file descriptor; group files are served from their
-//     rewritten bytes in memory.
+//     from the content's file descriptor; rewritten files are served from
+//     their rewritten bytes in memory.
 //   - Every change to the upper dir comes through the mount (it is the dir
 //     under the mount), and the kernel updates what it keeps for each
 //     change made through it: the root and upper nodes carry long entry,
@@ -70,14 +87,18 @@
 //   - Nothing is written below a lower entry: writes, renames onto lower names
 //     and deletions change the upper dir only. A deleted lower name is hidden
 //     by a whiteout file ".wh.<name>" in the upper parent; a dir made where a
-//     lower KEY was deleted is marked opaque by ".wh..wh..opq" (the aufs
+//     lower merged dir was deleted is marked opaque by ".wh..wh..opq" (the aufs
 //     format: plain empty files, no privilege needed, persistent). Names with
 //     the ".wh." prefix are reserved: never listed, never found, not creatable.
-//   - Lower entries are KEY dirs at the root and regular files inside them;
-//     they are not renamed (EXDEV: mv copies) and not written in place
-//     (EROFS). KEY dirs are not renamed either way.
-//   - No lock is held across a call into the Lower: a slow KEY blocks only
-//     the lookups inside that KEY dir.
+//   - Lower entries are dirs (units and the dirs above them) and the
+//     units' regular files; they are not renamed (EXDEV: mv copies) and not
+//     written in place (EROFS). Triton KEY dirs at the root are not
+//     renamed either way; an upper dir may be renamed onto a name the
+//     images do not show (Inductor's bundled kernels: tmp.<uuid> onto
+//     triton/<device>/<KEY>), and rmdir of a merged dir is ENOTEMPTY while
+//     either layer shows something in it.
+//   - No lock is held across a call into the Lower: a slow unit blocks only
+//     the lookups inside that unit's dir.
 //   - errno (errno.go) is the one place where Go errors become errnos; it
 //     records the cause (log and Stats) before the errno is returned.
 //
@@ -102,8 +123,12 @@
 //     stray whiteouts (Triton's tmp dirs) may stay behind, hiding nothing;
 //     only rmdir of the KEY and RENAME_NOREPLACE onto a name the images may
 //     hold answer EIO, as no exact answer exists.
-//   - A KEY made by mkdir (after a lookup found no image) merges with an
-//     image only after a remount.
+//   - A dir made by mkdir (after a lookup found no image) merges with an
+//     image only after a remount; so does a dir above units that the
+//     images list as a unit only after a refresh.
+//   - Lower.Dir of a nested kind walks the catalog's units (catalog.Dir):
+//     a lookup costs O(units) in memory, fine for the hundreds of units of
+//     a vLLM or Inductor cache; Triton KEYs are one map lookup.
 //   - Image content is not pinned between lookup and open: content evicted
 //     meanwhile is fetched again by LowerFile.Open under the FUSE open's
 //     interruption and the lookup deadline; an open that cannot get it fails

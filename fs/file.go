@@ -282,7 +282,7 @@ var _ = (gofs.NodeSetattrer)((*lowerFile)(nil))
 var _ = (gofs.NodeOpener)((*lowerFile)(nil))
 var _ = (gofs.NodeIoctler)((*lowerFile)(nil))
 
-func (n *lowerFile) name() string { return filepath.Join(n.e.key, n.e.file.Name) }
+func (n *lowerFile) name() string { return filepath.Join(n.e.rel, n.e.file.Name) }
 
 func (n *lowerFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	n.v.lowerFileAttr(n.e, &out.Attr)
@@ -302,7 +302,7 @@ func (n *lowerFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, n.v.errno("open "+n.name(), fmt.Errorf("fs: open %s for writing: %w", n.name(), ErrReadOnly), false)
 	}
-	if n.e.file.Group {
+	if n.e.mem {
 		return &lowerHandle{v: n.v, name: n.name(), data: n.e.data, group: true}, lowerOpen, 0
 	}
 	octx, cancel := n.v.bound(ctx)

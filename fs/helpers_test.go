@@ -11,12 +11,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 
+	"cargohold/kind"
 	"cargohold/triton"
 )
 
@@ -55,8 +57,10 @@ type fakeLower struct {
 	gates     map[string]chan struct{}
 	ignoreCtx bool
 	ctxErrs   []error // ctx.Err() of Entry calls that left a gate because of ctx
-	hasErr    error   // Has fails with it
+	hasErr    error   // Dir fails with it
 	hasCalls  int
+	asked     []string  // the paths Dir was asked for
+	kind      kind.Kind // set: files get kind.RewriteOf, not Group
 
 	open atomic.Int64 // contents opened and not closed
 }
@@ -110,26 +114,40 @@ func copyDir(t *testing.T, from, to string) {
 	}
 }
 
-func (l *fakeLower) Keys() []string {
-	des, _ := os.ReadDir(l.dir)
+// Dirs lists the image dir's dirs below rel: KEYs at the root.
+func (l *fakeLower) Dirs(rel string) []string {
+	des, _ := os.ReadDir(filepath.Join(l.dir, rel))
 	var keys []string
 	for _, de := range des {
-		keys = append(keys, de.Name())
+		if de.IsDir() {
+			keys = append(keys, de.Name())
+		}
 	}
 	return keys
 }
 
-// Has answers from the image dir, as an index would: no Entry call, no gate.
-func (l *fakeLower) Has(ctx context.Context, key string) (bool, error) {
+// Dir answers from the image dir, as an index would: no Entry call, no
+// gate. A dir with files is a unit.
+func (l *fakeLower) Dir(ctx context.Context, rel string) (LowerDir, error) {
 	l.mu.Lock()
 	l.hasCalls++
+	l.asked = append(l.asked, rel)
 	err := l.hasErr
 	l.mu.Unlock()
 	if err != nil {
-		return false, err
+		return LowerDir{}, err
 	}
-	_, err = os.Stat(filepath.Join(l.dir, key))
-	return err == nil, nil
+	des, err := os.ReadDir(filepath.Join(l.dir, rel))
+	if err != nil {
+		return LowerDir{}, nil
+	}
+	d := LowerDir{Exists: true}
+	for _, de := range des {
+		if de.Type().IsRegular() {
+			d.Unit = true
+		}
+	}
+	return d, nil
 }
 
 func (l *fakeLower) Entry(ctx context.Context, key string) ([]LowerFile, error) {
@@ -168,14 +186,21 @@ func (l *fakeLower) Entry(ctx context.Context, key string) ([]LowerFile, error) 
 	}
 	var files []LowerFile
 	for _, de := range des {
+		if !de.Type().IsRegular() {
+			continue
+		}
 		info, err := de.Info()
 		if err != nil {
 			return nil, err
 		}
 		p := filepath.Join(dir, de.Name())
+		group, rewrite := triton.IsGroupFile(de.Name()), kind.RewriteNone
+		if l.kind != "" {
+			group, rewrite = false, kind.RewriteOf(l.kind, key, de.Name())
+		}
 		files = append(files, LowerFile{
 			Name: de.Name(), Size: info.Size(), Mode: info.Mode().Perm(),
-			Group: triton.IsGroupFile(de.Name()),
+			Group: group, Rewrite: rewrite,
 			Open: func(context.Context) (Content, error) {
 				f, err := os.Open(p)
 				if err != nil {
@@ -412,4 +437,11 @@ func writeViaTmp(t *testing.T, kdir, name string, data []byte) {
 	if err := syscall.Rmdir(tmp); err != nil {
 		t.Fatalf("rmdir tmp: %v", err)
 	}
+}
+
+// askedPaths returns the paths Dir was asked for.
+func (l *fakeLower) askedPaths() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.asked)
 }

@@ -11,34 +11,33 @@ import (
 	"strings"
 	"time"
 
-	"cargohold/triton"
+	"cargohold/kind"
 )
 
-// maxGroupSize bounds the group files kept in memory. Triton's are a few KiB.
-const maxGroupSize = 16 << 20
-
-// lowerDir is one KEY dir as an image holds it. Immutable once built.
+// lowerDir is one unit (a Triton KEY dir, a dir of a nested cache) as an
+// image holds it. Immutable once built.
 type lowerDir struct {
-	key   string
+	rel   string
 	files map[string]*lowerEntry
 }
 
 // lowerEntry is one file of a lowerDir. Immutable once built.
 type lowerEntry struct {
-	key  string
+	rel  string // the unit's path
 	file LowerFile
-	data []byte // group files: the content with child paths rewritten, served from memory
+	mem  bool   // served from data: the content rewritten (group files, vLLM's cache file)
+	data []byte // mem: what the view serves
 }
 
-// size is the size the view shows: for a group file, after the rewrite.
+// size is the size the view shows: for a rewritten file, after the rewrite.
 func (e *lowerEntry) size() int64 {
-	if e.file.Group {
+	if e.mem {
 		return int64(len(e.data))
 	}
 	return e.file.Size
 }
 
-// errNoImages answers every KEY when the view has no Lower.
+// errNoImages answers every unit when the view has no Lower.
 var errNoImages = fmt.Errorf("no images: %w", iofs.ErrNotExist)
 
 // Loads that outlive their lookups.
@@ -50,14 +49,14 @@ const (
 	loadLimit = 10 * time.Minute
 )
 
-// pending is one load (Lower.Entry, then the group rewrite) of a KEY dir,
-// shared by the lookups that want it, at most one per KEY. It runs under
-// the mount's lifetime, not a lookup's: a lookup that gives up (its
-// deadline, or an interruption) leaves it running as an orphan, up to
-// maxOrphans at once, so that a KEY whose fetch takes longer than a lookup
-// waits is found by a later lookup; unmount cancels it.
+// pending is one load (Lower.Entry, then the rewrites) of a unit, shared by
+// the lookups that want it, at most one per unit. It runs under the
+// mount's lifetime, not a lookup's: a lookup that gives up (its deadline,
+// or an interruption) leaves it running as an orphan, up to maxOrphans at
+// once, so that a unit whose fetch takes longer than a lookup waits is
+// found by a later lookup; unmount cancels it.
 type pending struct {
-	key    string
+	rel    string
 	done   chan struct{} // closed once ld and err are set
 	ld     *lowerDir
 	err    error
@@ -67,20 +66,20 @@ type pending struct {
 	orphan  bool // guarded by view.mu
 }
 
-// resolve asks the Lower for KEY's dir within the lookup deadline. The
+// resolve asks the Lower for unit rel within the lookup deadline. The
 // deadline holds even when the Lower ignores ctx: the answer is awaited here.
 // A load still running when the lookup gives up goes on (pending), and its
-// result is handed to the KEY's node when it comes (adoptLate). The returned
-// error wraps fs.ErrNotExist when no image has KEY, and ctx's error when no
-// answer came in time.
-func (v *view) resolve(ctx context.Context, key string) (*lowerDir, error) {
+// result is handed to the unit's node when it comes (adoptLate). The
+// returned error wraps fs.ErrNotExist when no image has the unit, and ctx's
+// error when no answer came in time.
+func (v *view) resolve(ctx context.Context, rel string) (*lowerDir, error) {
 	if v.lower == nil {
-		return nil, fmt.Errorf("fs: KEY %s: %w", key, errNoImages)
+		return nil, fmt.Errorf("fs: KEY %s: %w", rel, errNoImages)
 	}
 	req := ctx
 	ctx, cancel := v.bound(ctx)
 	defer cancel()
-	p := v.join(key)
+	p := v.join(rel)
 	select {
 	case <-p.done:
 		v.leave(p)
@@ -95,26 +94,26 @@ func (v *view) resolve(ctx context.Context, key string) (*lowerDir, error) {
 	case req.Err() != nil:
 		why = "the lookup was interrupted"
 	}
-	return nil, fmt.Errorf("fs: KEY %s: %s: %w", key, why, ctx.Err())
+	return nil, fmt.Errorf("fs: KEY %s: %s: %w", rel, why, ctx.Err())
 }
 
-// join returns the load of key in flight, or starts one.
-func (v *view) join(key string) *pending {
+// join returns the load of rel in flight, or starts one.
+func (v *view) join(rel string) *pending {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if p := v.loads[key]; p != nil {
+	if p := v.loads[rel]; p != nil {
 		p.waiters++
 		return p
 	}
 	lctx, cancel := context.WithTimeout(v.life, loadLimit)
-	p := &pending{key: key, done: make(chan struct{}), cancel: cancel, waiters: 1}
-	v.loads[key] = p
+	p := &pending{rel: rel, done: make(chan struct{}), cancel: cancel, waiters: 1}
+	v.loads[rel] = p
 	go func() {
-		ld, err := v.load(lctx, key)
+		ld, err := v.load(lctx, rel)
 		cancel()
 		v.mu.Lock()
-		if v.loads[key] == p {
-			delete(v.loads, key)
+		if v.loads[rel] == p {
+			delete(v.loads, rel)
 		}
 		late := p.orphan
 		if late {
@@ -124,7 +123,7 @@ func (v *view) join(key string) *pending {
 		p.ld, p.err = ld, err
 		close(p.done)
 		if late {
-			v.adoptLate(key, ld, err)
+			v.adoptLate(rel, ld, err)
 		}
 	}()
 	return p
@@ -151,22 +150,22 @@ func (v *view) leave(p *pending) {
 		return
 	}
 	p.cancel()
-	if v.loads[p.key] == p {
-		delete(v.loads, p.key)
+	if v.loads[p.rel] == p {
+		delete(v.loads, p.rel)
 	}
 }
 
-// adoptLate hands the result of an orphaned load to the KEY's node, so
+// adoptLate hands the result of an orphaned load to the unit's node, so
 // that the next lookup in the dir sees the files at once: what the kernel
 // kept of those names (a "not there") is dropped. It runs outside any
 // request (notify.go).
-func (v *view) adoptLate(key string, ld *lowerDir, err error) {
+func (v *view) adoptLate(rel string, ld *lowerDir, err error) {
 	if err != nil {
-		v.log.Info("fs: a KEY fetch that outlived its lookup failed", "key", key, "err", err)
+		v.log.Info("fs: a KEY fetch that outlived its lookup failed", "key", rel, "err", err)
 		return
 	}
-	v.log.Info("fs: a KEY fetch that outlived its lookup is in; later lookups see it", "key", key)
-	if d := v.root.keyChild(key); d != nil && d.setLower(ld, true) {
+	v.log.Info("fs: a KEY fetch that outlived its lookup is in; later lookups see it", "key", rel)
+	if d := v.findDir(rel); d != nil && d.setLower(ld, true) {
 		d.notifyNames(slices.Sorted(maps.Keys(ld.files)))
 	}
 }
@@ -179,22 +178,31 @@ func (v *view) bound(ctx context.Context) (context.Context, context.CancelFunc) 
 	return ctx, func() { stop(); cancel() }
 }
 
-// has asks the Lower whether an image lists KEY, within the lookup deadline.
-func (v *view) has(ctx context.Context, key string) (bool, error) {
+// dir asks the Lower what the images show at rel, within the lookup
+// deadline.
+func (v *view) dir(ctx context.Context, rel string) (LowerDir, error) {
 	if v.lower == nil {
-		return false, nil
+		return LowerDir{}, nil
 	}
 	ctx, cancel := v.bound(ctx)
 	defer cancel()
-	ok, err := v.lower.Has(ctx, key)
+	d, err := v.lower.Dir(ctx, rel)
 	if err != nil {
-		return false, &imagesError{fmt.Errorf("fs: KEY %s: %w", key, err)}
+		return LowerDir{}, &imagesError{fmt.Errorf("fs: KEY %s: %w", rel, err)}
 	}
-	return ok, nil
+	return d, nil
+}
+
+// lowerDirs lists the dirs the images show right below rel.
+func (v *view) lowerDirs(rel string) []string {
+	if v.lower == nil {
+		return nil
+	}
+	return v.lower.Dirs(rel)
 }
 
 // load calls Lower.Entry and checks and prepares what it returns, so that a
-// KEY dir is complete before anyone sees it.
+// unit is complete before anyone sees it.
 func (v *view) load(ctx context.Context, key string) (*lowerDir, error) {
 	files, err := v.lower.Entry(ctx, key)
 	if err != nil {
@@ -203,7 +211,7 @@ func (v *view) load(ctx context.Context, key string) (*lowerDir, error) {
 	if len(files) == 0 {
 		return nil, fmt.Errorf("fs: KEY %s: the image lists no files", key)
 	}
-	ld := &lowerDir{key: key, files: make(map[string]*lowerEntry, len(files))}
+	ld := &lowerDir{rel: key, files: make(map[string]*lowerEntry, len(files))}
 	for _, f := range files {
 		switch {
 		case !plainName(f.Name):
@@ -217,9 +225,14 @@ func (v *view) load(ctx context.Context, key string) (*lowerDir, error) {
 		case f.Open == nil:
 			return nil, fmt.Errorf("fs: KEY %s: %s: no content", key, f.Name)
 		}
-		e := &lowerEntry{key: key, file: f}
+		e := &lowerEntry{rel: key, file: f}
+		r := f.Rewrite
 		if f.Group {
-			if e.data, err = v.rewriteGroup(ctx, f); err != nil {
+			r = kind.RewriteGroup
+		}
+		if r != kind.RewriteNone {
+			e.mem = true
+			if e.data, err = v.rewrite(ctx, f, r, key); err != nil {
 				return nil, fmt.Errorf("fs: KEY %s: %w", key, err)
 			}
 		}
@@ -228,11 +241,12 @@ func (v *view) load(ctx context.Context, key string) (*lowerDir, error) {
 	return ld, nil
 }
 
-// rewriteGroup reads a group file and rewrites its child paths to the path
-// prefix Triton sees.
-func (v *view) rewriteGroup(ctx context.Context, f LowerFile) ([]byte, error) {
-	if f.Size > maxGroupSize {
-		return nil, fmt.Errorf("group file %s: %d bytes, more than %d", f.Name, f.Size, maxGroupSize)
+// rewrite reads a file of unit rel and rewrites the paths in it to the
+// path prefix the framework sees (r.Apply: a group file's child paths to
+// <prefix>/<unit's parent>/<unit>/<file>, vLLM's cache file's to <prefix>).
+func (v *view) rewrite(ctx context.Context, f LowerFile, r kind.Rewrite, rel string) ([]byte, error) {
+	if f.Size > kind.MaxRewrite {
+		return nil, fmt.Errorf("group file %s: %d bytes, more than %d", f.Name, f.Size, kind.MaxRewrite)
 	}
 	c, err := f.Open(ctx)
 	if err != nil {
@@ -250,7 +264,7 @@ func (v *view) rewriteGroup(ctx context.Context, f LowerFile) ([]byte, error) {
 	if n, _ := c.ReadAt(extra[:], f.Size); n > 0 {
 		return nil, fmt.Errorf("group file %s: content is longer than its size %d", f.Name, f.Size)
 	}
-	out, err := triton.RewriteGroup(data, v.prefix)
+	out, err := r.Apply(data, v.prefix, rel)
 	if err != nil {
 		return nil, fmt.Errorf("group file %s: %w", f.Name, err)
 	}

@@ -55,8 +55,10 @@ func newTestRootLife(t *testing.T, life context.Context, opts Options) (*dirNode
 type funcLower func(ctx context.Context, key string) ([]LowerFile, error)
 
 func (f funcLower) Entry(ctx context.Context, key string) ([]LowerFile, error) { return f(ctx, key) }
-func (f funcLower) Keys() []string                                             { return nil }
-func (f funcLower) Has(context.Context, string) (bool, error)                  { return true, nil }
+func (f funcLower) Dirs(string) []string                                       { return nil }
+func (f funcLower) Dir(context.Context, string) (LowerDir, error) {
+	return LowerDir{Exists: true, Unit: true}, nil
+}
 
 // memContent is content without a file descriptor.
 type memContent struct{ *bytes.Reader }

@@ -3,6 +3,7 @@ package fs
 import (
 	"time"
 
+	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
@@ -17,7 +18,7 @@ import (
 //     add it), names in a KEY dir while the images cannot answer for it
 //     (uncached);
 //   - a change of the view's beyond the one the kernel asked for: the
-//     root's attributes when a KEY dir gets its upper half (touchRoot), the
+//     parent's attributes when a merged dir gets its upper half (touch), the
 //     names of a KEY dir whose image files come in after its lookups gave
 //     up (adoptLate).
 //
@@ -33,16 +34,16 @@ func uncached(out *fuse.EntryOut) {
 	out.SetEntryTimeout(time.Nanosecond)
 }
 
-// touchRoot drops the kernel's attributes of the root (its upper dir got an
-// entry the kernel did not make: a KEY dir's upper half).
-func (v *view) touchRoot() {
-	v.root.NotifyContent(-1, 0) // attributes only; no pages, no lock
-}
-
 // notifyNames drops the kernel's entries (a negative one, above all) for
 // names of the KEY dir d. Outside requests only (see above).
 func (d *dirNode) notifyNames(names []string) {
 	for _, name := range names {
 		d.NotifyEntry(name)
 	}
+}
+
+// touch drops the kernel's attributes of a dir whose upper half got an
+// entry the kernel did not make (a merged dir's upper half made below it).
+func (v *view) touch(in *gofs.Inode) {
+	in.NotifyContent(-1, 0) // attributes only; no pages, no lock
 }

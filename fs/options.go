@@ -6,36 +6,55 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"cargohold/kind"
 )
 
-// Lower is the read-only, image-backed side of the view.
+// Lower is the read-only, image-backed side of the view. A path rel is
+// slash-separated and relative to the kind's root ("" is the root): a
+// Triton KEY, or a dir of a nested cache (vLLM's
+// torch_compile_cache/<hash>/rank_0_0/backbone, Inductor's
+// fxgraph/<xx>/<key>).
 type Lower interface {
-	// Has reports whether an image that fits lists KEY, without fetching
-	// anything: the answer to a lookup of KEY at the root, where the
-	// kernel holds the root's lock. It may wait (within ctx) until the
-	// images' index is first loaded; an error says it could not tell.
-	Has(ctx context.Context, key string) (bool, error)
-	// Entry makes KEY's dir available locally (fetched and verified) and
+	// Dir says what the images show at the dir path rel, without fetching
+	// anything: the answer to a lookup of a dir, where the kernel holds
+	// the parent's lock. It may wait (within ctx) until the images' index
+	// is first loaded; an error says it could not tell.
+	Dir(ctx context.Context, rel string) (LowerDir, error)
+	// Entry makes unit rel available locally (fetched and verified) and
 	// lists its files. It returns an error wrapping fs.ErrNotExist (io/fs)
-	// when no fitting image has KEY. It may block on the network; ctx
+	// when no fitting image has the unit. It may block on the network; ctx
 	// carries the lookup's deadline and interruption until the lookup gives
 	// up, then the mount's lifetime (the fetch outlives the lookup).
-	Entry(ctx context.Context, key string) ([]LowerFile, error)
-	// Keys lists the KEYs the images hold, without network (for readdir of
-	// the root).
-	Keys() []string
+	Entry(ctx context.Context, rel string) ([]LowerFile, error)
+	// Dirs lists the names of the dirs the images show right below rel,
+	// without network (for readdir).
+	Dirs(rel string) []string
 }
 
-// LowerFile is one file of a KEY dir from an image.
+// LowerDir is what the images show at a dir path.
+type LowerDir struct {
+	Exists bool // a unit, or a dir above units
+	Unit   bool // a unit: Entry serves its files
+}
+
+// LowerFile is one file of a unit from an image.
 type LowerFile struct {
-	Name  string      // a plain file name
-	Size  int64       // exact size of the content
-	Mode  os.FileMode // permission bits (exec bits matter for launcher .so files); no type bits
-	Group bool        // a group file: served with its child paths rewritten to Options.PathPrefix
+	Name string      // a plain file name
+	Size int64       // exact size of the content
+	Mode os.FileMode // permission bits (exec bits matter for launcher .so files); no type bits
+	// Rewrite is what the view changes in the file where it serves it
+	// (kind.Rewrite.Apply with Options.PathPrefix as the root): a Triton
+	// group file's child paths, vLLM's vllm_compile_cache.py paths. Such
+	// files are read at lookup and served from memory.
+	Rewrite kind.Rewrite
+	// Group marks a Triton group file: the same as Rewrite:
+	// kind.RewriteGroup.
+	Group bool
 	// Open opens verified content; Close releases it. Nothing pins the
 	// content between Entry and Open: content evicted meanwhile is the
 	// Lower's to fetch again, under ctx, which carries the FUSE open's
-	// interruption and a deadline of Options.LookupTimeout (for group
+	// interruption and a deadline of Options.LookupTimeout (for rewritten
 	// files, read at lookup: the lookup's).
 	Open func(ctx context.Context) (Content, error)
 }
@@ -60,11 +79,17 @@ type Options struct {
 	// may change it but the mount while mounted: the kernel keeps what the
 	// mount said of it (cargohold-fs uses the dir under the mount).
 	Upper string
-	// PathPrefix is the path Triton sees the cache at; group files' child
-	// paths are rewritten to PathPrefix/KEY/file. Default (Mount): the
-	// absolute mountpoint. NewRoot requires it.
+	// PathPrefix is the path the framework sees the cache root at; group
+	// files' child paths are rewritten to PathPrefix/<unit>/file, vLLM's
+	// cache file paths to PathPrefix/torch_compile_cache/.... Default
+	// (Mount): the absolute mountpoint. NewRoot requires it.
 	PathPrefix string
-	// Lower supplies the images' KEY dirs. Default nil: no images, the view
+	// Kind is the cache kind the view is the root of (package kind): it
+	// says which dirs the images may show (kind.ClassifyDir) and which are
+	// local-only (never asked of the images: Inductor's locks/ and
+	// cache/, tmp dirs). Default kind.Triton.
+	Kind kind.Kind
+	// Lower supplies the images' units. Default nil: no images, the view
 	// is the upper dir alone.
 	Lower Lower
 	// LookupTimeout bounds how long one lookup waits for a KEY dir from the

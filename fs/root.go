@@ -12,6 +12,8 @@ import (
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
+
+	"cargohold/kind"
 )
 
 // view is the state shared by every node of one mount.
@@ -20,11 +22,12 @@ import (
 // other way round.
 type view struct {
 	// immutable after newView
-	upper    string // absolute upper dir
-	upperDev uint64 // its device, mixed out of upper inode numbers
-	uid, gid uint32 // owner of the upper dir, reported for lower nodes
-	prefix   string // Options.PathPrefix
-	lower    Lower  // nil: no images
+	upper    string    // absolute upper dir
+	upperDev uint64    // its device, mixed out of upper inode numbers
+	uid, gid uint32    // owner of the upper dir, reported for lower nodes
+	prefix   string    // Options.PathPrefix
+	kind     kind.Kind // Options.Kind
+	lower    Lower     // nil: no images
 	timeout  time.Duration
 	shared   bool // Options.SharedRoot
 	log      *slog.Logger
@@ -35,7 +38,7 @@ type view struct {
 	onKey    func(string) // Options.OnKeyLookup; nil: none
 
 	mu      sync.Mutex
-	loads   map[string]*pending // guarded by mu: KEY dir loads in flight, by KEY
+	loads   map[string]*pending // guarded by mu: unit loads in flight, by path
 	orphans int                 // guarded by mu: loads nobody waits for any more
 }
 
@@ -77,6 +80,7 @@ func newView(life context.Context, opts Options) (*view, error) {
 		uid:      st.Uid,
 		gid:      st.Gid,
 		prefix:   opts.PathPrefix,
+		kind:     opts.Kind,
 		lower:    opts.Lower,
 		timeout:  opts.LookupTimeout,
 		shared:   opts.SharedRoot,
@@ -86,6 +90,12 @@ func newView(life context.Context, opts Options) (*view, error) {
 		start:    time.Now(),
 		onKey:    opts.OnKeyLookup,
 		loads:    map[string]*pending{},
+	}
+	if v.kind == "" {
+		v.kind = kind.Triton
+	}
+	if !v.kind.Valid() {
+		return nil, fmt.Errorf("fs: cache kind %q: want triton, vllm or inductor", v.kind)
 	}
 	if v.timeout <= 0 {
 		v.timeout = DefaultLookupTimeout

@@ -7,6 +7,7 @@ import (
 	iofs "io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -27,29 +28,47 @@ var _ = (gofs.NodeRmdirer)((*dirNode)(nil))
 var _ = (gofs.NodeRenamer)((*dirNode)(nil))
 
 // makeUpper makes sure the dir exists in the upper layer before something is
-// written into it, and returns its path. Only a KEY dir can lack its upper
-// half; it gets the owner and mode the view showed for it.
+// written into it, and returns its path. Only a merged dir can lack its
+// upper half (and so can the merged dirs above it); each dir made gets the
+// owner and mode the view showed for it.
 func (n *dirNode) makeUpper() (string, error) {
 	dir, ok := n.dirPath()
 	if !ok {
 		return "", fmt.Errorf("fs: dir is gone: %w", syscall.ENOENT)
 	}
-	if n.kind != keyDir {
+	if n.kind != mergedDir {
 		return dir, nil
 	}
-	err := syscall.Mkdir(dir, 0o755)
-	switch {
-	case err == nil:
-		n.v.touchRoot() // the kernel asked for a change in the KEY dir, not the root
-		if isRoot {
-			if err := syscall.Lchown(dir, int(n.v.uid), int(n.v.gid)); err != nil {
-				return "", &os.PathError{Op: "chown", Path: dir, Err: err}
+	return dir, n.v.makeUpperDirs(n.rel)
+}
+
+// makeUpperDirs makes the upper dirs of the path rel, root down, where
+// missing. The kernel asked for a change inside the dir, not in its
+// parent: the parent's attributes it keeps are dropped (notify.go).
+func (v *view) makeUpperDirs(rel string) error {
+	p := v.upper
+	parent := v.root.EmbeddedInode()
+	for _, el := range strings.Split(rel, "/") {
+		p = filepath.Join(p, el)
+		err := syscall.Mkdir(p, 0o755)
+		switch {
+		case err == nil:
+			if parent != nil {
+				v.touch(parent)
 			}
+			if isRoot {
+				if err := syscall.Lchown(p, int(v.uid), int(v.gid)); err != nil {
+					return &os.PathError{Op: "chown", Path: p, Err: err}
+				}
+			}
+		case !errors.Is(err, syscall.EEXIST):
+			return &os.PathError{Op: "mkdir", Path: p, Err: err}
 		}
-	case !errors.Is(err, syscall.EEXIST):
-		return "", &os.PathError{Op: "mkdir", Path: dir, Err: err}
+		if parent != nil {
+			parent = parent.GetChild(el)
+		}
 	}
-	return dir, nil
+	return nil
 }
 
 // interrupted answers EINTR when the caller gave up while the lower layer
@@ -62,20 +81,21 @@ func (n *dirNode) interrupted(ctx context.Context, op string) syscall.Errno {
 }
 
 // Mkdir makes an upper dir. A name an image shows exists already (EEXIST). A
-// KEY made where an image's KEY was deleted starts opaque, so the deleted
-// files stay deleted. Where the images cannot answer for the KEY, the name
+// dir made where an image's dir was deleted starts opaque, so the deleted
+// files stay deleted. Where the images cannot answer for the unit, the name
 // counts as absent: Triton's tmp dirs must not fail while the images are
 // slow, and the new upper dir hides an image's file of that name anyway.
 func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if isWhiteoutName(name) {
 		return nil, syscall.EPERM
 	}
-	if n.kind == rootDir {
+	if d := n.mergedChild(name); d != nil && d.shown() {
 		// The LOOKUP before this MKDIR asked the images already; a known
 		// node answers without asking again.
-		if d := n.keyChild(name); d != nil && d.shown() {
-			return nil, syscall.EEXIST
-		}
+		return nil, syscall.EEXIST
+	}
+	if n.kind == rootDir {
+		// Only dirs come from images at the root, and the LOOKUP asked.
 	} else if has, err := n.lowerHas(ctx, name); has {
 		return nil, syscall.EEXIST
 	} else if err != nil {
@@ -94,11 +114,12 @@ func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	if err := chownCaller(ctx, p); err != nil {
 		n.v.log.Warn("fs: mkdir: chown", "path", p, "err", err)
 	}
-	// A KEY made where the image's KEY was deleted is opaque, so its files
+	// A dir made where the image's dir was deleted is opaque, so its files
 	// stay deleted. Other dirs have nothing below them: no marker (it would
 	// make them unremovable); a whiteout for the name stays and keeps the
 	// image's file hidden once the dir is gone.
-	if n.kind == rootDir && hasWhiteout(dir, name) {
+	merged := n.mayShow(dir, name)
+	if merged && hasWhiteout(dir, name) {
 		if err := markOpaque(p); err != nil {
 			syscall.Rmdir(p)
 			return nil, n.v.errno("mkdir "+p, err, false)
@@ -112,12 +133,13 @@ func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		return nil, n.v.errno("mkdir "+p, err, false)
 	}
 	out.Attr.FromStat(&st)
-	if n.kind == rootDir && triton.IsKey(name) {
-		// MKDIR comes after a LOOKUP that found no image with KEY (or the
-		// KEY was deleted): Triton compiles into the upper half alone.
-		d := n.v.newKeyDir(name)
+	if merged {
+		// MKDIR comes after a LOOKUP that found no image with the dir (or
+		// it was deleted): the framework compiles into the upper half alone.
+		rel := n.childRel(name)
+		d := n.v.newMergedDir(rel)
 		d.setLower(nil, false)
-		return n.NewInode(ctx, d, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: keyIno(name)}), 0
+		return n.NewInode(ctx, d, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: keyIno(rel)}), 0
 	}
 	return n.NewInode(ctx, &dirNode{v: n.v, kind: plainDir}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: n.v.upperIno(&st), Gen: gen}), 0
 }
@@ -184,11 +206,12 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	return n.remove(ctx, name, syscall.Unlink)
 }
 
-// Rmdir removes an upper dir. A KEY dir is removed only when empty in both
-// layers (ENOTEMPTY otherwise: a wrong success lets Python prune the tree).
+// Rmdir removes an upper dir. A merged dir is removed only when empty in
+// both layers (ENOTEMPTY otherwise: a wrong success lets Python prune the
+// tree).
 func (n *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
-	if n.kind == rootDir && triton.IsKey(name) && !isWhiteoutName(name) {
-		return n.rmdirKey(ctx, name)
+	if dir, ok := n.dirPath(); ok && !isWhiteoutName(name) && n.mayShow(dir, name) {
+		return n.rmdirMerged(ctx, name)
 	}
 	return n.remove(ctx, name, syscall.Rmdir)
 }
@@ -238,17 +261,22 @@ func (n *dirNode) remove(ctx context.Context, name string, rm func(string) error
 	return 0
 }
 
-// rmdirKey removes a KEY dir that is empty in both layers: its upper half
-// (holding at most whiteouts) goes, and a whiteout in the root hides the
-// image's KEY. An opaque upper half was made where an image's KEY had been
-// deleted, so its removal always leaves the root whiteout. Where the images
-// cannot answer for the KEY, an empty upper half says nothing: EIO, not a
-// wrong success (a Python removedirs would prune on, and the image's KEY
+// rmdirMerged removes a merged dir that is empty in both layers: its upper
+// half (holding at most whiteouts) goes, and a whiteout in the parent hides
+// the image's dir. An opaque upper half was made where an image's dir had
+// been deleted, so its removal always leaves the whiteout. Where the images
+// cannot answer for the unit, an empty upper half says nothing: EIO, not a
+// wrong success (a Python removedirs would prune on, and the image's dir
 // would show again).
-func (n *dirNode) rmdirKey(ctx context.Context, key string) syscall.Errno {
-	d := n.keyChild(key)
+func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
+	rel := n.childRel(key)
+	d := n.mergedChild(key)
 	if d == nil { // not in the tree (no LOOKUP came first): look at both layers now
-		d = n.v.newKeyDir(key)
+		d = n.v.newMergedDir(rel)
+	}
+	pdir, ok := n.dirPath()
+	if !ok {
+		return syscall.ENOENT
 	}
 	kdir, _ := d.dirPath()
 	des, err := os.ReadDir(kdir)
@@ -256,7 +284,7 @@ func (n *dirNode) rmdirKey(ctx context.Context, key string) syscall.Errno {
 	if err != nil && !errors.Is(err, iofs.ErrNotExist) {
 		return n.v.errno("rmdir "+kdir, err, false)
 	}
-	if !inUpper && hasWhiteout(n.v.upper, key) {
+	if !inUpper && hasWhiteout(pdir, key) {
 		return syscall.ENOENT
 	}
 	hidden := make(map[string]bool)
@@ -271,25 +299,42 @@ func (n *dirNode) rmdirKey(ctx context.Context, key string) syscall.Errno {
 			hidden[name[len(whiteoutPrefix):]] = true
 		}
 	}
-	var ld *lowerDir
+	shows := false // the images show the dir
 	if !opaque {
-		if ld, err = d.ensureLower(ctx); err != nil {
-			return n.v.errno("rmdir "+kdir, fmt.Errorf("fs: rmdir KEY %s: %w", key, err), false)
+		info, err := n.v.dir(ctx, rel)
+		if err != nil {
+			return n.v.errno("rmdir "+kdir, fmt.Errorf("fs: rmdir KEY %s: %w", rel, err), false)
 		}
-	}
-	if ld != nil {
-		for name := range ld.files {
-			if !hidden[name] {
-				return syscall.ENOTEMPTY
+		if info.Exists {
+			for _, name := range n.v.lowerDirs(rel) {
+				shows = true
+				if !hidden[name] {
+					return syscall.ENOTEMPTY
+				}
+			}
+			ld, err := d.ensureLower(ctx)
+			if err != nil {
+				return n.v.errno("rmdir "+kdir, fmt.Errorf("fs: rmdir KEY %s: %w", rel, err), false)
+			}
+			if ld != nil {
+				shows = true
+				for name := range ld.files {
+					if !hidden[name] {
+						return syscall.ENOTEMPTY
+					}
+				}
 			}
 		}
 	}
-	if !inUpper && ld == nil {
+	if !inUpper && !shows {
 		return syscall.ENOENT
 	}
 	created := false
-	if ld != nil || opaque {
-		if created, err = writeWhiteout(n.v.upper, key); err != nil {
+	if shows || opaque {
+		if _, err := n.makeUpper(); err != nil {
+			return n.v.errno("rmdir "+kdir, err, false)
+		}
+		if created, err = writeWhiteout(pdir, key); err != nil {
 			return n.v.errno("rmdir "+kdir, err, false)
 		}
 	}
@@ -301,7 +346,7 @@ func (n *dirNode) rmdirKey(ctx context.Context, key string) syscall.Errno {
 		}
 		if err := syscall.Rmdir(kdir); err != nil {
 			if created {
-				removeWhiteout(n.v.upper, key)
+				removeWhiteout(pdir, key)
 			}
 			return n.v.errno("rmdir "+kdir, err, false)
 		}
@@ -310,7 +355,10 @@ func (n *dirNode) rmdirKey(ctx context.Context, key string) syscall.Errno {
 }
 
 // Rename moves an upper entry, replacing what the target name showed in
-// either layer. Image entries and KEY dirs do not move (EXDEV: mv copies).
+// either layer. Image entries, dirs the images show and Triton KEY dirs at
+// the root do not move (EXDEV: mv copies); an upper dir may move onto a
+// name the images do not show (Inductor's tmp.<uuid> dir renamed onto
+// triton/<device>/<KEY>).
 // RENAME_NOREPLACE is honoured across both layers; other flags are EINVAL.
 // Where the images cannot answer for a KEY, the target counts as absent
 // (Triton's rename onto KEY/file must not fail while the images are slow;
@@ -350,7 +398,13 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 	if isDir && ((n.kind == rootDir && triton.IsKey(name)) || (np.kind == rootDir && triton.IsKey(newName))) {
 		return syscall.EXDEV
 	}
-	dstLower, err := np.lowerHas(ctx, newName)
+	if isDir {
+		if has, _ := n.lowerHas(ctx, name); has {
+			return syscall.EXDEV // its image half would stay behind
+		}
+	}
+	dstMode, err := np.lowerMode(ctx, newName)
+	dstLower := dstMode != 0
 	if err != nil {
 		if errno := n.interrupted(ctx, "rename "+src); errno != 0 {
 			return errno
@@ -368,9 +422,11 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		switch {
 		case flags&unix.RENAME_NOREPLACE != 0:
 			return syscall.EEXIST
-		case isDir: // image entries under a KEY are files
+		case isDir && dstMode == syscall.S_IFDIR: // an image's dir holds files
+			return syscall.ENOTEMPTY
+		case isDir:
 			return syscall.ENOTDIR
-		case np.kind == rootDir: // and at the root they are dirs
+		case dstMode == syscall.S_IFDIR:
 			return syscall.EISDIR
 		}
 	}

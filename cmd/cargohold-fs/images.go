@@ -3,50 +3,66 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"cargohold/catalog"
 	"cargohold/fs"
+	"cargohold/kind"
 )
 
 // images adapts the catalog to the filesystem's view of image content
 // (fs.Lower); the work is the catalog's.
 type images struct {
 	cat     *catalog.Catalog
+	kind    kind.Kind     // the catalog's
 	timeout time.Duration // bounds a refetch on open where the FUSE request has no deadline
 	act     *activity     // told of every call: the status writer wakes up for it
 }
 
 var _ fs.Lower = (*images)(nil)
 
-func (l *images) Keys() []string {
+// Dirs lists the dirs the catalog's units show below rel: for a Triton
+// root, its KEYs.
+func (l *images) Dirs(rel string) []string {
 	l.act.poke()
-	return l.cat.Keys()
+	if rel == "" && l.kind == kind.Triton {
+		return l.cat.Keys()
+	}
+	return l.cat.Dir(rel).Children
 }
 
-// Has answers from the catalog's snapshot; before the first one is loaded
-// it waits for it (within ctx).
-func (l *images) Has(ctx context.Context, key string) (bool, error) {
+// Dir answers from the catalog's snapshot; before the first one is loaded
+// it waits for it (within ctx). A Triton KEY is one map lookup; other
+// paths walk the units (catalog.Dir).
+func (l *images) Dir(ctx context.Context, rel string) (fs.LowerDir, error) {
 	select {
 	case <-l.cat.Ready():
 	case <-ctx.Done():
-		return false, fmt.Errorf("catalog not ready: %w", ctx.Err())
+		return fs.LowerDir{}, fmt.Errorf("catalog not ready: %w", ctx.Err())
 	}
-	return l.cat.Has(key), nil
+	if l.cat.Has(rel) {
+		return fs.LowerDir{Exists: true, Unit: true}, nil
+	}
+	if l.kind == kind.Triton && !strings.Contains(rel, "/") {
+		return fs.LowerDir{}, nil // KEYs are units at depth 1: nothing above them
+	}
+	d := l.cat.Dir(rel)
+	return fs.LowerDir{Exists: d.Exists, Unit: d.Unit}, nil
 }
 
-func (l *images) Entry(ctx context.Context, key string) ([]fs.LowerFile, error) {
+func (l *images) Entry(ctx context.Context, rel string) ([]fs.LowerFile, error) {
 	l.act.poke()
-	files, err := l.cat.Entry(ctx, key)
+	files, err := l.cat.Entry(ctx, rel)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]fs.LowerFile, len(files))
 	for i, f := range files {
-		out[i] = fs.LowerFile{Name: f.Name, Size: f.Size, Mode: f.Mode, Group: f.Group,
+		out[i] = fs.LowerFile{Name: f.Name, Size: f.Size, Mode: f.Mode, Rewrite: f.Rewrite,
 			Open: func(ctx context.Context) (fs.Content, error) {
 				l.act.poke()
-				return l.cat.Open(ctx, key, f, l.timeout)
+				return l.cat.Open(ctx, rel, f, l.timeout)
 			}}
 	}
 	return out, nil

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -24,10 +23,11 @@ import (
 	"cargohold/gpu"
 	"cargohold/internal/cli"
 	"cargohold/internal/userdir"
+	"cargohold/kind"
 )
 
 const usage = `Usage:
-  cargohold-fs [flags] [MOUNTPOINT]     mount (default $TRITON_CACHE_DIR or ~/.triton/cache)
+  cargohold-fs [flags] [MOUNTPOINT]     mount (default the --cache kind's root: $TRITON_CACHE_DIR or ~/.triton/cache)
   cargohold-fs status [--state-dir DIR] print the status of a running mount
   cargohold-fs status --trace           print the KEYs in the order first looked up (for cargohold -c --order)
 
@@ -37,6 +37,11 @@ Image sources (-i, repeatable, first wins for a KEY held twice):
   oci:DIR[:REF]                         a local OCI layout (all images, or REF)
   NAME:TAG                              an image in the local store (--store)
 
+The mountpoint is the root the framework is pointed at (--cache KIND):
+  triton    TRITON_CACHE_DIR (~/.triton/cache): Triton KEY dirs
+  vllm      $VLLM_CACHE_ROOT (~/.cache/vllm): the dir holding torch_compile_cache/
+  inductor  TORCHINDUCTOR_CACHE_DIR (/tmp/torchinductor_$USER)
+
 Flags:
 `
 
@@ -44,6 +49,7 @@ Flags:
 type options struct {
 	status       bool
 	mountpoint   string
+	cache        kind.Kind
 	images       []string
 	stateDir     string
 	store        string
@@ -86,11 +92,12 @@ func main() {
 
 func parseFlags(args []string) (options, error) {
 	var o options
-	var cacheSize, minFree string
+	var cacheSize, minFree, cache string
 	defState, defStateErr := userdir.Cache("cargohold", "fs")
 	fs := pflag.NewFlagSet("cargohold-fs", pflag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	fs.StringArrayVarP(&o.images, "image", "i", nil, "image source (repeatable; see above)")
+	fs.StringVar(&cache, "cache", string(kind.Triton), "the cache kind the mount is the root of: triton, vllm or inductor (see above); images of other kinds are listed, not served")
 	fs.StringVar(&o.stateDir, "state-dir", defState, "content store, layer indexes, catalog, status.json and log, outside the mountpoint (default ${XDG_CACHE_HOME:-~/.cache}/cargohold/fs; without $HOME, the per-user runtime dir)")
 	fs.StringVar(&o.store, "store", "", "local OCI layout store for plain names (default $CARGOHOLD_STORE or ~/.local/share/cargohold/oci)")
 	fs.StringVar(&cacheSize, "cache-size", "10G", "bound on the content store, bytes with K/M/G/T suffix (0: unbounded)")
@@ -100,7 +107,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.fetchTimeout, "fetch-timeout", 5*time.Second, "deadline for a lookup that fetches a KEY dir; past it Triton sees ENOENT and compiles, and the fetch goes on for a later lookup")
 	fs.DurationVar(&o.reqTimeout, "request-timeout", 30*time.Second, "each registry request must answer, and its body move, within this (index loads are bounded by it, not by --fetch-timeout)")
 	fs.DurationVar(&o.refresh, "refresh", 5*time.Minute, "how often image sources are re-read (tags move)")
-	fs.StringVar(&o.pathPrefix, "path-prefix", "", "the path Triton sees the cache at, for bind mounts (default the mountpoint)")
+	fs.StringVar(&o.pathPrefix, "path-prefix", "", "the path the framework sees the cache root at, for bind mounts (default the mountpoint); group files and vllm_compile_cache.py are rewritten to it")
 	fs.StringVarP(&o.logLevel, "log-level", "l", "info", "log level: debug, info, warning, error")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9477 (default off)")
 	fs.BoolVarP(&o.foreground, "foreground", "f", false, "stay in the foreground (default: detach once mounted)")
@@ -117,6 +124,11 @@ func parseFlags(args []string) (options, error) {
 	if _, err := cli.ParseLevel(o.logLevel); err != nil {
 		return o, err
 	}
+	k, err := kind.Parse(cache)
+	if err != nil {
+		return o, fmt.Errorf("--cache: %w", err)
+	}
+	o.cache = k
 	if o.prefetch != prefetchFitting && o.prefetch != prefetchNone {
 		return o, fmt.Errorf("--prefetch %q: want %q or %q", o.prefetch, prefetchFitting, prefetchNone)
 	}
@@ -155,14 +167,12 @@ func parseFlags(args []string) (options, error) {
 		return o, nil
 	case len(rest) == 1:
 		o.mountpoint = rest[0]
-	case os.Getenv("TRITON_CACHE_DIR") != "":
-		o.mountpoint = os.Getenv("TRITON_CACHE_DIR")
 	default:
-		home, err := os.UserHomeDir()
+		root, err := o.cache.DefaultRoot()
 		if err != nil {
-			return o, fmt.Errorf("no MOUNTPOINT and no home dir: %w", err)
+			return o, fmt.Errorf("no MOUNTPOINT: %w", err)
 		}
-		o.mountpoint = filepath.Join(home, ".triton", "cache")
+		o.mountpoint = root
 	}
 	if len(o.images) == 0 {
 		return o, fmt.Errorf("name at least one image source with -i")

@@ -51,7 +51,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	log.Info("mounted", "mountpoint", m.srv.Mountpoint(), "images", o.images, "state", o.stateDir)
+	log.Info("mounted", "mountpoint", m.srv.Mountpoint(), "cache", o.cache, "images", o.images, "state", o.stateDir)
 	done := make(chan struct{})
 	go func() { m.srv.Wait(); close(done) }()
 	select {
@@ -162,8 +162,11 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 
 	// Pokes wake the status writer, which sleeps while nothing happens.
 	act := newActivity()
-	cat, err := catalog.New(r, eng, catalog.Config{
-		Sources: o.images, Targets: rep.Targets, StateDir: o.stateDir, Refresh: o.refresh, Logger: log,
+	// Each image the mount will not serve is logged once, with why.
+	var cat *catalog.Catalog
+	unserved := &notServedLog{log: log, seen: map[string]string{}}
+	cat, err = catalog.New(r, eng, catalog.Config{
+		Sources: o.images, Kind: o.cache, Targets: rep.Targets, StateDir: o.stateDir, Refresh: o.refresh, Logger: log,
 		Prefetch: o.prefetch == prefetchFitting,
 		// A refresh that read new images is most of the process's peak;
 		// the runtime would keep its pages (up to twice the heap it
@@ -171,7 +174,7 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 		Built: debug.FreeOSMemory,
 		// The status writer sleeps while nothing happens; a refresh may
 		// change what it says (ready, KEYs, failing sources).
-		Refreshed: act.poke,
+		Refreshed: func() { act.poke(); unserved.note(cat.Images()) },
 	})
 	if err != nil {
 		return nil, err
@@ -203,7 +206,8 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 		return fs.Mount(life, mp, fs.Options{
 			Upper:         upperPath(dir),
 			PathPrefix:    o.pathPrefix,
-			Lower:         &images{cat: cat, timeout: o.fetchTimeout, act: act},
+			Kind:          o.cache,
+			Lower:         &images{cat: cat, kind: o.cache, timeout: o.fetchTimeout, act: act},
 			LookupTimeout: o.fetchTimeout,
 			Logger:        log,
 			Stats:         stats,

@@ -21,23 +21,28 @@ import (
 	"cargohold/fetch"
 	"cargohold/fs"
 	"cargohold/internal/userdir"
+	"cargohold/kind"
 	"cargohold/store"
 )
 
 // status is what <state-dir>/status.json says about a running mount.
 type status struct {
-	PID        int               `json:"pid"`
-	Mountpoint string            `json:"mountpoint"`
-	Images     []string          `json:"images"`
-	Updated    time.Time         `json:"updated"` // when it last changed (see loop for how soon it is written)
-	Mounted    bool              `json:"mounted"`
-	Ready      bool              `json:"index_ready"`
-	Keys       int               `json:"indexed_keys"`
-	FS         fs.StatsSnapshot  `json:"fs"`
-	Engine     fetch.Stats       `json:"engine"`
-	Catalog    catalog.Stats     `json:"catalog"`
-	Store      store.Stats       `json:"store"`
-	Sources    map[string]string `json:"source_errors,omitempty"`
+	PID        int       `json:"pid"`
+	Mountpoint string    `json:"mountpoint"`
+	Kind       kind.Kind `json:"cache"` // the kind the mount is the root of
+	Images     []string  `json:"images"`
+	// NotServed names the images whose units are not (all) served, and why
+	// (another kind; no target fits the local GPU).
+	NotServed map[string]string `json:"not_served,omitempty"`
+	Updated   time.Time         `json:"updated"` // when it last changed (see loop for how soon it is written)
+	Mounted   bool              `json:"mounted"`
+	Ready     bool              `json:"index_ready"`
+	Keys      int               `json:"indexed_keys"`
+	FS        fs.StatsSnapshot  `json:"fs"`
+	Engine    fetch.Stats       `json:"engine"`
+	Catalog   catalog.Stats     `json:"catalog"`
+	Store     store.Stats       `json:"store"`
+	Sources   map[string]string `json:"source_errors,omitempty"`
 
 	// The headline numbers, flat for scripts. Each failure counts once,
 	// where it was recorded: a KEY lookup or read that became an errno
@@ -83,8 +88,9 @@ func startStatus(ctx context.Context, o options, metrics net.Listener, act *acti
 	w := &statusWriter{path: filepath.Join(o.stateDir, statusName), log: log, act: act,
 		pace: defaultPace, quit: make(chan struct{}), done: make(chan struct{})}
 	w.snap = func() status {
-		s := status{PID: os.Getpid(), Mountpoint: mp, Images: o.images, Updated: time.Now().UTC(), Mounted: true,
-			FS: stats.Snapshot(), Engine: eng.Stats(), Catalog: cat.Stats(), Store: st.Stats(), Sources: errStrings(cat.Errors())}
+		s := status{PID: os.Getpid(), Mountpoint: mp, Kind: o.cache, Images: o.images, Updated: time.Now().UTC(), Mounted: true,
+			FS: stats.Snapshot(), Engine: eng.Stats(), Catalog: cat.Stats(), Store: st.Stats(), Sources: errStrings(cat.Errors()),
+			NotServed: notServed(cat.Images())}
 		select {
 		case <-cat.Ready():
 			s.Ready = true
@@ -116,6 +122,39 @@ func startStatus(ctx context.Context, o options, metrics net.Listener, act *acti
 	w.writeChanged(w.snap())
 	go w.loop(ctx)
 	return w
+}
+
+// notServed maps the images whose units are not (all) served to why.
+func notServed(imgs []catalog.ImageInfo) map[string]string {
+	var m map[string]string
+	for _, im := range imgs {
+		if im.Why == "" {
+			continue
+		}
+		if m == nil {
+			m = map[string]string{}
+		}
+		m[im.Ref] = im.Why
+	}
+	return m
+}
+
+// notServedLog logs each image the mount does not serve, once per reason.
+type notServedLog struct {
+	log  *slog.Logger
+	mu   sync.Mutex
+	seen map[string]string // guarded by mu: image ref → the reason logged
+}
+
+func (l *notServedLog) note(imgs []catalog.ImageInfo) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for ref, why := range notServed(imgs) {
+		if l.seen[ref] != why {
+			l.seen[ref] = why
+			l.log.Info("image not served", "image", ref, "why", why)
+		}
+	}
 }
 
 // Status checks (statusWriter.pace): once a second while the mount is

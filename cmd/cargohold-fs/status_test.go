@@ -6,9 +6,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"cargohold/catalog"
 )
 
 // TestStatusWrittenOnChange: an idle mount does not rewrite status.json;
@@ -91,5 +94,24 @@ func TestStatusIdleWakesOnActivity(t *testing.T) {
 	w.act.poke()
 	if !waitFor(2, time.Second) {
 		t.Fatal("poked idle writer did not write the change")
+	}
+}
+
+// TestNotServedLoggedOnce: an image the mount does not serve is logged
+// with why once, again only when the reason changes; served images not
+// at all.
+func TestNotServedLoggedOnce(t *testing.T) {
+	var buf strings.Builder
+	l := &notServedLog{log: slog.New(slog.NewTextHandler(&buf, nil)), seen: map[string]string{}}
+	imgs := []catalog.ImageInfo{{Ref: "r/a:v1", Why: "no target of the image (hip:gfx90a:64) fits the local GPU (cuda:90:32)"}, {Ref: "r/b:v1", Fits: true}}
+	l.note(imgs)
+	l.note(imgs)
+	if n := strings.Count(buf.String(), "image not served"); n != 1 || !strings.Contains(buf.String(), "r/a:v1") || strings.Contains(buf.String(), "r/b:v1") {
+		t.Fatalf("log after two refreshes:\n%s", buf.String())
+	}
+	imgs[0].Why = "a vllm cache; this catalog serves inductor caches"
+	l.note(imgs)
+	if n := strings.Count(buf.String(), "image not served"); n != 2 {
+		t.Fatalf("a new reason is not logged:\n%s", buf.String())
 	}
 }

@@ -36,11 +36,11 @@ var allowed = map[string][]string{
 	"fetch":              {"internal/userdir", "kind", "layer", "resolver", "store", "triton"},
 	"catalog":            {"fetch", "gpu", "kind", "layer", "resolver", "store", "triton"},
 	"image":              {"gpu", "kind", "layer", "resolver", "triton"},
-	"fs":                 {"triton"},
+	"fs":                 {"kind", "triton"},
 	"internal/cli":       {},
 	"internal/userdir":   {},
 	"cmd/cargohold":      {"fetch", "gpu", "image", "internal/cli", "internal/userdir", "kind", "layer", "resolver", "store", "triton"},
-	"cmd/cargohold-fs":   {"catalog", "fetch", "fs", "gpu", "internal/cli", "internal/userdir", "resolver", "store"},
+	"cmd/cargohold-fs":   {"catalog", "fetch", "fs", "gpu", "internal/cli", "internal/userdir", "kind", "resolver", "store"},
 	"cmd/gencache":       {"gpu", "triton", "triton/gen"},
 }
 

@@ -166,15 +166,17 @@ func (m *fsMount) stop(t *testing.T) {
 }
 
 type fsStatus struct {
-	PID       int    `json:"pid"`
-	Mounted   bool   `json:"mounted"`
-	Ready     bool   `json:"index_ready"`
-	Keys      int    `json:"indexed_keys"`
-	Hits      int64  `json:"hits"`
-	Misses    int64  `json:"misses"`
-	Fetches   int64  `json:"fetches"`
-	Errors    int64  `json:"errors"`
-	LastError string `json:"last_error"`
+	PID       int               `json:"pid"`
+	Mounted   bool              `json:"mounted"`
+	Ready     bool              `json:"index_ready"`
+	Keys      int               `json:"indexed_keys"`
+	Hits      int64             `json:"hits"`
+	Misses    int64             `json:"misses"`
+	Fetches   int64             `json:"fetches"`
+	Errors    int64             `json:"errors"`
+	LastError string            `json:"last_error"`
+	Kind      string            `json:"cache"`
+	NotServed map[string]string `json:"not_served"`
 	Engine    struct {
 		PrefetchRanges  int64 `json:"prefetch_ranges"`
 		PrefetchDirs    int64 `json:"prefetch_dirs"`

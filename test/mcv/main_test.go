@@ -21,7 +21,7 @@ import (
 )
 
 var (
-	bin    string // cargohold, built once
+	bin    string // cargohold and cargohold-fs, built once
 	mcvBin string // mcv and mcvcheck, built once from MCV's source
 	mcvErr error  // why MCV could not be built
 )
@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 	here := filepath.Dir(self)
 	root := filepath.Join(here, "..", "..")
 	bin = filepath.Join(dir, "bin")
-	cmd := exec.Command("go", "build", "-o", bin+"/", "./cmd/cargohold")
+	cmd := exec.Command("go", "build", "-o", bin+"/", "./cmd/cargohold", "./cmd/cargohold-fs")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "mcv: build cargohold: %v\n%s", err, out)

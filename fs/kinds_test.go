@@ -1,0 +1,255 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"cargohold/kind"
+	"cargohold/test/cachetest"
+	"cargohold/test/replay"
+)
+
+// Units of the real test data.
+const (
+	vllmHash     = "edf531ca35"
+	vllmBackbone = "torch_compile_cache/" + vllmHash + "/rank_0_0/backbone"
+	unpackedHash = "d4ec7c2a7d"
+	unpackedRank = "torch_compile_cache/" + unpackedHash + "/rank_0_0"
+	fxUnit       = "fxgraph/r4/fr4t73hg7nisksrnalktc6oq7w4kf5xjy7couij4xnicybdtk65e"
+)
+
+// newKindLower serves a cache root of kind k as the images would: every
+// unit's files as they are on disk (absolute paths of the build host
+// inside), rewrites marked by kind.
+func newKindLower(t *testing.T, k kind.Kind, src string) *fakeLower {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("cp", "-r", src+"/.", dir).CombinedOutput(); err != nil {
+		t.Fatalf("copy %s: %v: %s", src, err, out)
+	}
+	return &fakeLower{dir: dir, kind: k, entered: make(chan string, 64), calls: map[string]int{},
+		fails: map[string]error{}, gates: map[string]chan struct{}{}}
+}
+
+// inductorRoot is the Inductor cache of the unpacked vLLM test data.
+func inductorRoot(t *testing.T) string {
+	return filepath.Join(cachetest.VLLMTestdata(t, "unpacked-vllm-cache"), unpackedRank, "inductor_cache")
+}
+
+func hitAll(t *testing.T, k replay.Kind, root, expect string) replay.Summary {
+	t.Helper()
+	sum, bad, err := replay.HitAll(context.Background(), k, root, expect)
+	if err != nil || len(bad) > 0 || sum.Hits == 0 {
+		t.Fatalf("replay hit --all of %s: %+v, %v, not hits: %+v", root, sum, err, bad)
+	}
+	return sum
+}
+
+// TestVLLMView: a vLLM root shows the images' dirs without fetching, a
+// unit is fetched once on the first lookup inside it, its
+// vllm_compile_cache.py names the artifacts under the mount with its size
+// exact at first sight, and vLLM's hit replays.
+func TestVLLMView(t *testing.T) {
+	src := cachetest.VLLMTestdata(t, "llama-binary-cache")
+	l := newKindLower(t, kind.VLLM, src)
+	s, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM})
+
+	if _, err := os.Stat(filepath.Join(mp, "torch_compile_cache", "0000000000")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a hash no image has: %v", err)
+	}
+	if st := s.Stats().Snapshot(); st.Misses != 1 {
+		t.Errorf("a hash no image has counted %d misses, want 1", st.Misses)
+	}
+	if got := readDirNames(t, mp); !slices.Equal(got, []string{"modelinfos", "torch_compile_cache"}) {
+		t.Fatalf("root lists %v", got)
+	}
+	if got := readDirNames(t, filepath.Join(mp, "torch_compile_cache", vllmHash, "rank_0_0")); !slices.Equal(got, []string{"backbone"}) {
+		t.Fatalf("rank dir lists %v", got)
+	}
+	if n := l.totalCalls(); n != 0 {
+		t.Fatalf("listing the dirs above the units fetched %d units", n)
+	}
+	data, size := readAllOnce(t, filepath.Join(mp, vllmBackbone, "vllm_compile_cache.py"))
+	if int64(len(data)) != size {
+		t.Errorf("vllm_compile_cache.py: stat says %d bytes, read %d", size, len(data))
+	}
+	want := "'" + filepath.Join(mp, vllmBackbone, "artifact_compile_range_1_2048_subgraph_0") + "'"
+	if !strings.Contains(string(data), want) {
+		t.Errorf("vllm_compile_cache.py does not name %s:\n%.600s", want, data)
+	}
+	orig, err := os.ReadFile(filepath.Join(src, vllmBackbone, "vllm_compile_cache.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(orig) == string(data) {
+		t.Error("vllm_compile_cache.py served as the image holds it, not rewritten")
+	}
+	if l.callsFor(vllmBackbone) != 1 || l.totalCalls() != 1 {
+		t.Errorf("Entry calls: %v, want one of %s", l.calls, vllmBackbone)
+	}
+	// vLLM's hit in three processes at once (the artifacts read from the
+	// content's descriptors in processes other than the one serving).
+	sum, err := replay.Run(context.Background(), replay.Options{
+		Mode: replay.ModeHit, Cache: replay.KindVLLM, Root: mp, Keys: []string{vllmHash}, Expect: src, Procs: 3,
+	}, func(r replay.Result) {
+		if r.Outcome != replay.OutcomeHit {
+			t.Errorf("replay %s (proc %d): %s %s", r.Key, r.Proc, r.Outcome, r.Error)
+		}
+	})
+	if err != nil || !sum.OK() || sum.Hits != 3 {
+		t.Fatalf("vLLM hit in 3 processes: %+v, %v", sum, err)
+	}
+	if n := l.callsFor(vllmBackbone); n != 1 {
+		t.Errorf("backbone fetched %d times", n)
+	}
+}
+
+// TestVLLMWrites: vLLM compiling a hash the images do not have writes
+// through dirs only the images have (torch_compile_cache/) into the upper
+// dir, visible at once; the images' hash stays served beside it.
+func TestVLLMWrites(t *testing.T) {
+	src := cachetest.VLLMTestdata(t, "llama-binary-cache")
+	from := cachetest.VLLMTestdata(t, "unpacked-vllm-cache")
+	l := newKindLower(t, kind.VLLM, src)
+	upper := t.TempDir()
+	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM, Upper: upper})
+
+	res, err := replay.VLLMMiss(mp, unpackedHash, "", from, false)
+	if err != nil || res.Outcome != replay.OutcomeMiss {
+		t.Fatalf("vLLM miss: %+v, %v", res, err)
+	}
+	if _, err := os.Stat(filepath.Join(upper, unpackedRank, "vllm_compile_cache.py")); err != nil {
+		t.Errorf("the compile is not in the upper dir: %v", err)
+	}
+	if got := readDirNames(t, filepath.Join(mp, "torch_compile_cache")); !slices.Equal(got, []string{unpackedHash, vllmHash}) {
+		t.Errorf("torch_compile_cache lists %v", got)
+	}
+	hitAll(t, replay.KindVLLM, mp, "")
+	// The dir the images show cannot be removed while it holds their files.
+	wantErrno(t, "rmdir torch_compile_cache", syscall.Rmdir(filepath.Join(mp, "torch_compile_cache")), syscall.ENOTEMPTY)
+	wantErrno(t, "rmdir backbone", syscall.Rmdir(filepath.Join(mp, vllmBackbone)), syscall.ENOTEMPTY)
+	wantErrno(t, "mkdir of the images' hash dir", syscall.Mkdir(filepath.Join(mp, "torch_compile_cache", vllmHash), 0o755), syscall.EEXIST)
+}
+
+// TestVLLMUnpackedChildUnits: an unpacked vLLM rank dir is a unit with
+// child units (inductor_cache/..., triton_cache/<KEY>): a lookup of a child
+// dir fetches nothing, the nested Triton group files name the mount, and
+// vLLM's legacy hit (Inductor and Triton hits inside) replays.
+func TestVLLMUnpackedChildUnits(t *testing.T) {
+	src := cachetest.VLLMTestdata(t, "unpacked-vllm-cache")
+	l := newKindLower(t, kind.VLLM, src)
+	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM})
+
+	if fi, err := os.Stat(filepath.Join(mp, unpackedRank, "triton_cache")); err != nil || !fi.IsDir() {
+		t.Fatalf("stat triton_cache: %v", err)
+	}
+	if n := l.totalCalls(); n != 0 {
+		t.Fatalf("a lookup of a child dir fetched %d units: %v", n, l.calls)
+	}
+	hitAll(t, replay.KindVLLM, mp, src)
+	keys := readDirNames(t, filepath.Join(mp, unpackedRank, "triton_cache"))
+	if len(keys) == 0 {
+		t.Fatal("no Triton KEY in triton_cache")
+	}
+	res, err := replay.Hit(filepath.Join(mp, unpackedRank, "triton_cache"), keys[0], filepath.Join(src, unpackedRank, "triton_cache"))
+	if err != nil || res.Outcome != replay.OutcomeHit {
+		t.Fatalf("Triton hit in triton_cache (group file paths under the mount): %+v, %v", res, err)
+	}
+}
+
+// TestInductorView: an Inductor root: the images' units replay as hits;
+// locks/ is never asked of the images and flock works on its files;
+// write_atomic's tmp file renamed into an image's unit lands in the upper
+// dir beside the image's files; a bundled Triton kernel's tmp dir renamed
+// onto triton/<device>/<KEY>; deletions hide image files and dirs, and a
+// dir made again starts empty.
+func TestInductorView(t *testing.T) {
+	src := inductorRoot(t)
+	l := newKindLower(t, kind.Inductor, src)
+	upper := t.TempDir()
+	_, mp := testMount(t, Options{Lower: l, Kind: kind.Inductor, Upper: upper})
+
+	hitAll(t, replay.KindInductor, mp, src)
+
+	// Locks: local only, and flock holds (the replay checks that a second
+	// open cannot take it).
+	res, err := replay.InductorMiss(mp, "locks/"+strings.Repeat("ab", 10)+".lock", "")
+	if err != nil {
+		t.Fatalf("FileLock through the mount: %+v, %v", res, err)
+	}
+	for _, rel := range l.askedPaths() {
+		if rel == "locks" || strings.HasPrefix(rel, "locks/") || rel == "cache" || strings.HasPrefix(rel, "cache/") {
+			t.Errorf("the images were asked for the local-only %s", rel)
+		}
+	}
+
+	// write_atomic into an image's unit.
+	unit := filepath.Join(mp, fxUnit)
+	tmp := filepath.Join(unit, ".4242.77.tmp")
+	if err := os.WriteFile(tmp, []byte("new entry"), 0o644); err != nil {
+		t.Fatalf("write tmp: %v", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(unit, "newentry")); err != nil {
+		t.Fatalf("rename onto the entry: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(upper, fxUnit, "newentry")); err != nil || string(b) != "new entry" {
+		t.Errorf("entry in the upper dir: %q, %v", b, err)
+	}
+	names := readDirNames(t, unit)
+	srcNames := readDirNames(t, filepath.Join(src, fxUnit))
+	if !slices.Contains(names, "newentry") || !slices.Contains(names, srcNames[0]) || slices.Contains(names, ".4242.77.tmp") {
+		t.Errorf("unit lists %v (image's %v)", names, srcNames)
+	}
+
+	// TritonBundler: tmp dir renamed onto triton/<device>/<KEY>.
+	from := t.TempDir()
+	copyDir(t, filepath.Join(testdata, "vector-add-cache", cudaKey), filepath.Join(from, "triton", "0", cudaKey))
+	if res, err := replay.InductorMiss(mp, "triton/0/"+cudaKey, from); err != nil {
+		t.Fatalf("bundled kernel written through the mount: %+v, %v", res, err)
+	}
+	if _, err := os.Stat(filepath.Join(upper, "triton", "0", cudaKey, grpName)); err != nil {
+		t.Errorf("bundled kernel not in the upper dir: %v", err)
+	}
+
+	// Removal: a dir the images show holds their files; emptied, it goes,
+	// and made again it is empty.
+	wantErrno(t, "rmdir fxgraph", syscall.Rmdir(filepath.Join(mp, "fxgraph")), syscall.ENOTEMPTY)
+	wantErrno(t, "mkdir fxgraph", syscall.Mkdir(filepath.Join(mp, "fxgraph"), 0o755), syscall.EEXIST)
+	wantErrno(t, "rename an image's dir", syscall.Rename(filepath.Join(mp, "aotautograd"), filepath.Join(mp, "elsewhere")), syscall.EXDEV)
+	aot := readDirNames(t, filepath.Join(mp, "aotautograd"))
+	adir := filepath.Join(mp, "aotautograd", aot[0])
+	wantErrno(t, "rmdir of a unit", syscall.Rmdir(adir), syscall.ENOTEMPTY)
+	for _, n := range readDirNames(t, adir) {
+		if err := os.Remove(filepath.Join(adir, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := syscall.Rmdir(adir); err != nil {
+		t.Fatalf("rmdir of an emptied unit: %v", err)
+	}
+	if _, err := os.Stat(adir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("removed unit: stat %v", err)
+	}
+	if slices.Contains(readDirNames(t, filepath.Join(mp, "aotautograd")), aot[0]) {
+		t.Error("removed unit still listed")
+	}
+	if err := os.Mkdir(adir, 0o755); err != nil {
+		t.Fatalf("mkdir where a unit was removed: %v", err)
+	}
+	if got := readDirNames(t, adir); len(got) != 0 {
+		t.Errorf("a unit made again shows %v", got)
+	}
+	// An atomic save onto a file of an image's unit.
+	if err := unix.Access(filepath.Join(mp, fxUnit, srcNames[0]), unix.R_OK); err != nil {
+		t.Errorf("image entry: %v", err)
+	}
+}
