@@ -244,11 +244,21 @@ func (p *pyos) fxGraphHit(res *Result, root, expect string) error {
 	if err != nil {
 		return err
 	}
+	// Another process's write_atomic temp file (".<pid>.<tid>.tmp", sorted
+	// first) is a candidate torch fails to load (half written, or renamed
+	// away) and passes over with a warning: not an entry.
+	names = slices.DeleteFunc(names, isAtomicTemp)
 	if len(names) == 0 {
 		return fmt.Errorf("%s holds no entry: %w", dir, ErrNotFound)
 	}
 	_, err = p.readUnitFile(res, root, res.Key+"/"+names[0], expect)
 	return err
+}
+
+// isAtomicTemp reports whether name is a temp file of torch's
+// write_atomic.
+func isAtomicTemp(name string) bool {
+	return strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".tmp")
 }
 
 // aotHit is AOTAutogradCache._lookup (torch 2.6–2.8): os.path.exists of
