@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -233,6 +234,16 @@ type snapshot struct {
 	errs    map[string]error // by source, failed ones only
 	nlocs   int
 	saved   bool // StateFile holds entries (set before the snapshot is installed)
+
+	sortOnce sync.Once
+	sorted   []string // the keys of keys, sorted: built on the first Dir (only nested kinds ask)
+}
+
+// sortedKeys returns the snapshot's units in order, so that the units
+// below a dir are one range of it.
+func (s *snapshot) sortedKeys() []string {
+	s.sortOnce.Do(func() { s.sorted = slices.Sorted(maps.Keys(s.keys)) })
+	return s.sorted
 }
 
 // New returns an empty Catalog over cfg.Sources, reading images through r
@@ -349,8 +360,8 @@ type DirInfo struct {
 
 // Dir says what the indexed units show at rel ("" for the root), without
 // I/O: for a mount of a nested kind, which dirs a lookup or listing finds
-// before anything is fetched. It walks every indexed unit (debt: a sorted
-// index would make it a range scan; Triton mounts do not ask).
+// before anything is fetched. The units below rel are one range of the
+// sorted units: a binary search, then that range.
 func (cat *Catalog) Dir(rel string) DirInfo {
 	s := cat.cur.Load()
 	if s == nil {
@@ -363,14 +374,19 @@ func (cat *Catalog) Dir(rel string) DirInfo {
 		_, d.Unit = s.keys[rel]
 		d.Exists = d.Unit
 	}
-	seen := map[string]bool{}
 	prefix := rel + "/"
 	if rel == "" {
 		prefix = ""
 	}
-	for k := range s.keys {
+	keys := s.sortedKeys()
+	i, _ := slices.BinarySearch(keys, prefix)
+	seen := map[string]bool{}
+	for _, k := range keys[i:] {
 		rest, ok := strings.CutPrefix(k, prefix)
-		if !ok || rest == "" {
+		if !ok {
+			break
+		}
+		if rest == "" {
 			continue
 		}
 		d.Exists = true

@@ -126,9 +126,6 @@
 //   - A dir made by mkdir (after a lookup found no image) merges with an
 //     image only after a remount; so does a dir above units that the
 //     images list as a unit only after a refresh.
-//   - Lower.Dir of a nested kind walks the catalog's units (catalog.Dir):
-//     a lookup costs O(units) in memory, fine for the hundreds of units of
-//     a vLLM or Inductor cache; Triton KEYs are one map lookup.
 //   - Image content is not pinned between lookup and open: content evicted
 //     meanwhile is fetched again by LowerFile.Open under the FUSE open's
 //     interruption and the lookup deadline; an open that cannot get it fails
