@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 
 	"cargohold/internal/userdir"
 	"cargohold/kind"
@@ -90,7 +91,8 @@ type Engine struct {
 	// one per prefetch commit running.
 	prefetchSem chan struct{}
 	commitSem   chan struct{}
-	loading     chan struct{} // a token per layer index being loaded (loadIndex), indexSlots at most
+	loading     chan struct{}       // a token per layer index being loaded (loadIndex), indexSlots at most
+	parsing     *semaphore.Weighted // TOC bytes being parsed into indexes at once, tocBudget at most (loadIndex)
 
 	mu       sync.Mutex
 	reserved int64     // guarded by mu: store bytes that prefetch ranges in flight will put
@@ -119,6 +121,7 @@ func NewEngine(r *resolver.Resolver, st *store.Store, stateDir string) *Engine {
 		commitSem:   make(chan struct{}, commitSlots()),
 		idx:         newIndexLRU(r.Options().LayerIndexes),
 		loading:     make(chan struct{}, indexSlots),
+		parsing:     semaphore.NewWeighted(tocBudget),
 	}
 }
 

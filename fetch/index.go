@@ -32,6 +32,12 @@ const layerIndexVersion = 4
 // index takes its slot for the whole download.
 const indexSlots = 4
 
+// tocBudget bounds the compressed TOC bytes parsed into indexes at once:
+// an index takes memory in proportion to its TOC (about 4 MiB for the
+// 0.9 MiB TOC of 2,000 Triton KEY dirs) until it is cached, so large TOCs
+// load one at a time while small layers still load indexSlots at once.
+const tocBudget = 1 << 20
+
 // source is where the offsets of a layer's index point: the engine reads a
 // KEY dir's span from there.
 type source string
@@ -140,7 +146,8 @@ func (e *Engine) index(ctx context.Context, l resolver.LayerRef, keep bool) (*in
 }
 
 // loadIndex reads l's index from the disk cache or builds it, indexSlots
-// layers at a time: a big TOC costs memory while it is parsed, and a
+// layers at a time and, of eStargz TOCs, tocBudget bytes at a time: a big
+// TOC costs memory while it is parsed and until its index is cached, and a
 // refresh asks for many layers at once.
 func (e *Engine) loadIndex(ctx context.Context, l resolver.LayerRef) (*indexed, error) {
 	select {
@@ -157,7 +164,17 @@ func (e *Engine) loadIndex(ctx context.Context, l resolver.LayerRef) (*indexed, 
 		e.bump(func(s *Stats) { s.IndexCacheHits++ })
 		return ix, nil
 	}
-	if ix, err = e.buildIndex(ctx, l); err != nil {
+	var held int64 // of parsing, given back once the index is cached
+	defer func() { e.parsing.Release(held) }()
+	gate := func(tocSize int64) error {
+		n := min(tocSize, tocBudget)
+		if err := e.parsing.Acquire(ctx, n); err != nil {
+			return err
+		}
+		held = n
+		return nil
+	}
+	if ix, err = e.buildIndex(ctx, l, gate); err != nil {
 		return nil, err
 	}
 	e.bump(func(s *Stats) { s.Indexes++ })
@@ -169,12 +186,12 @@ func (e *Engine) loadIndex(ctx context.Context, l resolver.LayerRef) (*indexed, 
 }
 
 // buildIndex reads the blob (see Index).
-func (e *Engine) buildIndex(ctx context.Context, l resolver.LayerRef) (*indexed, error) {
+func (e *Engine) buildIndex(ctx context.Context, l resolver.LayerRef, gate layer.Gate) (*indexed, error) {
 	b, err := e.res.Blob(ctx, l)
 	if err != nil {
 		return nil, err
 	}
-	idx, err := layer.OpenEStargz(b, b.Size(), l.TOCDigest)
+	idx, err := layer.OpenEStargzGated(b, b.Size(), l.TOCDigest, gate)
 	format := layer.FormatEStargz
 	if errors.Is(err, layer.ErrNotEStargz) {
 		format, err = layer.Sniff(b, b.Size())

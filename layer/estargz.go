@@ -31,7 +31,7 @@ const legacyFooterSize = 47
 
 // openEStargz indexes an eStargz blob: one read for the footer, one for the
 // TOC. ok is false, with no error, when the blob has no eStargz footer.
-func openEStargz(ra io.ReaderAt, size int64, tocDigest string) (idx *Index, ok bool, err error) {
+func openEStargz(ra io.ReaderAt, size int64, tocDigest string, gate Gate) (idx *Index, ok bool, err error) {
 	if size < estargz.FooterSize {
 		return nil, false, nil
 	}
@@ -49,6 +49,11 @@ func openEStargz(ra io.ReaderAt, size int64, tocDigest string) (idx *Index, ok b
 	}
 	if tocEnd-tocOff > maxTOCSize {
 		return nil, true, fmt.Errorf("layer: open toc: %d bytes, more than the %d allowed", tocEnd-tocOff, maxTOCSize)
+	}
+	if gate != nil {
+		if err := gate(tocEnd - tocOff); err != nil {
+			return nil, true, fmt.Errorf("layer: open toc: %w", err)
+		}
 	}
 	// Read through a buffer of at most tocPiece bytes: one read for most
 	// TOCs, and a huge one never held whole.

@@ -109,10 +109,23 @@ func Open(ra io.ReaderAt, size int64, tocDigest string) (*Index, error) {
 // checking the TOC against tocDigest unless that is "". A blob without an
 // eStargz footer gives an error matching ErrNotEStargz.
 func OpenEStargz(ra io.ReaderAt, size int64, tocDigest string) (*Index, error) {
+	return OpenEStargzGated(ra, size, tocDigest, nil)
+}
+
+// Gate is called with the compressed size of a TOC once the footer has
+// been read, before the TOC is read and parsed: the part of an index load
+// whose memory grows with the TOC. It may wait (for room, say); an error
+// ends the open. What it takes, the caller gives back when done with the
+// index.
+type Gate func(tocSize int64) error
+
+// OpenEStargzGated is OpenEStargz with the TOC's read and parse behind
+// gate (nil: none).
+func OpenEStargzGated(ra io.ReaderAt, size int64, tocDigest string, gate Gate) (*Index, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("layer: open: negative size %d", size)
 	}
-	idx, ok, err := openEStargz(ra, size, tocDigest)
+	idx, ok, err := openEStargz(ra, size, tocDigest, gate)
 	if err == nil && !ok {
 		err = ErrNotEStargz
 	}

@@ -296,3 +296,38 @@ func TestIndexWriteJSON(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenGated: the gate hears the TOC's compressed size after the footer
+// read and before the TOC is read; its error ends the open with no TOC read.
+func TestOpenGated(t *testing.T) {
+	blob, _ := build(t, testCache(t, "vector-add-cache"))
+	tocOff, footerSize, ok := parseFooter(blob[len(blob)-51:])
+	if !ok {
+		t.Fatal("no footer")
+	}
+	wantSize := int64(len(blob)) - footerSize - tocOff
+
+	ra := &countingReaderAt{ra: bytes.NewReader(blob)}
+	var got int64
+	readsAtGate := -1
+	gate := func(n int64) error {
+		got = n
+		ra.mu.Lock()
+		readsAtGate = ra.reads
+		ra.mu.Unlock()
+		return nil
+	}
+	idx, err := OpenEStargzGated(ra, int64(len(blob)), "", gate)
+	if err != nil || len(idx.Dirs) == 0 {
+		t.Fatalf("open: %v", err)
+	}
+	if got != wantSize || readsAtGate != 1 || ra.reads != 2 {
+		t.Errorf("gate heard %d bytes after %d reads (%d in all), want %d after the footer's 1 (2 in all)", got, readsAtGate, ra.reads, wantSize)
+	}
+
+	ra = &countingReaderAt{ra: bytes.NewReader(blob)}
+	stop := errors.New("no room")
+	if _, err := OpenEStargzGated(ra, int64(len(blob)), "", func(int64) error { return stop }); !errors.Is(err, stop) || ra.reads != 1 {
+		t.Errorf("a refusing gate: %v after %d reads, want its error after the footer's 1", err, ra.reads)
+	}
+}
