@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"cargohold/fetch"
 	"cargohold/gpu"
 	"cargohold/kind"
 	"cargohold/resolver"
@@ -171,13 +172,17 @@ func (cat *Catalog) buildRec(ctx context.Context, c resolver.Pending) (*imageRec
 	// Every layer holding a KEY dir, in layer order: Entry merges them file
 	// by file, later layers winning, as unpacking does. A layer of another
 	// kind is left out.
-	kinds, lists, err := cat.layerUnits(ctx, c.Ref, rec.Layers)
+	lists, err := cat.layerUnits(ctx, c.Ref, rec.Layers)
 	if err != nil {
 		return nil, err
 	}
 	held := map[string][]uint16{}
-	for i, keys := range lists {
-		lk := kinds[i]
+	for i, u := range lists {
+		keys, lk := u.Keys, u.Kind
+		if n := len(u.Skipped); n > 0 {
+			cat.log.Warn("layer entries outside the cache its kind takes: the mount leaves them out",
+				"image", c.Ref, "layer", i, "count", n, "first", u.Skipped[:min(n, 3)])
+		}
 		if lk == "" {
 			continue
 		}
@@ -249,11 +254,10 @@ const layerWorkers = 8
 // layers at once: an image of hundreds of layers costs a few round trips
 // of its registry, not hundreds one after the other. A failing layer fails
 // the whole (its own error, not that of a layer canceled because of it).
-func (cat *Catalog) layerUnits(ctx context.Context, ref string, layers []resolver.LayerRef) ([]kind.Kind, [][]string, error) {
+func (cat *Catalog) layerUnits(ctx context.Context, ref string, layers []resolver.LayerRef) ([]fetch.Units, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	kinds := make([]kind.Kind, len(layers))
-	lists := make([][]string, len(layers))
+	lists := make([]fetch.Units, len(layers))
 	errs := make([]error, len(layers))
 	sem := make(chan struct{}, layerWorkers)
 	var wg sync.WaitGroup
@@ -268,7 +272,7 @@ func (cat *Catalog) layerUnits(ctx context.Context, ref string, layers []resolve
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if kinds[i], lists[i], errs[i] = cat.eng.Units(ctx, l); errs[i] != nil {
+			if lists[i], errs[i] = cat.eng.Units(ctx, l); errs[i] != nil {
 				cancel() // the image fails anyway: the other layers need not load
 			}
 		})
@@ -281,11 +285,11 @@ func (cat *Catalog) layerUnits(ctx context.Context, ref string, layers []resolve
 		}
 		err = fmt.Errorf("catalog: image %s: layer %d: %w", ref, i, err)
 		if !errors.Is(err, context.Canceled) {
-			return nil, nil, err
+			return nil, err
 		}
 		if first == nil {
 			first = err
 		}
 	}
-	return kinds, lists, first
+	return lists, first
 }

@@ -141,7 +141,7 @@ type Stats struct {
 type fetcher interface {
 	// Units lists a layer's kind and units without keeping its index in
 	// memory.
-	Units(ctx context.Context, l resolver.LayerRef) (kind.Kind, []string, error)
+	Units(ctx context.Context, l resolver.LayerRef) (fetch.Units, error)
 	Key(ctx context.Context, layers []resolver.LayerRef, key string) ([]fetch.KeyFile, error)
 	Open(f fetch.KeyFile) (*store.File, error)
 	Prefetch(l resolver.LayerRef, keys []string) <-chan error

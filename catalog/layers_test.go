@@ -1,7 +1,9 @@
 package catalog_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,8 +16,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"cargohold/catalog"
 	"cargohold/fetch"
 	"cargohold/resolver"
+	"cargohold/store"
 	"cargohold/test/cachetest"
 	"cargohold/test/proxy"
 	"cargohold/triton/gen"
@@ -198,5 +202,62 @@ func TestIndexLayersConcurrently(t *testing.T) {
 	t.Logf("%d layers: at most %d requests in flight", len(keys), most)
 	if most < 2 {
 		t.Errorf("%d layers indexed with at most %d request in flight: one after the other", len(keys), most)
+	}
+}
+
+// TestSkippedEntriesNamed: entries of a layer outside the cache its kind
+// takes are named in a warning when the catalog indexes the image (the
+// mount leaves them out), and the cache's KEYs are served all the same.
+func TestSkippedEntriesNamed(t *testing.T) {
+	f := newIxRegistry(t)
+	dir, es := ixGen(t, gen.Options{Kernels: 1, Seed: 7, Targets: ixTargets(t, "cuda:80:32")})
+	keys := ixKeys(es)
+	var entries []cachetest.Entry
+	for _, k := range keys {
+		des, err := os.ReadDir(filepath.Join(dir, k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, de := range des {
+			data, err := os.ReadFile(filepath.Join(dir, k, de.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			entries = append(entries, cachetest.Entry{Name: "io.triton.cache/" + k + "/" + de.Name(), Body: data})
+		}
+	}
+	entries = append(entries, cachetest.Entry{Name: "etc/motd", Body: []byte("not a cache file\n")})
+	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1), mutate.Addendum{
+		Layer:     static.NewLayer(cachetest.Tar(t, entries...), types.OCIUncompressedLayer),
+		MediaType: types.OCIUncompressedLayer,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.push(t, "skipped:v1", img)
+
+	state := t.TempDir()
+	st, err := store.Open(fetch.StoreDir(state), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	r := resolver.New(ixOptions(t))
+	eng := fetch.NewEngine(r, st, state)
+	defer eng.Close()
+	var log bytes.Buffer
+	ix, err := catalog.New(r, eng, catalog.Config{Sources: []string{f.ref("skipped:v1")}, Targets: ixTargets(t, "cuda:80:32"),
+		StateDir: state, Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ix.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := ix.Keys(); !slices.Equal(got, keys) {
+		t.Errorf("Keys() = %v, want %v", got, keys)
+	}
+	if !strings.Contains(log.String(), "outside the cache") || !strings.Contains(log.String(), "etc/motd") {
+		t.Errorf("no warning naming etc/motd in the log:\n%s", log.String())
 	}
 }

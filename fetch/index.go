@@ -98,26 +98,32 @@ func (e *Engine) Index(ctx context.Context, l resolver.LayerRef) (*layer.Index, 
 // Keys returns the KEY dirs of layer l, sorted: its units, whatever its
 // kind (Units).
 func (e *Engine) Keys(ctx context.Context, l resolver.LayerRef) ([]string, error) {
-	_, keys, err := e.Units(ctx, l)
-	return keys, err
+	u, err := e.Units(ctx, l)
+	return u.Keys, err
 }
 
-// Units returns the cache kind of layer l ("" when it holds no cache) and
-// its units (Triton KEYs, or dir paths under the kind's root), sorted. It
-// loads the index as Index does (memory, disk cache, blob) but does not
-// keep it in memory: a catalog that lists the units of every image would
-// otherwise fill the in-memory cache with layers no lookup has asked for.
-func (e *Engine) Units(ctx context.Context, l resolver.LayerRef) (kind.Kind, []string, error) {
+// Units is what a layer holds, as a catalog lists it.
+type Units struct {
+	Kind    kind.Kind // "" when the layer holds no cache
+	Keys    []string  // its units (Triton KEYs, or dir paths under the kind's root), sorted
+	Skipped []string  // entries outside its cache, as named in the layer (layer.Index.Skipped)
+}
+
+// Units lists layer l's cache kind and units. It loads the index as Index
+// does (memory, disk cache, blob) but does not keep it in memory: a
+// catalog that lists the units of every image would otherwise fill the
+// in-memory cache with layers no lookup has asked for.
+func (e *Engine) Units(ctx context.Context, l resolver.LayerRef) (Units, error) {
 	ix, err := e.index(ctx, l, false)
 	if err != nil {
-		return "", nil, err
+		return Units{}, err
 	}
 	keys := make([]string, 0, len(ix.Dirs))
 	for k := range ix.Dirs {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	return ix.Kind, keys, nil
+	return Units{Kind: ix.Kind, Keys: keys, Skipped: ix.Skipped}, nil
 }
 
 // index loads l's index; keep puts it in the in-memory cache.

@@ -48,7 +48,8 @@ func TestUnitsOfKinds(t *testing.T) {
 	)
 	for round := range 2 {
 		eng := fetch.NewEngine(res, st, state)
-		k, units, err := eng.Units(ctx, im.LayerRef(0))
+		u, err := eng.Units(ctx, im.LayerRef(0))
+		k, units := u.Kind, u.Keys
 		if err != nil || k != kind.VLLM || len(units) != len(p.Tree.Units) {
 			t.Fatalf("round %d: Units = %s, %d units, %v; want vllm, %d", round, k, len(units), err, len(p.Tree.Units))
 		}

@@ -48,9 +48,11 @@ func fetchKeys(ctx context.Context, o options, ropts resolver.Options, log *slog
 
 	k := kind.KindOfLabels(im.Labels)
 	if k == "" && len(im.Layers) > 0 {
-		if k, _, err = e.Units(ctx, im.LayerRef(len(im.Layers)-1)); err != nil {
+		u, err := e.Units(ctx, im.LayerRef(len(im.Layers)-1))
+		if err != nil {
 			return fmt.Errorf("fetch: %w", err)
 		}
+		k = u.Kind
 	}
 	// Sorted, a unit comes before the units below it (a vLLM rank dir
 	// before its inductor_cache/ units): installed after them, its dir
