@@ -259,6 +259,20 @@ func (n *dirNode) mergedChild(name string) *dirNode {
 	return d
 }
 
+// movesWithTree reports whether the dir name in this dir (upper path dir)
+// finds its upper half by its place in the tree, and so may be renamed. A
+// merged dir does not: its upper half is upper/<rel>, fixed when its node
+// was made, and the node the kernel keeps after a rename would still
+// point at the old path. The node the tree holds decides; with none, what a
+// lookup would make.
+func (n *dirNode) movesWithTree(dir, name string) bool {
+	if ch := n.GetChild(name); ch != nil {
+		d, _ := ch.Operations().(*dirNode)
+		return d == nil || d.kind != mergedDir
+	}
+	return !n.mayShow(dir, name)
+}
+
 // findDir returns the merged dir node the tree holds at rel, if any.
 func (v *view) findDir(rel string) *dirNode {
 	d := v.root

@@ -92,9 +92,12 @@
 //     the ".wh." prefix are reserved: never listed, never found, not creatable.
 //   - Lower entries are dirs (units and the dirs above them) and the
 //     units' regular files; they are not renamed (EXDEV: mv copies) and not
-//     written in place (EROFS). Triton KEY dirs at the root are not
-//     renamed either way; an upper dir may be renamed onto a name the
-//     images do not show (Inductor's bundled kernels: tmp.<uuid> onto
+//     written in place (EROFS). A merged dir is not renamed either, even
+//     one only the upper dir has (a locally compiled vLLM hash dir): its
+//     node finds its upper half by its path, fixed when the node was made
+//     (EXDEV: mv copies). Nothing is renamed onto a Triton KEY at the
+//     root; a plain upper dir may be renamed onto a name the images do
+//     not show (Inductor's bundled kernels: tmp.<uuid> onto
 //     triton/<device>/<KEY>), and rmdir of a merged dir is ENOTEMPTY while
 //     either layer shows something in it.
 //   - No lock is held across a call into the Lower: a slow unit blocks only

@@ -253,3 +253,74 @@ func TestInductorView(t *testing.T) {
 		t.Errorf("image entry: %v", err)
 	}
 }
+
+// dirNames lists a dir's names, or says why it cannot.
+func dirNames(p string) []string {
+	des, err := os.ReadDir(p)
+	if err != nil {
+		return []string{"error: " + err.Error()}
+	}
+	var out []string
+	for _, de := range des {
+		out = append(out, de.Name())
+	}
+	return out
+}
+
+// TestRenameMergedDirIsEXDEV: a vLLM hash dir compiled locally (no image
+// has it) finds its upper half by its path, so rename(2) of it answers
+// EXDEV and leaves it intact and writable under its name; mv copies it,
+// and the copy keeps its files under the new name.
+func TestRenameMergedDirIsEXDEV(t *testing.T) {
+	upper := t.TempDir()
+	_, mp := testMount(t, Options{Kind: kind.VLLM, Upper: upper})
+	a := filepath.Join(mp, "torch_compile_cache", "aaaa")
+	if err := os.MkdirAll(filepath.Join(a, "rank_0_0"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(a, "rank_0_0", "vllm_compile_cache.py"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := filepath.Join(mp, "torch_compile_cache", "bbbb")
+	wantErrno(t, "rename of a merged dir", syscall.Rename(a, b), syscall.EXDEV)
+	wantErrno(t, "rename of a merged child dir", syscall.Rename(filepath.Join(a, "rank_0_0"), filepath.Join(a, "rank_1_0")), syscall.EXDEV)
+	if got := dirNames(a); !slices.Equal(got, []string{"rank_0_0"}) {
+		t.Errorf("the dir lists %v after the refused rename, want [rank_0_0]", got)
+	}
+	if got := dirNames(filepath.Join(a, "rank_0_0")); !slices.Equal(got, []string{"vllm_compile_cache.py"}) {
+		t.Errorf("the dir's child lists %v after the refused rename, want [vllm_compile_cache.py]", got)
+	}
+	if err := os.WriteFile(filepath.Join(a, "rank_0_0", "after"), []byte("z"), 0o644); err != nil {
+		t.Errorf("write into the dir after the refused rename: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(upper, "torch_compile_cache", "aaaa", "rank_0_0", "after")); err != nil {
+		t.Errorf("the write is not in the dir's upper half: %v", err)
+	}
+	if err := os.Remove(filepath.Join(a, "rank_0_0", "after")); err != nil {
+		t.Fatal(err)
+	}
+
+	// mv copies: the new name holds the files, the old one is gone.
+	if out, err := exec.Command("mv", a, b).CombinedOutput(); err != nil {
+		t.Fatalf("mv: %v: %s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(upper, "torch_compile_cache", "bbbb", "rank_0_0", "vllm_compile_cache.py")); err != nil {
+		t.Fatalf("upper: %v", err)
+	}
+	if got := dirNames(b); !slices.Equal(got, []string{"rank_0_0"}) {
+		t.Errorf("the moved dir lists %v, want [rank_0_0]", got)
+	}
+	if got := dirNames(filepath.Join(b, "rank_0_0")); !slices.Equal(got, []string{"vllm_compile_cache.py"}) {
+		t.Errorf("the moved dir's child lists %v, want [vllm_compile_cache.py]", got)
+	}
+	// A write through the moved dir lands in it, not under the old name.
+	if err := os.WriteFile(filepath.Join(b, "rank_0_0", "new"), []byte("y"), 0o644); err != nil {
+		t.Errorf("write into the moved dir: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(upper, "torch_compile_cache", "bbbb", "rank_0_0", "new")); err != nil {
+		t.Errorf("the write is not in the moved dir's upper half: %v", err)
+	}
+	if got := dirNames(filepath.Join(mp, "torch_compile_cache")); !slices.Equal(got, []string{"bbbb"}) {
+		t.Errorf("torch_compile_cache lists %v, want [bbbb]", got)
+	}
+}

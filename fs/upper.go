@@ -355,10 +355,11 @@ func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
 }
 
 // Rename moves an upper entry, replacing what the target name showed in
-// either layer. Image entries, dirs the images show and Triton KEY dirs at
-// the root do not move (EXDEV: mv copies); an upper dir may move onto a
-// name the images do not show (Inductor's tmp.<uuid> dir renamed onto
-// triton/<device>/<KEY>).
+// either layer. Image entries and merged dirs (a dir where the kind takes
+// one, upper-only or not: its upper half is found by its path) do not
+// move, nor does anything move onto a Triton KEY at the root (EXDEV: mv
+// copies); a plain upper dir may move onto a name the images do not show
+// (Inductor's tmp.<uuid> dir renamed onto triton/<device>/<KEY>).
 // RENAME_NOREPLACE is honoured across both layers; other flags are EINVAL.
 // Where the images cannot answer for a KEY, the target counts as absent
 // (Triton's rename onto KEY/file must not fail while the images are slow;
@@ -395,7 +396,7 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		return syscall.ENOENT // as lookups say while the images cannot answer
 	}
 	isDir := st.Mode&syscall.S_IFMT == syscall.S_IFDIR
-	if isDir && ((n.kind == rootDir && triton.IsKey(name)) || (np.kind == rootDir && triton.IsKey(newName))) {
+	if isDir && (!n.movesWithTree(sdir, name) || (np.kind == rootDir && triton.IsKey(newName))) {
 		return syscall.EXDEV
 	}
 	if isDir {
