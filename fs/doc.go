@@ -98,8 +98,8 @@
 //     (EXDEV: mv copies). Nothing is renamed onto a Triton KEY at the
 //     root; a plain upper dir may be renamed onto a name the images do
 //     not show (Inductor's bundled kernels: tmp.<uuid> onto
-//     triton/<device>/<KEY>), and rmdir of a merged dir is ENOTEMPTY while
-//     either layer shows something in it.
+//     triton/<device>/<KEY>). Rmdir of a merged dir, and a rename of a dir
+//     onto it, is ENOTEMPTY while either layer shows something in it.
 //   - No lock is held across a call into the Lower: a slow unit blocks only
 //     the lookups inside that unit's dir.
 //   - errno (errno.go) is the one place where Go errors become errnos; it

@@ -324,3 +324,35 @@ func TestRenameMergedDirIsEXDEV(t *testing.T) {
 		t.Errorf("torch_compile_cache lists %v, want [bbbb]", got)
 	}
 }
+
+// TestRenameOntoImageUnitIsENOTEMPTY: a dir renamed onto a unit the images
+// show fails ENOTEMPTY (the unit holds the images' files), even when the
+// unit's upper half exists and is empty.
+func TestRenameOntoImageUnitIsENOTEMPTY(t *testing.T) {
+	src := cachetest.VLLMTestdata(t, "llama-binary-cache")
+	l := newKindLower(t, kind.VLLM, src)
+	upper := t.TempDir()
+	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM, Upper: upper})
+	unit := filepath.Join(mp, vllmBackbone)
+	before := readDirNames(t, unit)
+	// The unit gets an upper half, left empty.
+	if err := os.WriteFile(filepath.Join(unit, "scratch"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(unit, "scratch")); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(filepath.Dir(unit), "tmp.1234")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "mine"), []byte("m"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Rename(tmp, unit); err != syscall.ENOTEMPTY {
+		t.Errorf("rename onto the images' unit: %v, want ENOTEMPTY", err)
+	}
+	if got := readDirNames(t, unit); !slices.Equal(got, before) {
+		t.Errorf("the unit lists %v, want %v", got, before)
+	}
+}

@@ -419,7 +419,10 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		return n.v.errno("rename "+src, err, false)
 	}
 	dst := filepath.Join(ddir, newName)
-	if dstLower && !exists(dst) {
+	// Over an upper dir, an image's dir still shows its files (whatever
+	// the upper half hides of them it hides by whiteouts, which the upper
+	// fs counts too): only the upper entry replaced decides otherwise.
+	if dstLower && (!exists(dst) || dstMode == syscall.S_IFDIR && isDirPath(dst)) {
 		switch {
 		case flags&unix.RENAME_NOREPLACE != 0:
 			return syscall.EEXIST
