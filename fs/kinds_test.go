@@ -356,3 +356,29 @@ func TestRenameOntoImageUnitIsENOTEMPTY(t *testing.T) {
 		t.Errorf("the unit lists %v, want %v", got, before)
 	}
 }
+
+// TestRmdirOverDeletedImageFileKeepsItDeleted: an image file deleted, a
+// dir renamed onto its name and removed: the image file stays deleted.
+func TestRmdirOverDeletedImageFileKeepsItDeleted(t *testing.T) {
+	src := cachetest.VLLMTestdata(t, "llama-binary-cache")
+	l := newKindLower(t, kind.VLLM, src)
+	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM})
+	unit := filepath.Join(mp, vllmBackbone)
+	f := filepath.Join(unit, "computation_graph.py")
+	if err := os.Remove(f); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(unit, "tmp.1")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, f); err != nil {
+		t.Fatalf("rename: %v", err)
+	}
+	if err := syscall.Rmdir(f); err != nil {
+		t.Fatalf("rmdir: %v", err)
+	}
+	if _, err := os.Lstat(f); !os.IsNotExist(err) {
+		t.Errorf("the deleted image file is back: %v", err)
+	}
+}

@@ -263,11 +263,11 @@ func (n *dirNode) remove(ctx context.Context, name string, rm func(string) error
 
 // rmdirMerged removes a merged dir that is empty in both layers: its upper
 // half (holding at most whiteouts) goes, and a whiteout in the parent hides
-// the image's dir. An opaque upper half was made where an image's dir had
-// been deleted, so its removal always leaves the whiteout. Where the images
-// cannot answer for the unit, an empty upper half says nothing: EIO, not a
-// wrong success (a Python removedirs would prune on, and the image's dir
-// would show again).
+// the image's dir, or the image's file the dir hid. An opaque upper half
+// was made where an image's dir had been deleted, so its removal always
+// leaves the whiteout. Where the images cannot answer for the unit, an
+// empty upper half says nothing: EIO, not a wrong success (a Python
+// removedirs would prune on, and the image's dir would show again).
 func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
 	rel := n.childRel(key)
 	d := n.mergedChild(key)
@@ -329,8 +329,17 @@ func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
 	if !inUpper && !shows {
 		return syscall.ENOENT
 	}
+	// The dir may sit over an image's file of its name (deleted, then a
+	// dir renamed there): its whiteout keeps that file deleted. Where the
+	// images cannot answer for this unit, a whiteout just in case, as
+	// remove writes.
+	fileBelow := false
+	if inUpper && !shows && !opaque && n.kind == mergedDir {
+		ld, err := n.ensureLower(ctx)
+		fileBelow = err != nil || (ld != nil && ld.files[key] != nil)
+	}
 	created := false
-	if shows || opaque {
+	if shows || opaque || fileBelow {
 		if _, err := n.makeUpper(); err != nil {
 			return n.v.errno("rmdir "+kdir, err, false)
 		}
