@@ -86,10 +86,11 @@
 //     node), never the new file under the old node, never ENOENT.
 //   - Nothing is written below a lower entry: writes, renames onto lower names
 //     and deletions change the upper dir only. A deleted lower name is hidden
-//     by a whiteout file ".wh.<name>" in the upper parent; a dir made where a
-//     lower merged dir was deleted is marked opaque by ".wh..wh..opq" (the aufs
-//     format: plain empty files, no privilege needed, persistent). Names with
-//     the ".wh." prefix are reserved: never listed, never found, not creatable.
+//     by a whiteout file ".wh.<name>" in the upper parent; a dir made (or
+//     moved) where a lower merged dir was deleted is marked opaque by
+//     ".wh..wh..opq" (the aufs format: plain empty files, no privilege
+//     needed, persistent). Names with the ".wh." prefix are reserved:
+//     never listed, never found, not creatable.
 //   - Lower entries are dirs (units and the dirs above them) and the
 //     units' regular files; they are not renamed (EXDEV: mv copies) and not
 //     written in place (EROFS). A merged dir is not renamed either, even

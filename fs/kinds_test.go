@@ -382,3 +382,35 @@ func TestRmdirOverDeletedImageFileKeepsItDeleted(t *testing.T) {
 		t.Errorf("the deleted image file is back: %v", err)
 	}
 }
+
+// TestRenameOntoDeletedImageDirKeepsItDeleted: a dir renamed onto the name
+// of an image's dir that was deleted keeps the image's files deleted: a
+// fresh view of the upper dir (a remount) shows the renamed dir's files
+// only.
+func TestRenameOntoDeletedImageDirKeepsItDeleted(t *testing.T) {
+	src := cachetest.VLLMTestdata(t, "llama-binary-cache")
+	l := newKindLower(t, kind.VLLM, src)
+	upper := t.TempDir()
+	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM, Upper: upper})
+	unit := filepath.Join(mp, vllmBackbone)
+	if err := os.RemoveAll(unit); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(filepath.Dir(unit), "tmp.1234")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "mine"), []byte("m"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, unit); err != nil {
+		t.Fatalf("rename: %v", err)
+	}
+	if got := readDirNames(t, unit); !slices.Equal(got, []string{"mine"}) {
+		t.Errorf("the renamed dir lists %v, want [mine]", got)
+	}
+	_, mp2 := testMount(t, Options{Lower: l, Kind: kind.VLLM, Upper: upper})
+	if got := readDirNames(t, filepath.Join(mp2, vllmBackbone)); !slices.Equal(got, []string{"mine"}) {
+		t.Errorf("remounted, the renamed dir lists %v, want [mine]", got)
+	}
+}

@@ -368,7 +368,8 @@ func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
 // one, upper-only or not: its upper half is found by its path) do not
 // move, nor does anything move onto a Triton KEY at the root (EXDEV: mv
 // copies); a plain upper dir may move onto a name the images do not show
-// (Inductor's tmp.<uuid> dir renamed onto triton/<device>/<KEY>).
+// (Inductor's tmp.<uuid> dir renamed onto triton/<device>/<KEY>); moved
+// where an image's dir was deleted, it is opaque, as Mkdir makes one.
 // RENAME_NOREPLACE is honoured across both layers; other flags are EINVAL.
 // Where the images cannot answer for a KEY, the target counts as absent
 // (Triton's rename onto KEY/file must not fail while the images are slow;
@@ -454,10 +455,27 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 			}
 		}
 	}
+	// A dir moved where an image's dir was deleted is opaque, as Mkdir
+	// makes one there, so that the deleted files stay deleted. Marked
+	// before the move: a crash leaves a marker in the source dir, never
+	// the image's files back.
+	marked := false
+	if isDir && np.mayShow(ddir, newName) && hasWhiteout(ddir, newName) && !isOpaque(src) {
+		if err := markOpaque(src); err != nil {
+			return n.v.errno("rename "+src, err, false)
+		}
+		marked = true
+	}
+	undo := func() {
+		if marked {
+			os.Remove(filepath.Join(src, opaqueName))
+		}
+	}
 	srcLower, err := n.lowerHas(ctx, name)
 	created := false
 	if srcLower || err != nil {
 		if created, err = writeWhiteout(sdir, name); err != nil {
+			undo()
 			return n.v.errno("rename "+src, err, false)
 		}
 	}
@@ -470,6 +488,7 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		if created {
 			removeWhiteout(sdir, name)
 		}
+		undo()
 		return n.v.errno("rename "+src, err, false)
 	}
 	if err := removeWhiteout(ddir, newName); err != nil {
