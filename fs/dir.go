@@ -104,6 +104,17 @@ func (n *dirNode) kindTakes(name string) bool {
 	return ok
 }
 
+// lowerDirs lists the dirs the images show right below this dir (root or
+// merged). Where the kind takes no dir (inside a Triton KEY dir) the
+// images are not asked: for cargohold-fs, each ask searches the catalog's
+// units.
+func (n *dirNode) lowerDirs() []string {
+	if n.kind != rootDir && !kind.HoldsDirs(n.v.kind, n.rel) {
+		return nil
+	}
+	return n.v.lowerDirs(n.rel)
+}
+
 // lowerState returns the lower half as known so far; an error when it is
 // not known (yet).
 func (n *dirNode) lowerState() (*lowerDir, error) {
@@ -496,7 +507,7 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		}
 	}
 	if merged {
-		for _, name := range n.v.lowerDirs(n.rel) {
+		for _, name := range n.lowerDirs() {
 			if plainName(name) && n.kindTakes(name) {
 				add(name, syscall.S_IFDIR, keyIno(n.childRel(name)))
 			}

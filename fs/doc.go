@@ -26,8 +26,9 @@
 //
 // A dir is merged where the kind takes a dir (kind.ClassifyDir) and its
 // parent is merged and not opaque; the images are never asked about any
-// other path. For Triton the merged dirs are the KEY dirs at the root,
-// as before.
+// other path, nor for the dirs below a dir where the kind takes none (a
+// Triton KEY dir: kind.HoldsDirs). For Triton the merged dirs are the KEY
+// dirs at the root, as before.
 //
 // Lookups go upper first. A dir that is not in the upper dir is answered
 // from the images' index (Lower.Dir: no fetch), because the kernel holds

@@ -306,7 +306,7 @@ func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
 			return n.v.errno("rmdir "+kdir, fmt.Errorf("fs: rmdir KEY %s: %w", rel, err), false)
 		}
 		if info.Exists {
-			for _, name := range n.v.lowerDirs(rel) {
+			for _, name := range d.lowerDirs() {
 				shows = true
 				if !hidden[name] {
 					return syscall.ENOTEMPTY
