@@ -414,3 +414,31 @@ func TestRenameOntoDeletedImageDirKeepsItDeleted(t *testing.T) {
 		t.Errorf("remounted, the renamed dir lists %v, want [mine]", got)
 	}
 }
+
+// TestRmdirUnitStillShowingFilesIsENOTEMPTY: a unit whose files the view
+// shows is not removed when the images stop listing it (a refresh): its
+// node still holds their files, and listings show them.
+func TestRmdirUnitStillShowingFilesIsENOTEMPTY(t *testing.T) {
+	src := cachetest.VLLMTestdata(t, "llama-binary-cache")
+	l := newKindLower(t, kind.VLLM, src)
+	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM})
+	unit := filepath.Join(mp, vllmBackbone)
+	// The unit gets an upper half, left empty.
+	if err := os.WriteFile(filepath.Join(unit, "scratch"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(unit, "scratch")); err != nil {
+		t.Fatal(err)
+	}
+	before := readDirNames(t, unit)
+	if len(before) == 0 {
+		t.Fatal("the unit lists nothing")
+	}
+	if err := os.RemoveAll(filepath.Join(l.dir, vllmBackbone)); err != nil { // the refresh
+		t.Fatal(err)
+	}
+	wantErrno(t, "rmdir of a unit showing files", syscall.Rmdir(unit), syscall.ENOTEMPTY)
+	if got := readDirNames(t, unit); !slices.Equal(got, before) {
+		t.Errorf("the unit lists %v, want %v", got, before)
+	}
+}

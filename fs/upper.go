@@ -305,6 +305,7 @@ func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
 		if err != nil {
 			return n.v.errno("rmdir "+kdir, fmt.Errorf("fs: rmdir KEY %s: %w", rel, err), false)
 		}
+		var ld *lowerDir
 		if info.Exists {
 			for _, name := range d.lowerDirs() {
 				shows = true
@@ -312,16 +313,19 @@ func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
 					return syscall.ENOTEMPTY
 				}
 			}
-			ld, err := d.ensureLower(ctx)
-			if err != nil {
+			if ld, err = d.ensureLower(ctx); err != nil {
 				return n.v.errno("rmdir "+kdir, fmt.Errorf("fs: rmdir KEY %s: %w", rel, err), false)
 			}
-			if ld != nil {
-				shows = true
-				for name := range ld.files {
-					if !hidden[name] {
-						return syscall.ENOTEMPTY
-					}
+		} else {
+			// The images no longer list the dir (a refresh), but the
+			// files its node holds still show.
+			ld, _ = d.lowerState()
+		}
+		if ld != nil {
+			shows = true
+			for name := range ld.files {
+				if !hidden[name] {
+					return syscall.ENOTEMPTY
 				}
 			}
 		}
