@@ -425,8 +425,13 @@ func (n *dirNode) upperChild(ctx context.Context, dir, name string, st *syscall.
 	out.Attr.FromStat(st)
 	mode := st.Mode & syscall.S_IFMT
 	if mode == syscall.S_IFDIR && n.mayShow(dir, name) {
-		if d := n.mergedChild(name); d != nil {
-			return d.EmbeddedInode()
+		// The node the tree holds, merged or a plain dir renamed here
+		// (it finds its upper half by its place): a new node under the
+		// name would cut a process inside the held one off its dir.
+		if ch := n.GetChild(name); ch != nil {
+			if _, ok := ch.Operations().(*dirNode); ok {
+				return ch
+			}
 		}
 		rel := n.childRel(name)
 		return n.NewInode(ctx, n.v.newMergedDir(rel), gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: keyIno(rel)})
@@ -496,7 +501,10 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		seen[name] = true
 		e := fuse.DirEntry{Name: name, Mode: typeMode(de.Type())}
 		if de.IsDir() && merged && n.kindTakes(name) {
-			e.Ino = keyIno(n.childRel(name))
+			e.Ino = keyIno(n.childRel(name)) // what a lookup makes, unless the tree holds a node (upperChild)
+			if ch := n.GetChild(name); ch != nil {
+				e.Ino = ch.StableAttr().Ino
+			}
 		}
 		list = append(list, e)
 	}

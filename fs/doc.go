@@ -130,7 +130,9 @@
 //     hold answer EIO, as no exact answer exists.
 //   - A dir made by mkdir (after a lookup found no image) merges with an
 //     image only after a remount; so does a dir above units that the
-//     images list as a unit only after a refresh.
+//     images list as a unit only after a refresh, and a plain dir renamed
+//     onto a merged name (it keeps its node, and its inode number, while
+//     the kernel holds it).
 //   - Image content is not pinned between lookup and open: content evicted
 //     meanwhile is fetched again by LowerFile.Open under the FUSE open's
 //     interruption and the lookup deadline; an open that cannot get it fails

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"os/exec"
@@ -440,5 +441,77 @@ func TestRmdirUnitStillShowingFilesIsENOTEMPTY(t *testing.T) {
 	wantErrno(t, "rmdir of a unit showing files", syscall.Rmdir(unit), syscall.ENOTEMPTY)
 	if got := readDirNames(t, unit); !slices.Equal(got, before) {
 		t.Errorf("the unit lists %v, want %v", got, before)
+	}
+}
+
+// direntInos reads dir's entries as getdents64 returns them: name → d_ino.
+func direntInos(t *testing.T, dir string) map[string]uint64 {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	inos := map[string]uint64{}
+	buf := make([]byte, 1<<16)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil {
+			t.Fatalf("getdents %s: %v", dir, err)
+		}
+		if n == 0 {
+			return inos
+		}
+		// struct linux_dirent64: d_ino u64, d_off s64, d_reclen u16, d_type u8, d_name.
+		for b := buf[:n]; len(b) > 0; {
+			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+			name, _, _ := strings.Cut(string(b[19:reclen]), "\x00")
+			inos[name] = binary.NativeEndian.Uint64(b[:8])
+			b = b[reclen:]
+		}
+	}
+}
+
+// TestDirMovedToMergedNameKeepsItsNode: Inductor's bundled kernel dir
+// (tmp.<uuid> renamed onto triton/<device>/<KEY>) keeps the node it had:
+// listings report the inode number stat reports, and a process holding
+// the dir writes into it after the parent was listed.
+func TestDirMovedToMergedNameKeepsItsNode(t *testing.T) {
+	upper := t.TempDir()
+	_, mp := testMount(t, Options{Kind: kind.Inductor, Upper: upper})
+	dev := filepath.Join(mp, "triton", "0")
+	tmp := filepath.Join(dev, "tmp.4242")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, grpName), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k := filepath.Join(dev, cudaKey)
+	if err := os.Rename(tmp, k); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(k, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Stat(k, &st); err != nil {
+		t.Fatal(err)
+	}
+	if got := direntInos(t, dev)[cudaKey]; got != st.Ino {
+		t.Errorf("the listing says inode %d, stat %d", got, st.Ino)
+	}
+	if got := readDirNames(t, dev); !slices.Equal(got, []string{cudaKey}) {
+		t.Errorf("triton/0 lists %v", got)
+	}
+	nfd, err := unix.Openat(fd, "after", unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		t.Fatalf("create through the held dir: %v", err)
+	}
+	unix.Close(nfd)
+	if _, err := os.Stat(filepath.Join(upper, "triton", "0", cudaKey, "after")); err != nil {
+		t.Errorf("the write is not in the dir's upper half: %v", err)
 	}
 }
