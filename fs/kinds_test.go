@@ -326,6 +326,32 @@ func TestRenameMergedDirIsEXDEV(t *testing.T) {
 	}
 }
 
+// emptyUpperHalf gives the unit dir its upper half, left empty: a file
+// made and removed.
+func emptyUpperHalf(t *testing.T, unit string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(unit, "scratch"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(unit, "scratch")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tmpDirWithMine makes dir/tmp.1234 holding the file "mine", and returns
+// its path.
+func tmpDirWithMine(t *testing.T, dir string) string {
+	t.Helper()
+	tmp := filepath.Join(dir, "tmp.1234")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "mine"), []byte("m"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return tmp
+}
+
 // TestRenameOntoImageUnitIsENOTEMPTY: a dir renamed onto a unit the images
 // show fails ENOTEMPTY (the unit holds the images' files), even when the
 // unit's upper half exists and is empty.
@@ -336,20 +362,8 @@ func TestRenameOntoImageUnitIsENOTEMPTY(t *testing.T) {
 	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM, Upper: upper})
 	unit := filepath.Join(mp, vllmBackbone)
 	before := readDirNames(t, unit)
-	// The unit gets an upper half, left empty.
-	if err := os.WriteFile(filepath.Join(unit, "scratch"), []byte("x"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(filepath.Join(unit, "scratch")); err != nil {
-		t.Fatal(err)
-	}
-	tmp := filepath.Join(filepath.Dir(unit), "tmp.1234")
-	if err := os.Mkdir(tmp, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(tmp, "mine"), []byte("m"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	emptyUpperHalf(t, unit)
+	tmp := tmpDirWithMine(t, filepath.Dir(unit))
 	if err := syscall.Rename(tmp, unit); err != syscall.ENOTEMPTY {
 		t.Errorf("rename onto the images' unit: %v, want ENOTEMPTY", err)
 	}
@@ -397,13 +411,7 @@ func TestRenameOntoDeletedImageDirKeepsItDeleted(t *testing.T) {
 	if err := os.RemoveAll(unit); err != nil {
 		t.Fatal(err)
 	}
-	tmp := filepath.Join(filepath.Dir(unit), "tmp.1234")
-	if err := os.Mkdir(tmp, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(tmp, "mine"), []byte("m"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	tmp := tmpDirWithMine(t, filepath.Dir(unit))
 	if err := os.Rename(tmp, unit); err != nil {
 		t.Fatalf("rename: %v", err)
 	}
@@ -424,13 +432,7 @@ func TestRmdirUnitStillShowingFilesIsENOTEMPTY(t *testing.T) {
 	l := newKindLower(t, kind.VLLM, src)
 	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM})
 	unit := filepath.Join(mp, vllmBackbone)
-	// The unit gets an upper half, left empty.
-	if err := os.WriteFile(filepath.Join(unit, "scratch"), []byte("x"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(filepath.Join(unit, "scratch")); err != nil {
-		t.Fatal(err)
-	}
+	emptyUpperHalf(t, unit)
 	before := readDirNames(t, unit)
 	if len(before) == 0 {
 		t.Fatal("the unit lists nothing")
