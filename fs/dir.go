@@ -104,6 +104,17 @@ func (n *dirNode) kindTakes(name string) bool {
 	return ok
 }
 
+// lowerDirs lists the dirs the images show right below this dir (root or
+// merged). Where the kind takes no dir (inside a Triton KEY dir) the
+// images are not asked: for cargohold-fs, each ask searches the catalog's
+// units.
+func (n *dirNode) lowerDirs() []string {
+	if n.kind != rootDir && !kind.HoldsDirs(n.v.kind, n.rel) {
+		return nil
+	}
+	return n.v.lowerDirs(n.rel)
+}
+
 // lowerState returns the lower half as known so far; an error when it is
 // not known (yet).
 func (n *dirNode) lowerState() (*lowerDir, error) {
@@ -259,6 +270,20 @@ func (n *dirNode) mergedChild(name string) *dirNode {
 	return d
 }
 
+// movesWithTree reports whether the dir name in this dir (upper path dir)
+// finds its upper half by its place in the tree, and so may be renamed. A
+// merged dir does not: its upper half is upper/<rel>, fixed when its node
+// was made, and the node the kernel keeps after a rename would still
+// point at the old path. The node the tree holds decides; with none, what a
+// lookup would make.
+func (n *dirNode) movesWithTree(dir, name string) bool {
+	if ch := n.GetChild(name); ch != nil {
+		d, _ := ch.Operations().(*dirNode)
+		return d == nil || d.kind != mergedDir
+	}
+	return !n.mayShow(dir, name)
+}
+
 // findDir returns the merged dir node the tree holds at rel, if any.
 func (v *view) findDir(rel string) *dirNode {
 	d := v.root
@@ -400,8 +425,13 @@ func (n *dirNode) upperChild(ctx context.Context, dir, name string, st *syscall.
 	out.Attr.FromStat(st)
 	mode := st.Mode & syscall.S_IFMT
 	if mode == syscall.S_IFDIR && n.mayShow(dir, name) {
-		if d := n.mergedChild(name); d != nil {
-			return d.EmbeddedInode()
+		// The node the tree holds, merged or a plain dir renamed here
+		// (it finds its upper half by its place): a new node under the
+		// name would cut a process inside the held one off its dir.
+		if ch := n.GetChild(name); ch != nil {
+			if _, ok := ch.Operations().(*dirNode); ok {
+				return ch
+			}
 		}
 		rel := n.childRel(name)
 		return n.NewInode(ctx, n.v.newMergedDir(rel), gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: keyIno(rel)})
@@ -471,7 +501,10 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		seen[name] = true
 		e := fuse.DirEntry{Name: name, Mode: typeMode(de.Type())}
 		if de.IsDir() && merged && n.kindTakes(name) {
-			e.Ino = keyIno(n.childRel(name))
+			e.Ino = keyIno(n.childRel(name)) // what a lookup makes, unless the tree holds a node (upperChild)
+			if ch := n.GetChild(name); ch != nil {
+				e.Ino = ch.StableAttr().Ino
+			}
 		}
 		list = append(list, e)
 	}
@@ -482,7 +515,7 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		}
 	}
 	if merged {
-		for _, name := range n.v.lowerDirs(n.rel) {
+		for _, name := range n.lowerDirs() {
 			if plainName(name) && n.kindTakes(name) {
 				add(name, syscall.S_IFDIR, keyIno(n.childRel(name)))
 			}

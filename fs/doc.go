@@ -26,8 +26,9 @@
 //
 // A dir is merged where the kind takes a dir (kind.ClassifyDir) and its
 // parent is merged and not opaque; the images are never asked about any
-// other path. For Triton the merged dirs are the KEY dirs at the root,
-// as before.
+// other path, nor for the dirs below a dir where the kind takes none (a
+// Triton KEY dir: kind.HoldsDirs). For Triton the merged dirs are the KEY
+// dirs at the root, as before.
 //
 // Lookups go upper first. A dir that is not in the upper dir is answered
 // from the images' index (Lower.Dir: no fetch), because the kernel holds
@@ -86,17 +87,21 @@
 //     node), never the new file under the old node, never ENOENT.
 //   - Nothing is written below a lower entry: writes, renames onto lower names
 //     and deletions change the upper dir only. A deleted lower name is hidden
-//     by a whiteout file ".wh.<name>" in the upper parent; a dir made where a
-//     lower merged dir was deleted is marked opaque by ".wh..wh..opq" (the aufs
-//     format: plain empty files, no privilege needed, persistent). Names with
-//     the ".wh." prefix are reserved: never listed, never found, not creatable.
+//     by a whiteout file ".wh.<name>" in the upper parent; a dir made (or
+//     moved) where a lower merged dir was deleted is marked opaque by
+//     ".wh..wh..opq" (the aufs format: plain empty files, no privilege
+//     needed, persistent). Names with the ".wh." prefix are reserved:
+//     never listed, never found, not creatable.
 //   - Lower entries are dirs (units and the dirs above them) and the
 //     units' regular files; they are not renamed (EXDEV: mv copies) and not
-//     written in place (EROFS). Triton KEY dirs at the root are not
-//     renamed either way; an upper dir may be renamed onto a name the
-//     images do not show (Inductor's bundled kernels: tmp.<uuid> onto
-//     triton/<device>/<KEY>), and rmdir of a merged dir is ENOTEMPTY while
-//     either layer shows something in it.
+//     written in place (EROFS). A merged dir is not renamed either, even
+//     one only the upper dir has (a locally compiled vLLM hash dir): its
+//     node finds its upper half by its path, fixed when the node was made
+//     (EXDEV: mv copies). Nothing is renamed onto a Triton KEY at the
+//     root; a plain upper dir may be renamed onto a name the images do
+//     not show (Inductor's bundled kernels: tmp.<uuid> onto
+//     triton/<device>/<KEY>). Rmdir of a merged dir, and a rename of a dir
+//     onto it, is ENOTEMPTY while either layer shows something in it.
 //   - No lock is held across a call into the Lower: a slow unit blocks only
 //     the lookups inside that unit's dir.
 //   - errno (errno.go) is the one place where Go errors become errnos; it
@@ -125,7 +130,9 @@
 //     hold answer EIO, as no exact answer exists.
 //   - A dir made by mkdir (after a lookup found no image) merges with an
 //     image only after a remount; so does a dir above units that the
-//     images list as a unit only after a refresh.
+//     images list as a unit only after a refresh, and a plain dir renamed
+//     onto a merged name (it keeps its node, and its inode number, while
+//     the kernel holds it).
 //   - Image content is not pinned between lookup and open: content evicted
 //     meanwhile is fetched again by LowerFile.Open under the FUSE open's
 //     interruption and the lookup deadline; an open that cannot get it fails

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"os/exec"
@@ -251,5 +252,268 @@ func TestInductorView(t *testing.T) {
 	// An atomic save onto a file of an image's unit.
 	if err := unix.Access(filepath.Join(mp, fxUnit, srcNames[0]), unix.R_OK); err != nil {
 		t.Errorf("image entry: %v", err)
+	}
+}
+
+// dirNames lists a dir's names, or says why it cannot.
+func dirNames(p string) []string {
+	des, err := os.ReadDir(p)
+	if err != nil {
+		return []string{"error: " + err.Error()}
+	}
+	var out []string
+	for _, de := range des {
+		out = append(out, de.Name())
+	}
+	return out
+}
+
+// TestRenameMergedDirIsEXDEV: a vLLM hash dir compiled locally (no image
+// has it) finds its upper half by its path, so rename(2) of it answers
+// EXDEV and leaves it intact and writable under its name; mv copies it,
+// and the copy keeps its files under the new name.
+func TestRenameMergedDirIsEXDEV(t *testing.T) {
+	upper := t.TempDir()
+	_, mp := testMount(t, Options{Kind: kind.VLLM, Upper: upper})
+	a := filepath.Join(mp, "torch_compile_cache", "aaaa")
+	if err := os.MkdirAll(filepath.Join(a, "rank_0_0"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(a, "rank_0_0", "vllm_compile_cache.py"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := filepath.Join(mp, "torch_compile_cache", "bbbb")
+	wantErrno(t, "rename of a merged dir", syscall.Rename(a, b), syscall.EXDEV)
+	wantErrno(t, "rename of a merged child dir", syscall.Rename(filepath.Join(a, "rank_0_0"), filepath.Join(a, "rank_1_0")), syscall.EXDEV)
+	if got := dirNames(a); !slices.Equal(got, []string{"rank_0_0"}) {
+		t.Errorf("the dir lists %v after the refused rename, want [rank_0_0]", got)
+	}
+	if got := dirNames(filepath.Join(a, "rank_0_0")); !slices.Equal(got, []string{"vllm_compile_cache.py"}) {
+		t.Errorf("the dir's child lists %v after the refused rename, want [vllm_compile_cache.py]", got)
+	}
+	if err := os.WriteFile(filepath.Join(a, "rank_0_0", "after"), []byte("z"), 0o644); err != nil {
+		t.Errorf("write into the dir after the refused rename: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(upper, "torch_compile_cache", "aaaa", "rank_0_0", "after")); err != nil {
+		t.Errorf("the write is not in the dir's upper half: %v", err)
+	}
+	if err := os.Remove(filepath.Join(a, "rank_0_0", "after")); err != nil {
+		t.Fatal(err)
+	}
+
+	// mv copies: the new name holds the files, the old one is gone.
+	if out, err := exec.Command("mv", a, b).CombinedOutput(); err != nil {
+		t.Fatalf("mv: %v: %s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(upper, "torch_compile_cache", "bbbb", "rank_0_0", "vllm_compile_cache.py")); err != nil {
+		t.Fatalf("upper: %v", err)
+	}
+	if got := dirNames(b); !slices.Equal(got, []string{"rank_0_0"}) {
+		t.Errorf("the moved dir lists %v, want [rank_0_0]", got)
+	}
+	if got := dirNames(filepath.Join(b, "rank_0_0")); !slices.Equal(got, []string{"vllm_compile_cache.py"}) {
+		t.Errorf("the moved dir's child lists %v, want [vllm_compile_cache.py]", got)
+	}
+	// A write through the moved dir lands in it, not under the old name.
+	if err := os.WriteFile(filepath.Join(b, "rank_0_0", "new"), []byte("y"), 0o644); err != nil {
+		t.Errorf("write into the moved dir: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(upper, "torch_compile_cache", "bbbb", "rank_0_0", "new")); err != nil {
+		t.Errorf("the write is not in the moved dir's upper half: %v", err)
+	}
+	if got := dirNames(filepath.Join(mp, "torch_compile_cache")); !slices.Equal(got, []string{"bbbb"}) {
+		t.Errorf("torch_compile_cache lists %v, want [bbbb]", got)
+	}
+}
+
+// emptyUpperHalf gives the unit dir its upper half, left empty: a file
+// made and removed.
+func emptyUpperHalf(t *testing.T, unit string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(unit, "scratch"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(unit, "scratch")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tmpDirWithMine makes dir/tmp.1234 holding the file "mine", and returns
+// its path.
+func tmpDirWithMine(t *testing.T, dir string) string {
+	t.Helper()
+	tmp := filepath.Join(dir, "tmp.1234")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "mine"), []byte("m"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return tmp
+}
+
+// TestRenameOntoImageUnitIsENOTEMPTY: a dir renamed onto a unit the images
+// show fails ENOTEMPTY (the unit holds the images' files), even when the
+// unit's upper half exists and is empty.
+func TestRenameOntoImageUnitIsENOTEMPTY(t *testing.T) {
+	src := cachetest.VLLMTestdata(t, "llama-binary-cache")
+	l := newKindLower(t, kind.VLLM, src)
+	upper := t.TempDir()
+	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM, Upper: upper})
+	unit := filepath.Join(mp, vllmBackbone)
+	before := readDirNames(t, unit)
+	emptyUpperHalf(t, unit)
+	tmp := tmpDirWithMine(t, filepath.Dir(unit))
+	if err := syscall.Rename(tmp, unit); err != syscall.ENOTEMPTY {
+		t.Errorf("rename onto the images' unit: %v, want ENOTEMPTY", err)
+	}
+	if got := readDirNames(t, unit); !slices.Equal(got, before) {
+		t.Errorf("the unit lists %v, want %v", got, before)
+	}
+}
+
+// TestRmdirOverDeletedImageFileKeepsItDeleted: an image file deleted, a
+// dir renamed onto its name and removed: the image file stays deleted.
+func TestRmdirOverDeletedImageFileKeepsItDeleted(t *testing.T) {
+	src := cachetest.VLLMTestdata(t, "llama-binary-cache")
+	l := newKindLower(t, kind.VLLM, src)
+	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM})
+	unit := filepath.Join(mp, vllmBackbone)
+	f := filepath.Join(unit, "computation_graph.py")
+	if err := os.Remove(f); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(unit, "tmp.1")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, f); err != nil {
+		t.Fatalf("rename: %v", err)
+	}
+	if err := syscall.Rmdir(f); err != nil {
+		t.Fatalf("rmdir: %v", err)
+	}
+	if _, err := os.Lstat(f); !os.IsNotExist(err) {
+		t.Errorf("the deleted image file is back: %v", err)
+	}
+}
+
+// TestRenameOntoDeletedImageDirKeepsItDeleted: a dir renamed onto the name
+// of an image's dir that was deleted keeps the image's files deleted: a
+// fresh view of the upper dir (a remount) shows the renamed dir's files
+// only.
+func TestRenameOntoDeletedImageDirKeepsItDeleted(t *testing.T) {
+	src := cachetest.VLLMTestdata(t, "llama-binary-cache")
+	l := newKindLower(t, kind.VLLM, src)
+	upper := t.TempDir()
+	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM, Upper: upper})
+	unit := filepath.Join(mp, vllmBackbone)
+	if err := os.RemoveAll(unit); err != nil {
+		t.Fatal(err)
+	}
+	tmp := tmpDirWithMine(t, filepath.Dir(unit))
+	if err := os.Rename(tmp, unit); err != nil {
+		t.Fatalf("rename: %v", err)
+	}
+	if got := readDirNames(t, unit); !slices.Equal(got, []string{"mine"}) {
+		t.Errorf("the renamed dir lists %v, want [mine]", got)
+	}
+	_, mp2 := testMount(t, Options{Lower: l, Kind: kind.VLLM, Upper: upper})
+	if got := readDirNames(t, filepath.Join(mp2, vllmBackbone)); !slices.Equal(got, []string{"mine"}) {
+		t.Errorf("remounted, the renamed dir lists %v, want [mine]", got)
+	}
+}
+
+// TestRmdirUnitStillShowingFilesIsENOTEMPTY: a unit whose files the view
+// shows is not removed when the images stop listing it (a refresh): its
+// node still holds their files, and listings show them.
+func TestRmdirUnitStillShowingFilesIsENOTEMPTY(t *testing.T) {
+	src := cachetest.VLLMTestdata(t, "llama-binary-cache")
+	l := newKindLower(t, kind.VLLM, src)
+	_, mp := testMount(t, Options{Lower: l, Kind: kind.VLLM})
+	unit := filepath.Join(mp, vllmBackbone)
+	emptyUpperHalf(t, unit)
+	before := readDirNames(t, unit)
+	if len(before) == 0 {
+		t.Fatal("the unit lists nothing")
+	}
+	if err := os.RemoveAll(filepath.Join(l.dir, vllmBackbone)); err != nil { // the refresh
+		t.Fatal(err)
+	}
+	wantErrno(t, "rmdir of a unit showing files", syscall.Rmdir(unit), syscall.ENOTEMPTY)
+	if got := readDirNames(t, unit); !slices.Equal(got, before) {
+		t.Errorf("the unit lists %v, want %v", got, before)
+	}
+}
+
+// direntInos reads dir's entries as getdents64 returns them: name → d_ino.
+func direntInos(t *testing.T, dir string) map[string]uint64 {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	inos := map[string]uint64{}
+	buf := make([]byte, 1<<16)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil {
+			t.Fatalf("getdents %s: %v", dir, err)
+		}
+		if n == 0 {
+			return inos
+		}
+		// struct linux_dirent64: d_ino u64, d_off s64, d_reclen u16, d_type u8, d_name.
+		for b := buf[:n]; len(b) > 0; {
+			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+			name, _, _ := strings.Cut(string(b[19:reclen]), "\x00")
+			inos[name] = binary.NativeEndian.Uint64(b[:8])
+			b = b[reclen:]
+		}
+	}
+}
+
+// TestDirMovedToMergedNameKeepsItsNode: Inductor's bundled kernel dir
+// (tmp.<uuid> renamed onto triton/<device>/<KEY>) keeps the node it had:
+// listings report the inode number stat reports, and a process holding
+// the dir writes into it after the parent was listed.
+func TestDirMovedToMergedNameKeepsItsNode(t *testing.T) {
+	upper := t.TempDir()
+	_, mp := testMount(t, Options{Kind: kind.Inductor, Upper: upper})
+	dev := filepath.Join(mp, "triton", "0")
+	tmp := filepath.Join(dev, "tmp.4242")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, grpName), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k := filepath.Join(dev, cudaKey)
+	if err := os.Rename(tmp, k); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(k, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Stat(k, &st); err != nil {
+		t.Fatal(err)
+	}
+	if got := direntInos(t, dev)[cudaKey]; got != st.Ino {
+		t.Errorf("the listing says inode %d, stat %d", got, st.Ino)
+	}
+	if got := readDirNames(t, dev); !slices.Equal(got, []string{cudaKey}) {
+		t.Errorf("triton/0 lists %v", got)
+	}
+	nfd, err := unix.Openat(fd, "after", unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		t.Fatalf("create through the held dir: %v", err)
+	}
+	unix.Close(nfd)
+	if _, err := os.Stat(filepath.Join(upper, "triton", "0", cudaKey, "after")); err != nil {
+		t.Errorf("the write is not in the dir's upper half: %v", err)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"cargohold/triton"
 )
 
 // TestLookupErrorIsENOENT: a KEY the images list is a dir at once (from
@@ -187,5 +189,45 @@ func TestBlockedKeyDoesNotBlockOthers(t *testing.T) {
 	release()
 	if err := <-done; err != nil {
 		t.Fatalf("held lookup after release: %v", err)
+	}
+}
+
+// dirsCounter counts the Dirs calls below the root (for cargohold-fs, a
+// search of the catalog's units: catalog.Dir).
+type dirsCounter struct {
+	*fakeLower
+	mu    sync.Mutex
+	below []string
+}
+
+func (c *dirsCounter) Dirs(rel string) []string {
+	if rel != "" {
+		c.mu.Lock()
+		c.below = append(c.below, rel)
+		c.mu.Unlock()
+	}
+	return c.fakeLower.Dirs(rel)
+}
+
+// TestTritonKeyDirAsksNoDirsBelow: a Triton KEY dir holds no dirs the
+// images could show, so listing it or removing it does not ask the images
+// for dirs below it (for cargohold-fs, a search of the catalog's units per
+// listing).
+func TestTritonKeyDirAsksNoDirsBelow(t *testing.T) {
+	c := &dirsCounter{fakeLower: newFakeLower(t)}
+	_, mp := testMount(t, Options{Lower: c})
+	if got := readDirNames(t, filepath.Join(mp, cudaKey)); len(got) == 0 {
+		t.Fatal("the KEY dir lists nothing")
+	}
+	wantErrno(t, "rmdir of a KEY dir with image files", syscall.Rmdir(filepath.Join(mp, rocmKey)), syscall.ENOTEMPTY)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.below) != 0 {
+		t.Errorf("listing or removing a KEY dir asked the images for the dirs below %v", c.below)
+	}
+	for _, rel := range c.askedPaths() {
+		if !triton.IsKey(rel) {
+			t.Errorf("the images were asked for %q, below a KEY dir", rel)
+		}
 	}
 }

@@ -494,3 +494,43 @@ func TestOpenPassesRequestContext(t *testing.T) {
 	}
 	<-calls
 }
+
+// TestLookupKeepsDirMovedToMergedName: a plain dir renamed onto a name
+// where the kind merges dirs (Inductor's tmp.<uuid> onto
+// triton/<device>/<KEY>) finds its upper half by its place; a later
+// lookup of the name (the kernel's entry timed out) answers the node the
+// tree holds, not a new merged node that would cut a process inside the
+// held one off its dir.
+func TestLookupKeepsDirMovedToMergedName(t *testing.T) {
+	root, _ := newTestRoot(t, Options{Kind: "inductor"})
+	ctx := context.Background()
+	var out fuse.EntryOut
+	mkdir := func(d *dirNode, name string) *dirNode { // MKDIR, as the bridge adds it to the tree
+		t.Helper()
+		in, errno := d.Mkdir(ctx, name, 0o755, &out)
+		if errno != 0 {
+			t.Fatalf("mkdir %s: %v", name, errno)
+		}
+		d.AddChild(name, in, true)
+		return in.Operations().(*dirNode)
+	}
+	dev := mkdir(mkdir(root, "triton"), "0")
+	tmp := mkdir(dev, "tmp.4242")
+	if tmp.kind != plainDir {
+		t.Fatalf("tmp.4242 is a dir of kind %d, want plain", tmp.kind)
+	}
+	if errno := dev.Rename(ctx, "tmp.4242", dev, cudaKey, 0); errno != 0 {
+		t.Fatalf("rename onto the KEY: %v", errno)
+	}
+	dev.MvChild("tmp.4242", dev.EmbeddedInode(), cudaKey, true) // as the bridge does
+	in, errno := dev.Lookup(ctx, cudaKey, &out)
+	if errno != 0 {
+		t.Fatalf("lookup of the KEY: %v", errno)
+	}
+	if in != tmp.EmbeddedInode() {
+		t.Errorf("the lookup answered a new node (%T, ino %d), not the one the tree holds", in.Operations(), in.StableAttr().Ino)
+	}
+	if p, ok := tmp.dirPath(); !ok || !strings.HasSuffix(p, "/triton/0/"+cudaKey) {
+		t.Errorf("the moved dir's upper path: %q, %v", p, ok)
+	}
+}

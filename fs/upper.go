@@ -263,11 +263,11 @@ func (n *dirNode) remove(ctx context.Context, name string, rm func(string) error
 
 // rmdirMerged removes a merged dir that is empty in both layers: its upper
 // half (holding at most whiteouts) goes, and a whiteout in the parent hides
-// the image's dir. An opaque upper half was made where an image's dir had
-// been deleted, so its removal always leaves the whiteout. Where the images
-// cannot answer for the unit, an empty upper half says nothing: EIO, not a
-// wrong success (a Python removedirs would prune on, and the image's dir
-// would show again).
+// the image's dir, or the image's file the dir hid. An opaque upper half
+// was made where an image's dir had been deleted, so its removal always
+// leaves the whiteout. Where the images cannot answer for the unit, an
+// empty upper half says nothing: EIO, not a wrong success (a Python
+// removedirs would prune on, and the image's dir would show again).
 func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
 	rel := n.childRel(key)
 	d := n.mergedChild(key)
@@ -305,23 +305,27 @@ func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
 		if err != nil {
 			return n.v.errno("rmdir "+kdir, fmt.Errorf("fs: rmdir KEY %s: %w", rel, err), false)
 		}
+		var ld *lowerDir
 		if info.Exists {
-			for _, name := range n.v.lowerDirs(rel) {
+			for _, name := range d.lowerDirs() {
 				shows = true
 				if !hidden[name] {
 					return syscall.ENOTEMPTY
 				}
 			}
-			ld, err := d.ensureLower(ctx)
-			if err != nil {
+			if ld, err = d.ensureLower(ctx); err != nil {
 				return n.v.errno("rmdir "+kdir, fmt.Errorf("fs: rmdir KEY %s: %w", rel, err), false)
 			}
-			if ld != nil {
-				shows = true
-				for name := range ld.files {
-					if !hidden[name] {
-						return syscall.ENOTEMPTY
-					}
+		} else {
+			// The images no longer list the dir (a refresh), but the
+			// files its node holds still show.
+			ld, _ = d.lowerState()
+		}
+		if ld != nil {
+			shows = true
+			for name := range ld.files {
+				if !hidden[name] {
+					return syscall.ENOTEMPTY
 				}
 			}
 		}
@@ -329,8 +333,17 @@ func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
 	if !inUpper && !shows {
 		return syscall.ENOENT
 	}
+	// The dir may sit over an image's file of its name (deleted, then a
+	// dir renamed there): its whiteout keeps that file deleted. Where the
+	// images cannot answer for this unit, a whiteout just in case, as
+	// remove writes.
+	fileBelow := false
+	if inUpper && !shows && !opaque && n.kind == mergedDir {
+		ld, err := n.ensureLower(ctx)
+		fileBelow = err != nil || (ld != nil && ld.files[key] != nil)
+	}
 	created := false
-	if shows || opaque {
+	if shows || opaque || fileBelow {
 		if _, err := n.makeUpper(); err != nil {
 			return n.v.errno("rmdir "+kdir, err, false)
 		}
@@ -355,10 +368,12 @@ func (n *dirNode) rmdirMerged(ctx context.Context, key string) syscall.Errno {
 }
 
 // Rename moves an upper entry, replacing what the target name showed in
-// either layer. Image entries, dirs the images show and Triton KEY dirs at
-// the root do not move (EXDEV: mv copies); an upper dir may move onto a
-// name the images do not show (Inductor's tmp.<uuid> dir renamed onto
-// triton/<device>/<KEY>).
+// either layer. Image entries and merged dirs (a dir where the kind takes
+// one, upper-only or not: its upper half is found by its path) do not
+// move, nor does anything move onto a Triton KEY at the root (EXDEV: mv
+// copies); a plain upper dir may move onto a name the images do not show
+// (Inductor's tmp.<uuid> dir renamed onto triton/<device>/<KEY>); moved
+// where an image's dir was deleted, it is opaque, as Mkdir makes one.
 // RENAME_NOREPLACE is honoured across both layers; other flags are EINVAL.
 // Where the images cannot answer for a KEY, the target counts as absent
 // (Triton's rename onto KEY/file must not fail while the images are slow;
@@ -395,7 +410,7 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		return syscall.ENOENT // as lookups say while the images cannot answer
 	}
 	isDir := st.Mode&syscall.S_IFMT == syscall.S_IFDIR
-	if isDir && ((n.kind == rootDir && triton.IsKey(name)) || (np.kind == rootDir && triton.IsKey(newName))) {
+	if isDir && (!n.movesWithTree(sdir, name) || (np.kind == rootDir && triton.IsKey(newName))) {
 		return syscall.EXDEV
 	}
 	if isDir {
@@ -418,7 +433,10 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		return n.v.errno("rename "+src, err, false)
 	}
 	dst := filepath.Join(ddir, newName)
-	if dstLower && !exists(dst) {
+	// Over an upper dir, an image's dir still shows its files (whatever
+	// the upper half hides of them it hides by whiteouts, which the upper
+	// fs counts too): only the upper entry replaced decides otherwise.
+	if dstLower && (!exists(dst) || dstMode == syscall.S_IFDIR && isDirPath(dst)) {
 		switch {
 		case flags&unix.RENAME_NOREPLACE != 0:
 			return syscall.EEXIST
@@ -441,10 +459,27 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 			}
 		}
 	}
+	// A dir moved where an image's dir was deleted is opaque, as Mkdir
+	// makes one there, so that the deleted files stay deleted. Marked
+	// before the move: a crash leaves a marker in the source dir, never
+	// the image's files back.
+	marked := false
+	if isDir && np.mayShow(ddir, newName) && hasWhiteout(ddir, newName) && !isOpaque(src) {
+		if err := markOpaque(src); err != nil {
+			return n.v.errno("rename "+src, err, false)
+		}
+		marked = true
+	}
+	undo := func() {
+		if marked {
+			os.Remove(filepath.Join(src, opaqueName))
+		}
+	}
 	srcLower, err := n.lowerHas(ctx, name)
 	created := false
 	if srcLower || err != nil {
 		if created, err = writeWhiteout(sdir, name); err != nil {
+			undo()
 			return n.v.errno("rename "+src, err, false)
 		}
 	}
@@ -457,6 +492,7 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		if created {
 			removeWhiteout(sdir, name)
 		}
+		undo()
 		return n.v.errno("rename "+src, err, false)
 	}
 	if err := removeWhiteout(ddir, newName); err != nil {

@@ -66,3 +66,9 @@ func exists(p string) bool {
 	var st syscall.Stat_t
 	return syscall.Lstat(p, &st) == nil
 }
+
+// isDirPath reports whether p is a dir (symlinks not followed).
+func isDirPath(p string) bool {
+	var st syscall.Stat_t
+	return syscall.Lstat(p, &st) == nil && st.Mode&syscall.S_IFMT == syscall.S_IFDIR
+}

@@ -369,3 +369,44 @@ func write(t *testing.T, dir, rel, data string) {
 		t.Fatal(err)
 	}
 }
+
+// TestHoldsDirs: HoldsDirs is false exactly where ClassifyDir takes no dir
+// below, whatever its name.
+func TestHoldsDirs(t *testing.T) {
+	names := []string{key52, key64, "torch_compile_cache", "modelinfos", "triton_cache", "inductor_cache",
+		"artifact_compile_range_1_2_subgraph_0", "fxgraph", "aotautograd", "triton", "ab", "0", "x", "locks"}
+	for _, c := range []struct {
+		k    Kind
+		rel  string
+		want bool
+	}{
+		{Triton, "", true},
+		{Triton, key52, false},
+		{Triton, "notakey", false},
+		{Triton, key52 + "/tmp.pid_1_abc", false},
+		{VLLM, "", true},
+		{VLLM, "torch_compile_cache/h/rank_0_0", true},
+		{VLLM, "torch_compile_cache/h/rank_0_0/triton_cache", true},
+		{VLLM, "torch_compile_cache/h/rank_0_0/triton_cache/" + key52, false},
+		{VLLM, "torch_compile_cache/h/rank_0_0/p/artifact_compile_range_1_2_subgraph_0/triton/0/" + key52, false},
+		{VLLM, "xla_cache", false},
+		{Inductor, "", true},
+		{Inductor, "fxgraph/ab/fabc", true},
+		{Inductor, "triton/0", true},
+		{Inductor, "triton/0/" + key52, false},
+		{Inductor, "locks", false},
+	} {
+		if got := HoldsDirs(c.k, c.rel); got != c.want {
+			t.Errorf("HoldsDirs(%s, %q) = %v, want %v", c.k, c.rel, got, c.want)
+		}
+		taken := 0
+		for _, n := range names {
+			if ok, _ := ClassifyDir(c.k, strings.TrimPrefix(c.rel+"/"+n, "/")); ok {
+				taken++
+			}
+		}
+		if (taken > 0) != c.want {
+			t.Errorf("%s %q: ClassifyDir takes %d of %v below, HoldsDirs %v", c.k, c.rel, taken, names, c.want)
+		}
+	}
+}

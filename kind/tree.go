@@ -192,6 +192,23 @@ func ClassifyDir(k Kind, rel string) (ok bool, why string) {
 	return true, ""
 }
 
+// HoldsDirs reports whether the dir at rel ("" for the root;
+// slash-separated, relative to a kind's root, clean) may hold a dir that
+// ClassifyDir takes: not a dir the kind does not take, and not a Triton KEY
+// dir (no dir inside a KEY is taken).
+func HoldsDirs(k Kind, rel string) bool {
+	p := start(k)
+	if rel != "" {
+		for _, el := range strings.Split(rel, "/") {
+			var v verdict
+			if p, v, _ = dirStep(p, el); v != take {
+				return false
+			}
+		}
+	}
+	return p != posTritonKey
+}
+
 // unitPos walks a unit path; ok is false when the kind does not take it.
 func unitPos(k Kind, unit string) (pos, bool) {
 	if unit == "" {
