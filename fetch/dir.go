@@ -264,30 +264,37 @@ func (s *spanReader) fill(pos int64) error {
 		s.buf = make([]byte, size)
 	}
 	s.buf = s.buf[:size]
-	s.reads++
-	k, err := s.r.ReadAtContext(s.ctx, s.buf, pos)
-	s.got += int64(k)
-	if k < len(s.buf) {
+	if err := s.read(s.buf, pos); err != nil {
 		s.buf = s.buf[:0]
-		if err == nil || errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return fmt.Errorf("%s: read [%d,%d): %w", s.label, pos, pos+size, err)
+		return err
 	}
 	s.bufOff = pos
 	return nil
 }
 
+// read fills p from pos with one ranged read.
+func (s *spanReader) read(p []byte, pos int64) error {
+	s.reads++
+	k, err := s.r.ReadAtContext(s.ctx, p, pos)
+	s.got += int64(k)
+	if k < len(p) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("%s: read [%d,%d): %w", s.label, pos, pos+int64(len(p)), err)
+	}
+	return nil
+}
+
 // readSpan fills span from offset off of l's bytes in src with one ranged
-// read (a prefetch range).
+// read (a prefetch range), whatever its size.
 func (e *Engine) readSpan(ctx context.Context, l resolver.LayerRef, src source, span []byte, off int64) error {
 	s, err := e.openSpan(ctx, l, src, off, off+int64(len(span)))
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	s.buf = span[:0] // fill reads into span itself
-	return s.fill(off)
+	return s.read(span, off)
 }
 
 // contextFree reads a local file, where a read does not block on the

@@ -8,7 +8,7 @@
 //
 // Data path. Engine.Index indexes a layer once and caches the index on disk
 // by layer digest (and the most recently used ones that served a lookup in
-// memory; Engine.Keys, which the catalog uses to list an image's KEYs,
+// memory; Engine.Units, which the catalog uses to list an image's KEYs,
 // keeps none), indexSlots layers at a time (large TOCs one at a time:
 // tocBudget), from bytes the manifest vouches for only: an eStargz TOC
 // checked against the layer's TOC digest

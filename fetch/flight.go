@@ -109,13 +109,7 @@ func (g *flight[T]) doPatient(ctx context.Context, life *lifetime, key string, p
 			defer stop()
 			v, err := fn(fctx)
 			cancel()
-			g.mu.Lock()
-			if g.calls[key] == c {
-				delete(g.calls, key)
-			}
-			g.mu.Unlock()
-			c.val, c.err = v, err
-			close(c.done)
+			g.settle(key, c, v, err)
 		})
 		if !started {
 			g.mu.Unlock()
@@ -191,7 +185,7 @@ func (g *flight[T]) claim(key string, ready <-chan struct{}, help func()) *fligh
 	return c
 }
 
-// settle ends a claimed call with its result.
+// settle ends a call (spawned by doPatient, or claimed) with its result.
 func (g *flight[T]) settle(key string, c *flightCall[T], v T, err error) {
 	g.mu.Lock()
 	if g.calls[key] == c {

@@ -95,13 +95,6 @@ func (e *Engine) Index(ctx context.Context, l resolver.LayerRef) (*layer.Index, 
 	return ix.Index, nil
 }
 
-// Keys returns the KEY dirs of layer l, sorted: its units, whatever its
-// kind (Units).
-func (e *Engine) Keys(ctx context.Context, l resolver.LayerRef) ([]string, error) {
-	u, err := e.Units(ctx, l)
-	return u.Keys, err
-}
-
 // Units is what a layer holds, as a catalog lists it.
 type Units struct {
 	Kind    kind.Kind // "" when the layer holds no cache

@@ -23,7 +23,7 @@ import (
 	"cargohold/triton"
 )
 
-// Built describes a layer written by Build.
+// Built describes a layer written by BuildSource.
 type Built struct {
 	Digest           digest.Digest // of the compressed blob
 	DiffID           digest.Digest // of the uncompressed tar
@@ -58,17 +58,6 @@ type Source struct {
 	Dir      string
 	Units    []kind.Unit
 	Manifest []byte
-}
-
-// Build writes the eStargz layer of a Triton cache dir (the Triton form of
-// BuildSource, without a manifest): entries come from triton.Scan(dir),
-// in the layer's order.
-func Build(ctx context.Context, w io.Writer, dir string, entries []triton.Entry) (Built, error) {
-	units := make([]kind.Unit, len(entries))
-	for i, e := range entries {
-		units[i] = kind.Unit{Path: e.Key, Triton: true, Files: e.Files, Kernels: e.Kernels}
-	}
-	return BuildSource(ctx, w, Source{Kind: kind.Triton, Dir: dir, Units: units})
 }
 
 // BuildSource writes the eStargz layer of c to w: a no-prefetch landmark

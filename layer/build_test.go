@@ -200,7 +200,7 @@ func TestBuildCanceled(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := Build(ctx, io.Discard, src, entries); !errors.Is(err, context.Canceled) {
+	if _, err := BuildSource(ctx, io.Discard, tritonSource(src, entries)); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err %v, want context.Canceled", err)
 	}
 }
@@ -221,7 +221,7 @@ func TestBuildRejectsBadInput(t *testing.T) {
 		{"unclean name", []triton.Entry{{Key: cudaKey, Files: []triton.File{{Name: "../" + cudaKey + "/add_kernel.ptx"}}}}},
 	}
 	for _, c := range bad {
-		if _, err := Build(context.Background(), io.Discard, src, c.entries); err == nil {
+		if _, err := BuildSource(context.Background(), io.Discard, tritonSource(src, c.entries)); err == nil {
 			t.Errorf("%s: no error", c.name)
 		}
 	}
@@ -236,7 +236,7 @@ func TestBuildRejectsBadInput(t *testing.T) {
 	if err := os.Symlink("/etc/hostname", p); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Build(context.Background(), io.Discard, dir, entries); err == nil {
+	if _, err := BuildSource(context.Background(), io.Discard, tritonSource(dir, entries)); err == nil {
 		t.Error("symlink followed")
 	}
 }

@@ -38,14 +38,14 @@
 //   - A FileReader never ends with io.EOF on data whose known digest or
 //     size disagrees, and holds a decompressor's window and a buffer, never
 //     the file.
-//   - Build output depends only on the cache content, the file names and the
+//   - BuildSource output depends only on the cache content, the file names and the
 //     executable bits: fixed mtime, owners, entry order, tar format,
 //     compression level and chunk size. Its gzip members are compressed on
 //     GOMAXPROCS goroutines, each member alone, and written in order, so the
 //     bytes are the same on any number of cores (estargz.Build, which splits
 //     the tar into GOMAXPROCS parts, is not). The layout is exactly
 //     estargz.Writer's: with the standard library's gzip the bytes are
-//     estargz.Writer's (a test holds this); Build uses klauspost/compress's
+//     estargz.Writer's (a test holds this); BuildSource uses klauspost/compress's
 //     deflate, so its bytes also depend on that module's version.
 package layer
 

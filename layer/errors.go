@@ -7,7 +7,7 @@ import (
 
 // ErrNotIndexable says a blob is compressed but not eStargz: it has no index
 // to read ranges by. The caller downloads it whole, decompresses it to a local
-// file and calls OpenTar on that.
+// file and calls OpenGunzipped on that.
 var ErrNotIndexable = errors.New("layer: compressed layer without an index (not eStargz)")
 
 // ErrNotEStargz says a blob has no eStargz footer (OpenEStargz).

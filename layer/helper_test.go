@@ -78,7 +78,7 @@ func build(t testing.TB, dir string) ([]byte, Built) {
 		t.Fatal(err)
 	}
 	var b bytes.Buffer
-	built, err := Build(context.Background(), &b, dir, entries)
+	built, err := BuildSource(context.Background(), &b, tritonSource(dir, entries))
 	if err != nil {
 		t.Fatal(err)
 	}

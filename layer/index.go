@@ -309,8 +309,6 @@ func (b *builder) add(key string, f File) {
 	d.Files = append(d.Files, f)
 }
 
-// finish sorts files, keeps the last of each name and computes each dir's
-// span.
 // addEntry adds f, the file of entry e (a cache file or MCV's manifest).
 func (b *builder) addEntry(e entry, f File) {
 	if e.p == placeManifest {
@@ -320,6 +318,8 @@ func (b *builder) addEntry(e entry, f File) {
 	b.add(b.key(e.unit), f)
 }
 
+// finish sorts files, keeps the last of each name and computes each dir's
+// span.
 func (b *builder) finish() *Index {
 	for _, d := range b.idx.Dirs {
 		slices.SortStableFunc(d.Files, func(x, y File) int { return strings.Compare(x.Name, y.Name) })

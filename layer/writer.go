@@ -37,7 +37,7 @@ type writerOptions struct {
 	inFlight  int               // members queued, at most (tiny files)
 }
 
-// defaultWriterOptions are Build's: klauspost's deflate at level 6. Its
+// defaultWriterOptions are BuildSource's: klauspost's deflate at level 6. Its
 // output is a pure function of level and input, as the standard library's
 // is, and it is 2-3x faster.
 func defaultWriterOptions(workers int) writerOptions {
