@@ -60,7 +60,7 @@ type fakeLower struct {
 	hasErr    error   // Dir fails with it
 	hasCalls  int
 	asked     []string  // the paths Dir was asked for
-	kind      kind.Kind // set: files get kind.RewriteOf, not Group
+	kind      kind.Kind // set: files get kind.RewriteOf, not a rewrite of every group file
 
 	open atomic.Int64 // contents opened and not closed
 }
@@ -194,13 +194,16 @@ func (l *fakeLower) Entry(ctx context.Context, key string) ([]LowerFile, error) 
 			return nil, err
 		}
 		p := filepath.Join(dir, de.Name())
-		group, rewrite := triton.IsGroupFile(de.Name()), kind.RewriteNone
+		rewrite := kind.RewriteNone
+		if triton.IsGroupFile(de.Name()) {
+			rewrite = kind.RewriteGroup
+		}
 		if l.kind != "" {
-			group, rewrite = false, kind.RewriteOf(l.kind, key, de.Name())
+			rewrite = kind.RewriteOf(l.kind, key, de.Name())
 		}
 		files = append(files, LowerFile{
 			Name: de.Name(), Size: info.Size(), Mode: info.Mode().Perm(),
-			Group: group, Rewrite: rewrite,
+			Rewrite: rewrite,
 			Open: func(context.Context) (Content, error) {
 				f, err := os.Open(p)
 				if err != nil {
