@@ -303,7 +303,7 @@ func (n *lowerFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 		return nil, 0, n.v.errno("open "+n.name(), fmt.Errorf("fs: open %s for writing: %w", n.name(), ErrReadOnly), false)
 	}
 	if n.e.mem {
-		return &lowerHandle{v: n.v, name: n.name(), data: n.e.data, group: true}, lowerOpen, 0
+		return &lowerHandle{v: n.v, name: n.name(), data: n.e.data}, lowerOpen, 0
 	}
 	octx, cancel := n.v.bound(ctx)
 	defer cancel()
@@ -318,20 +318,20 @@ func (n *lowerFile) Ioctl(ctx context.Context, f gofs.FileHandle, cmd uint32, ar
 	return 0, syscall.ENOTTY
 }
 
-// lowerHandle is open image content, or a group file's rewritten bytes.
+// lowerHandle is open image content, or a rewritten file's bytes (a group
+// file, vLLM's cache file).
 type lowerHandle struct {
-	v     *view
-	name  string
-	c     Content // nil for a group file
-	data  []byte
-	group bool
+	v    *view
+	name string
+	c    Content // nil for a rewritten file: data holds it
+	data []byte
 }
 
 var _ = (gofs.FileReader)((*lowerHandle)(nil))
 var _ = (gofs.FileReleaser)((*lowerHandle)(nil))
 
 func (h *lowerHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if h.group {
+	if h.c == nil {
 		if off >= int64(len(h.data)) {
 			return fuse.ReadResultData(nil), 0
 		}

@@ -56,11 +56,9 @@ type fakeLower struct {
 	fails     map[string]error
 	gates     map[string]chan struct{}
 	ignoreCtx bool
-	ctxErrs   []error // ctx.Err() of Entry calls that left a gate because of ctx
-	hasErr    error   // Dir fails with it
-	hasCalls  int
+	hasErr    error     // Dir fails with it
 	asked     []string  // the paths Dir was asked for
-	kind      kind.Kind // set: files get kind.RewriteOf, not Group
+	kind      kind.Kind // set: files get kind.RewriteOf, not a rewrite of every group file
 
 	open atomic.Int64 // contents opened and not closed
 }
@@ -130,7 +128,6 @@ func (l *fakeLower) Dirs(rel string) []string {
 // gate. A dir with files is a unit.
 func (l *fakeLower) Dir(ctx context.Context, rel string) (LowerDir, error) {
 	l.mu.Lock()
-	l.hasCalls++
 	l.asked = append(l.asked, rel)
 	err := l.hasErr
 	l.mu.Unlock()
@@ -166,9 +163,6 @@ func (l *fakeLower) Entry(ctx context.Context, key string) ([]LowerFile, error) 
 			select {
 			case <-gate:
 			case <-ctx.Done():
-				l.mu.Lock()
-				l.ctxErrs = append(l.ctxErrs, ctx.Err())
-				l.mu.Unlock()
 				return nil, ctx.Err()
 			}
 		}
@@ -194,13 +188,16 @@ func (l *fakeLower) Entry(ctx context.Context, key string) ([]LowerFile, error) 
 			return nil, err
 		}
 		p := filepath.Join(dir, de.Name())
-		group, rewrite := triton.IsGroupFile(de.Name()), kind.RewriteNone
+		rewrite := kind.RewriteNone
+		if triton.IsGroupFile(de.Name()) {
+			rewrite = kind.RewriteGroup
+		}
 		if l.kind != "" {
-			group, rewrite = false, kind.RewriteOf(l.kind, key, de.Name())
+			rewrite = kind.RewriteOf(l.kind, key, de.Name())
 		}
 		files = append(files, LowerFile{
 			Name: de.Name(), Size: info.Size(), Mode: info.Mode().Perm(),
-			Group: group, Rewrite: rewrite,
+			Rewrite: rewrite,
 			Open: func(context.Context) (Content, error) {
 				f, err := os.Open(p)
 				if err != nil {

@@ -226,13 +226,9 @@ func (v *view) load(ctx context.Context, key string) (*lowerDir, error) {
 			return nil, fmt.Errorf("fs: KEY %s: %s: no content", key, f.Name)
 		}
 		e := &lowerEntry{rel: key, file: f}
-		r := f.Rewrite
-		if f.Group {
-			r = kind.RewriteGroup
-		}
-		if r != kind.RewriteNone {
+		if f.Rewrite != kind.RewriteNone {
 			e.mem = true
-			if e.data, err = v.rewrite(ctx, f, r, key); err != nil {
+			if e.data, err = v.rewrite(ctx, f, f.Rewrite, key); err != nil {
 				return nil, fmt.Errorf("fs: KEY %s: %w", key, err)
 			}
 		}

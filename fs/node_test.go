@@ -20,6 +20,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"cargohold/kind"
 )
 
 // Node-level tests: the view's nodes attached to a go-fuse bridge, no mount.
@@ -67,7 +69,11 @@ func (memContent) Fd() uintptr  { return ^uintptr(0) }
 func (memContent) Close() error { return nil }
 
 func memFile(name string, data []byte, group bool) LowerFile {
-	return LowerFile{Name: name, Size: int64(len(data)), Mode: 0o644, Group: group,
+	r := kind.RewriteNone
+	if group {
+		r = kind.RewriteGroup
+	}
+	return LowerFile{Name: name, Size: int64(len(data)), Mode: 0o644, Rewrite: r,
 		Open: func(context.Context) (Content, error) { return memContent{bytes.NewReader(data)}, nil }}
 }
 

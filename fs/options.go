@@ -48,9 +48,6 @@ type LowerFile struct {
 	// group file's child paths, vLLM's vllm_compile_cache.py paths. Such
 	// files are read at lookup and served from memory.
 	Rewrite kind.Rewrite
-	// Group marks a Triton group file: the same as Rewrite:
-	// kind.RewriteGroup.
-	Group bool
 	// Open opens verified content; Close releases it. Nothing pins the
 	// content between Entry and Open: content evicted meanwhile is the
 	// Lower's to fetch again, under ctx, which carries the FUSE open's

@@ -332,9 +332,10 @@ func (w *statusWriter) serveMetrics(ln net.Listener) {
 }
 
 func printStatus(stateDir string) error {
-	b, err := os.ReadFile(filepath.Join(stateDir, "status.json"))
+	p := filepath.Join(stateDir, statusName)
+	b, err := os.ReadFile(p)
 	if err != nil {
-		return fmt.Errorf("status: no mount has written %s: %w", filepath.Join(stateDir, "status.json"), err)
+		return fmt.Errorf("status: no mount has written %s: %w", p, err)
 	}
 	_, err = os.Stdout.Write(b)
 	return err
