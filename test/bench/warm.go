@@ -109,14 +109,7 @@ type figure struct {
 }
 
 func runWarm(ctx context.Context, o warmOptions, out io.Writer) error {
-	work := o.work
-	if work == "" {
-		var err error
-		if work, err = os.MkdirTemp("", "cargohold-bench-warm-"); err != nil {
-			return err
-		}
-	}
-	work, err := filepath.Abs(work)
+	work, err := workDir(o.work, "cargohold-bench-warm-")
 	if err != nil {
 		return err
 	}
