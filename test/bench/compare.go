@@ -3,17 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -58,30 +55,18 @@ func compareMain(args []string) {
 	fl.BoolVar(&o.fresh, "fresh", false, "regenerate the cache and push the image again")
 	fl.StringVar(&o.work, "work", "", "work dir (default a temp dir, removed at the end); /dev/shm takes the disk out")
 	fl.BoolVar(&o.keep, "keep", false, "keep the work dir")
-	err := fl.Parse(args)
-	if errors.Is(err, pflag.ErrHelp) {
-		return
+	check := func() error {
+		if o.kernels < 1 || o.cold < 1 || o.cold+1 > o.kernels || o.procs < 2 || o.runs < 1 {
+			return fmt.Errorf("want --kernels > --cold >= 1, --procs >= 2, --runs >= 1")
+		}
+		return nil
 	}
-	if err == nil && fl.NArg() > 0 {
-		err = fmt.Errorf("unexpected arguments %q", fl.Args())
-	}
-	if err == nil && (o.kernels < 1 || o.cold < 1 || o.cold+1 > o.kernels || o.procs < 2 || o.runs < 1) {
-		err = fmt.Errorf("want --kernels > --cold >= 1, --procs >= 2, --runs >= 1")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench compare:", err)
-		os.Exit(2)
-	}
-	if o.data == "" {
-		o.data = filepath.Join(os.TempDir(), fmt.Sprintf("cargohold-bench-mount-n%d-seed%d-scale%g", o.kernels, o.seed, o.scale))
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = runCompare(ctx, o, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench compare:", err)
-		os.Exit(1)
-	}
+	cmdMain(fl, args, check, func(ctx context.Context) error {
+		if o.data == "" {
+			o.data = filepath.Join(os.TempDir(), fmt.Sprintf("cargohold-bench-mount-n%d-seed%d-scale%g", o.kernels, o.seed, o.scale))
+		}
+		return runCompare(ctx, o, os.Stdout)
+	})
 }
 
 // serving is one way of getting kernels served, timed from its start (the

@@ -74,22 +74,33 @@ func main() {
 	fl.StringVar(&o.work, "work", "", "work dir (default a temp dir, removed at the end)")
 	fl.BoolVar(&o.keepWork, "keep", false, "keep the work dir")
 	fl.BoolVar(&o.debug, "debug", false, "log each fetch (read, verify, commit times) to stderr")
-	err := fl.Parse(os.Args[1:])
+	cmdMain(fl, os.Args[1:], nil, func(ctx context.Context) error { return run(ctx, o, os.Stdout) })
+}
+
+// cmdMain parses args into fl and, unless -h was asked, checks them (check
+// may be nil) and runs run with a context that SIGINT and SIGTERM cancel.
+// Bad flags exit 2 and a failed run exits 1, each with a message that starts
+// with fl's name.
+func cmdMain(fl *pflag.FlagSet, args []string, check func() error, run func(context.Context) error) {
+	err := fl.Parse(args)
 	if errors.Is(err, pflag.ErrHelp) {
 		return
 	}
 	if err == nil && fl.NArg() > 0 {
 		err = fmt.Errorf("unexpected arguments %q", fl.Args())
 	}
+	if err == nil && check != nil {
+		err = check()
+	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
+		fmt.Fprintf(os.Stderr, "%s: %v\n", fl.Name(), err)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = run(ctx, o, os.Stdout)
+	err = run(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
+		fmt.Fprintf(os.Stderr, "%s: %v\n", fl.Name(), err)
 		os.Exit(1)
 	}
 }

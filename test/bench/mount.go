@@ -3,14 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -52,30 +49,18 @@ func mountMain(args []string) {
 	fl.BoolVar(&o.fresh, "fresh", false, "regenerate the cache and push the image again")
 	fl.StringVar(&o.work, "work", "", "work dir (default a temp dir, removed at the end)")
 	fl.BoolVar(&o.keep, "keep", false, "keep the work dir")
-	err := fl.Parse(args)
-	if errors.Is(err, pflag.ErrHelp) {
-		return
+	check := func() error {
+		if o.hits < 1 || o.hits > o.kernels || o.reps < 1 {
+			return fmt.Errorf("want 1 <= --hits <= --kernels and --reps >= 1")
+		}
+		return nil
 	}
-	if err == nil && fl.NArg() > 0 {
-		err = fmt.Errorf("unexpected arguments %q", fl.Args())
-	}
-	if err == nil && (o.hits < 1 || o.hits > o.kernels || o.reps < 1) {
-		err = fmt.Errorf("want 1 <= --hits <= --kernels and --reps >= 1")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench mount:", err)
-		os.Exit(2)
-	}
-	if o.data == "" {
-		o.data = filepath.Join(os.TempDir(), fmt.Sprintf("cargohold-bench-mount-n%d-seed%d-scale%g", o.kernels, o.seed, o.scale))
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = runMount(ctx, o, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench mount:", err)
-		os.Exit(1)
-	}
+	cmdMain(fl, args, check, func(ctx context.Context) error {
+		if o.data == "" {
+			o.data = filepath.Join(os.TempDir(), fmt.Sprintf("cargohold-bench-mount-n%d-seed%d-scale%g", o.kernels, o.seed, o.scale))
+		}
+		return runMount(ctx, o, os.Stdout)
+	})
 }
 
 // pass is one way of getting kernels readable, timed from its start: the

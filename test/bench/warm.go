@@ -11,14 +11,12 @@ import (
 	"maps"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -67,35 +65,23 @@ func warmMain(args []string) {
 	fl.StringVar(&o.data, "data", "", "dir keeping the generated caches and the registry storage across runs\n(default $TMPDIR/cargohold-bench-warm)")
 	fl.StringVar(&o.work, "work", "", "work dir (default a temp dir, removed at the end)")
 	fl.BoolVar(&o.keep, "keep", false, "keep the work dir")
-	err := fl.Parse(args)
-	if errors.Is(err, pflag.ErrHelp) {
-		return
-	}
-	if err == nil && fl.NArg() > 0 {
-		err = fmt.Errorf("unexpected arguments %q", fl.Args())
-	}
-	for _, p := range o.parts {
-		if err == nil && !slices.Contains(warmParts, p) {
-			err = fmt.Errorf("--only: unknown part %q", p)
+	check := func() error {
+		for _, p := range o.parts {
+			if !slices.Contains(warmParts, p) {
+				return fmt.Errorf("--only: unknown part %q", p)
+			}
 		}
+		if o.reps < 1 || o.kernels < 1 || o.images < 1 || o.keys < 2 {
+			return fmt.Errorf("want --reps, --kernels, --images >= 1 and --keys >= 2")
+		}
+		return nil
 	}
-	if err == nil && (o.reps < 1 || o.kernels < 1 || o.images < 1 || o.keys < 2) {
-		err = fmt.Errorf("want --reps, --kernels, --images >= 1 and --keys >= 2")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench warm:", err)
-		os.Exit(2)
-	}
-	if o.data == "" {
-		o.data = filepath.Join(os.TempDir(), "cargohold-bench-warm")
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = runWarm(ctx, o, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench warm:", err)
-		os.Exit(1)
-	}
+	cmdMain(fl, args, check, func(ctx context.Context) error {
+		if o.data == "" {
+			o.data = filepath.Join(os.TempDir(), "cargohold-bench-warm")
+		}
+		return runWarm(ctx, o, os.Stdout)
+	})
 }
 
 // figure is one row of the final table: a measured value beside its
