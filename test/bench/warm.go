@@ -690,49 +690,16 @@ func warmHits(ctx context.Context, bin string, p *fsProc, imgRef, src, work stri
 		figure{What: "warm hit: FUSE requests per hit", Value: "(fs follow-up)", Anchor: "-", Target: "<= 10"}), nil
 }
 
-// pyHits times test/replay's model of Triton 3.2-3.7's hit
-// (triton_like.py's hit, loaded without running its main) in a loop and
-// prints the p50 in seconds.
-const pyHits = `
-import sys, time
-script, root, key, name, reps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-src = open(script).read()
-g = {"__name__": "triton_like"}
-exec(compile(src[:src.rindex("\nmain()")], script, "exec"), g)
-ds = []
-for _ in range(reps):
-    t = time.perf_counter()
-    g["hit"](root, key, name)
-    ds.append(time.perf_counter() - t)
-ds.sort()
-print(ds[len(ds) // 2])
-`
-
-// tritonLike is test/replay's Python model of Triton's cache traffic.
-func tritonLike() (string, error) {
-	_, self, _, ok := runtime.Caller(0)
-	if !ok {
-		return "", fmt.Errorf("no source path for triton_like.py")
-	}
-	p := filepath.Join(filepath.Dir(self), "..", "replay", "testdata", "triton_like.py")
-	if _, err := os.Stat(p); err != nil {
-		return "", err
-	}
-	return p, nil
-}
-
+// pythonHits is the p50 of reps hits of key on root, timed in one CPython
+// running test/replay's model of Triton's hit (pythonTimes).
 func pythonHits(ctx context.Context, py, root, key, name string, reps int) (time.Duration, error) {
-	script, err := tritonLike()
+	script, err := tritonLikeScript()
 	if err != nil {
 		return 0, err
 	}
-	_, out, err := timed(ctx, nil, py, "-c", pyHits, script, root, key, name, strconv.Itoa(reps))
+	ds, err := pythonTimes(ctx, py, script, key, name, reps, 1, []string{root})
 	if err != nil {
 		return 0, fmt.Errorf("python replay on %s: %w", root, err)
 	}
-	s, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
-	if err != nil {
-		return 0, fmt.Errorf("python replay on %s: %q: %w", root, out, err)
-	}
-	return time.Duration(s * float64(time.Second)), nil
+	return ds[0][len(ds[0])/2], nil
 }
