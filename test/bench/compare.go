@@ -24,17 +24,11 @@ import (
 
 // compareOptions is everything the compare mode needs.
 type compareOptions struct {
-	kernels    int
-	scale      float64
-	seed       int64
-	latency    time.Duration
+	imageOptions
 	bandwidths []int // Mbit/s; 0: no cap
 	cold       int
 	procs      int
 	runs       int
-	bin        string
-	data       string
-	fresh      bool
 	work       string
 	keep       bool
 }
@@ -62,9 +56,7 @@ func compareMain(args []string) {
 		return nil
 	}
 	cmdMain(fl, args, check, func(ctx context.Context) error {
-		if o.data == "" {
-			o.data = filepath.Join(os.TempDir(), fmt.Sprintf("cargohold-bench-mount-n%d-seed%d-scale%g", o.kernels, o.seed, o.scale))
-		}
+		o.defaultData()
 		return runCompare(ctx, o, os.Stdout)
 	})
 }
@@ -103,8 +95,7 @@ func runCompare(ctx context.Context, o compareOptions, out io.Writer) error {
 		defer os.RemoveAll(work)
 	}
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
-	sv, err := serve(ctx, mountOptions{kernels: o.kernels, seed: o.seed, scale: o.scale, latency: o.latency,
-		bin: o.bin, data: o.data, fresh: o.fresh}, work)
+	sv, err := serve(ctx, o.imageOptions, work)
 	if err != nil {
 		return err
 	}

@@ -20,18 +20,12 @@ import (
 
 // mountOptions is everything the mount mode needs.
 type mountOptions struct {
-	kernels int
-	hits    int
-	procs   int
-	reps    int
-	scale   float64
-	seed    int64
-	latency time.Duration
-	bin     string
-	data    string
-	fresh   bool
-	work    string
-	keep    bool
+	imageOptions
+	hits  int
+	procs int
+	reps  int
+	work  string
+	keep  bool
 }
 
 func mountMain(args []string) {
@@ -56,9 +50,7 @@ func mountMain(args []string) {
 		return nil
 	}
 	cmdMain(fl, args, check, func(ctx context.Context) error {
-		if o.data == "" {
-			o.data = filepath.Join(os.TempDir(), fmt.Sprintf("cargohold-bench-mount-n%d-seed%d-scale%g", o.kernels, o.seed, o.scale))
-		}
+		o.defaultData()
 		return runMount(ctx, o, os.Stdout)
 	})
 }
@@ -97,7 +89,7 @@ func runMount(ctx context.Context, o mountOptions, out io.Writer) error {
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
 
 	start := time.Now()
-	sv, err := serve(ctx, o, work)
+	sv, err := serve(ctx, o.imageOptions, work)
 	if err != nil {
 		return err
 	}

@@ -154,7 +154,7 @@ func runWarm(ctx context.Context, o warmOptions, out io.Writer) error {
 // warmCache generates the pack/extract cache once per data dir.
 func warmCache(o warmOptions) (string, error) {
 	data := filepath.Join(o.data, fmt.Sprintf("pack-n%d", o.kernels))
-	src, _, err := source(data, mountOptions{kernels: o.kernels, seed: 1, scale: 1})
+	src, _, err := source(data, imageOptions{kernels: o.kernels, seed: 1, scale: 1})
 	return src, err
 }
 
