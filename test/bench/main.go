@@ -11,6 +11,7 @@
 //	go run ./test/bench [--kernels 2000] [--dirs 100] [--workers 8] [--latency 0] [--scale 1] [--debug]
 //	go run ./test/bench mount [--kernels 2000] [--hits 50] [--procs 8] [--latency 20ms] [--reps 200] [--bin DIR]
 //	go run ./test/bench compare [--kernels 2000] [--latency 20ms] [--bandwidth 0,1000] [--cold 80] [--runs 1] [--bin DIR]
+//	go run ./test/bench warm [--only pack,extract,memory] [--kernels 2000] [--images 20] [--keys 2000] [--bin DIR]
 //	go run ./test/bench hit [--bin DIR,...] [--reps 200] [--rounds 5] [--count 100]
 package main
 
@@ -62,7 +63,7 @@ func main() {
 	var o options
 	fl := pflag.NewFlagSet("bench", pflag.ContinueOnError)
 	fl.Usage = func() {
-		fmt.Fprint(os.Stderr, "Usage: bench [flags]          lazy fetch engine, in process\n       bench mount [flags]    cargohold-fs vs cargohold -e, real commands (bench mount -h)\n       bench compare [flags]  time to k kernels: cargohold-fs, --prefetch none, cargohold -e, skopeo + tar (bench compare -h)\n       bench hit [flags]      warm hit (CPython) on cargohold-fs mounts and a plain dir, FUSE requests per hit (bench hit -h)\n\nFlags:\n")
+		fmt.Fprint(os.Stderr, "Usage: bench [flags]          lazy fetch engine, in process\n       bench mount [flags]    cargohold-fs vs cargohold -e, real commands (bench mount -h)\n       bench compare [flags]  time to k kernels: cargohold-fs, --prefetch none, cargohold -e, skopeo + tar (bench compare -h)\n       bench warm [flags]     pack, extract, index memory, idle CPU, warm hit vs their anchors (bench warm -h)\n       bench hit [flags]      warm hit (CPython) on cargohold-fs mounts and a plain dir, FUSE requests per hit (bench hit -h)\n\nFlags:\n")
 		fl.PrintDefaults()
 	}
 	fl.IntVarP(&o.kernels, "kernels", "n", 2000, "kernel dirs in the image")
