@@ -3,17 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -27,17 +24,11 @@ import (
 
 // compareOptions is everything the compare mode needs.
 type compareOptions struct {
-	kernels    int
-	scale      float64
-	seed       int64
-	latency    time.Duration
+	imageOptions
 	bandwidths []int // Mbit/s; 0: no cap
 	cold       int
 	procs      int
 	runs       int
-	bin        string
-	data       string
-	fresh      bool
 	work       string
 	keep       bool
 }
@@ -58,30 +49,16 @@ func compareMain(args []string) {
 	fl.BoolVar(&o.fresh, "fresh", false, "regenerate the cache and push the image again")
 	fl.StringVar(&o.work, "work", "", "work dir (default a temp dir, removed at the end); /dev/shm takes the disk out")
 	fl.BoolVar(&o.keep, "keep", false, "keep the work dir")
-	err := fl.Parse(args)
-	if errors.Is(err, pflag.ErrHelp) {
-		return
+	check := func() error {
+		if o.kernels < 1 || o.cold < 1 || o.cold+1 > o.kernels || o.procs < 2 || o.runs < 1 {
+			return fmt.Errorf("want --kernels > --cold >= 1, --procs >= 2, --runs >= 1")
+		}
+		return nil
 	}
-	if err == nil && fl.NArg() > 0 {
-		err = fmt.Errorf("unexpected arguments %q", fl.Args())
-	}
-	if err == nil && (o.kernels < 1 || o.cold < 1 || o.cold+1 > o.kernels || o.procs < 2 || o.runs < 1) {
-		err = fmt.Errorf("want --kernels > --cold >= 1, --procs >= 2, --runs >= 1")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench compare:", err)
-		os.Exit(2)
-	}
-	if o.data == "" {
-		o.data = filepath.Join(os.TempDir(), fmt.Sprintf("cargohold-bench-mount-n%d-seed%d-scale%g", o.kernels, o.seed, o.scale))
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = runCompare(ctx, o, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench compare:", err)
-		os.Exit(1)
-	}
+	cmdMain(fl, args, check, func(ctx context.Context) error {
+		o.defaultData()
+		return runCompare(ctx, o, os.Stdout)
+	})
 }
 
 // serving is one way of getting kernels served, timed from its start (the
@@ -118,8 +95,7 @@ func runCompare(ctx context.Context, o compareOptions, out io.Writer) error {
 		defer os.RemoveAll(work)
 	}
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
-	sv, err := serve(ctx, mountOptions{kernels: o.kernels, seed: o.seed, scale: o.scale, latency: o.latency,
-		bin: o.bin, data: o.data, fresh: o.fresh}, work)
+	sv, err := serve(ctx, o.imageOptions, work)
 	if err != nil {
 		return err
 	}

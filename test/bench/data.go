@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
@@ -44,10 +45,31 @@ type served struct {
 	ref      string // the image through the proxy
 }
 
+// imageOptions is what serve needs, the part of the options bench mount
+// and bench compare share.
+type imageOptions struct {
+	kernels int
+	scale   float64
+	seed    int64
+	latency time.Duration
+	bin     string
+	data    string
+	fresh   bool
+}
+
+// defaultData sets o.data, where unset, to the dir bench mount and bench
+// compare share for one generated cache:
+// $TMPDIR/cargohold-bench-mount-n<kernels>-seed<seed>-scale<scale>.
+func (o *imageOptions) defaultData() {
+	if o.data == "" {
+		o.data = filepath.Join(os.TempDir(), fmt.Sprintf("cargohold-bench-mount-n%d-seed%d-scale%g", o.kernels, o.seed, o.scale))
+	}
+}
+
 // serve generates (or reuses, from o.data) the cache and its image, starts
 // the registry on it and the proxy in front, and finds or builds the
 // commands (o.bin, or under work).
-func serve(ctx context.Context, o mountOptions, work string) (*served, error) {
+func serve(ctx context.Context, o imageOptions, work string) (*served, error) {
 	if o.fresh {
 		os.Remove(filepath.Join(o.data, "cache.done"))
 	}
@@ -99,7 +121,7 @@ type imageInfo struct {
 
 // source generates the cache into data/cache once (gen is deterministic,
 // so a finished dir is reused) and returns it with its KEYs, sorted.
-func source(data string, o mountOptions) (string, []string, error) {
+func source(data string, o imageOptions) (string, []string, error) {
 	dir := filepath.Join(data, "cache")
 	done := filepath.Join(data, "cache.done")
 	if _, err := os.Stat(done); err != nil {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -12,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -58,27 +56,13 @@ func hitMain(args []string) {
 	fl.IntVar(&o.count, "count", 100, "hits per mount whose FUSE requests are counted (untimed)")
 	fl.StringVar(&o.work, "work", "", "work dir (default a temp dir, removed at the end)")
 	fl.BoolVar(&o.keep, "keep", false, "keep the work dir")
-	err := fl.Parse(args)
-	if errors.Is(err, pflag.ErrHelp) {
-		return
+	check := func() error {
+		if o.kernels < 1 || o.reps < 1 || o.rounds < 1 || o.count < 1 {
+			return fmt.Errorf("want --kernels, --reps, --rounds and --count >= 1")
+		}
+		return nil
 	}
-	if err == nil && fl.NArg() > 0 {
-		err = fmt.Errorf("unexpected arguments %q", fl.Args())
-	}
-	if err == nil && (o.kernels < 1 || o.reps < 1 || o.rounds < 1 || o.count < 1) {
-		err = fmt.Errorf("want --kernels, --reps, --rounds and --count >= 1")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench hit:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = runHit(ctx, o, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench hit:", err)
-		os.Exit(1)
-	}
+	cmdMain(fl, args, check, func(ctx context.Context) error { return runHit(ctx, o, os.Stdout) })
 }
 
 // hitMount is one cargohold-fs under test.

@@ -3,14 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -23,18 +20,12 @@ import (
 
 // mountOptions is everything the mount mode needs.
 type mountOptions struct {
-	kernels int
-	hits    int
-	procs   int
-	reps    int
-	scale   float64
-	seed    int64
-	latency time.Duration
-	bin     string
-	data    string
-	fresh   bool
-	work    string
-	keep    bool
+	imageOptions
+	hits  int
+	procs int
+	reps  int
+	work  string
+	keep  bool
 }
 
 func mountMain(args []string) {
@@ -52,30 +43,16 @@ func mountMain(args []string) {
 	fl.BoolVar(&o.fresh, "fresh", false, "regenerate the cache and push the image again")
 	fl.StringVar(&o.work, "work", "", "work dir (default a temp dir, removed at the end)")
 	fl.BoolVar(&o.keep, "keep", false, "keep the work dir")
-	err := fl.Parse(args)
-	if errors.Is(err, pflag.ErrHelp) {
-		return
+	check := func() error {
+		if o.hits < 1 || o.hits > o.kernels || o.reps < 1 {
+			return fmt.Errorf("want 1 <= --hits <= --kernels and --reps >= 1")
+		}
+		return nil
 	}
-	if err == nil && fl.NArg() > 0 {
-		err = fmt.Errorf("unexpected arguments %q", fl.Args())
-	}
-	if err == nil && (o.hits < 1 || o.hits > o.kernels || o.reps < 1) {
-		err = fmt.Errorf("want 1 <= --hits <= --kernels and --reps >= 1")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench mount:", err)
-		os.Exit(2)
-	}
-	if o.data == "" {
-		o.data = filepath.Join(os.TempDir(), fmt.Sprintf("cargohold-bench-mount-n%d-seed%d-scale%g", o.kernels, o.seed, o.scale))
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = runMount(ctx, o, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench mount:", err)
-		os.Exit(1)
-	}
+	cmdMain(fl, args, check, func(ctx context.Context) error {
+		o.defaultData()
+		return runMount(ctx, o, os.Stdout)
+	})
 }
 
 // pass is one way of getting kernels readable, timed from its start: the
@@ -112,7 +89,7 @@ func runMount(ctx context.Context, o mountOptions, out io.Writer) error {
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
 
 	start := time.Now()
-	sv, err := serve(ctx, o, work)
+	sv, err := serve(ctx, o.imageOptions, work)
 	if err != nil {
 		return err
 	}

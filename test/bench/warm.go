@@ -11,14 +11,12 @@ import (
 	"maps"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -67,35 +65,23 @@ func warmMain(args []string) {
 	fl.StringVar(&o.data, "data", "", "dir keeping the generated caches and the registry storage across runs\n(default $TMPDIR/cargohold-bench-warm)")
 	fl.StringVar(&o.work, "work", "", "work dir (default a temp dir, removed at the end)")
 	fl.BoolVar(&o.keep, "keep", false, "keep the work dir")
-	err := fl.Parse(args)
-	if errors.Is(err, pflag.ErrHelp) {
-		return
-	}
-	if err == nil && fl.NArg() > 0 {
-		err = fmt.Errorf("unexpected arguments %q", fl.Args())
-	}
-	for _, p := range o.parts {
-		if err == nil && !slices.Contains(warmParts, p) {
-			err = fmt.Errorf("--only: unknown part %q", p)
+	check := func() error {
+		for _, p := range o.parts {
+			if !slices.Contains(warmParts, p) {
+				return fmt.Errorf("--only: unknown part %q", p)
+			}
 		}
+		if o.reps < 1 || o.kernels < 1 || o.images < 1 || o.keys < 2 {
+			return fmt.Errorf("want --reps, --kernels, --images >= 1 and --keys >= 2")
+		}
+		return nil
 	}
-	if err == nil && (o.reps < 1 || o.kernels < 1 || o.images < 1 || o.keys < 2) {
-		err = fmt.Errorf("want --reps, --kernels, --images >= 1 and --keys >= 2")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench warm:", err)
-		os.Exit(2)
-	}
-	if o.data == "" {
-		o.data = filepath.Join(os.TempDir(), "cargohold-bench-warm")
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = runWarm(ctx, o, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench warm:", err)
-		os.Exit(1)
-	}
+	cmdMain(fl, args, check, func(ctx context.Context) error {
+		if o.data == "" {
+			o.data = filepath.Join(os.TempDir(), "cargohold-bench-warm")
+		}
+		return runWarm(ctx, o, os.Stdout)
+	})
 }
 
 // figure is one row of the final table: a measured value beside its
@@ -109,14 +95,7 @@ type figure struct {
 }
 
 func runWarm(ctx context.Context, o warmOptions, out io.Writer) error {
-	work := o.work
-	if work == "" {
-		var err error
-		if work, err = os.MkdirTemp("", "cargohold-bench-warm-"); err != nil {
-			return err
-		}
-	}
-	work, err := filepath.Abs(work)
+	work, err := workDir(o.work, "cargohold-bench-warm-")
 	if err != nil {
 		return err
 	}
@@ -175,7 +154,7 @@ func runWarm(ctx context.Context, o warmOptions, out io.Writer) error {
 // warmCache generates the pack/extract cache once per data dir.
 func warmCache(o warmOptions) (string, error) {
 	data := filepath.Join(o.data, fmt.Sprintf("pack-n%d", o.kernels))
-	src, _, err := source(data, mountOptions{kernels: o.kernels, seed: 1, scale: 1})
+	src, _, err := source(data, imageOptions{kernels: o.kernels, seed: 1, scale: 1})
 	return src, err
 }
 
@@ -711,49 +690,16 @@ func warmHits(ctx context.Context, bin string, p *fsProc, imgRef, src, work stri
 		figure{What: "warm hit: FUSE requests per hit", Value: "(fs follow-up)", Anchor: "-", Target: "<= 10"}), nil
 }
 
-// pyHits times test/replay's model of Triton 3.2-3.7's hit
-// (triton_like.py's hit, loaded without running its main) in a loop and
-// prints the p50 in seconds.
-const pyHits = `
-import sys, time
-script, root, key, name, reps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-src = open(script).read()
-g = {"__name__": "triton_like"}
-exec(compile(src[:src.rindex("\nmain()")], script, "exec"), g)
-ds = []
-for _ in range(reps):
-    t = time.perf_counter()
-    g["hit"](root, key, name)
-    ds.append(time.perf_counter() - t)
-ds.sort()
-print(ds[len(ds) // 2])
-`
-
-// tritonLike is test/replay's Python model of Triton's cache traffic.
-func tritonLike() (string, error) {
-	_, self, _, ok := runtime.Caller(0)
-	if !ok {
-		return "", fmt.Errorf("no source path for triton_like.py")
-	}
-	p := filepath.Join(filepath.Dir(self), "..", "replay", "testdata", "triton_like.py")
-	if _, err := os.Stat(p); err != nil {
-		return "", err
-	}
-	return p, nil
-}
-
+// pythonHits is the p50 of reps hits of key on root, timed in one CPython
+// running test/replay's model of Triton's hit (pythonTimes).
 func pythonHits(ctx context.Context, py, root, key, name string, reps int) (time.Duration, error) {
-	script, err := tritonLike()
+	script, err := tritonLikeScript()
 	if err != nil {
 		return 0, err
 	}
-	_, out, err := timed(ctx, nil, py, "-c", pyHits, script, root, key, name, strconv.Itoa(reps))
+	ds, err := pythonTimes(ctx, py, script, key, name, reps, 1, []string{root})
 	if err != nil {
 		return 0, fmt.Errorf("python replay on %s: %w", root, err)
 	}
-	s, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
-	if err != nil {
-		return 0, fmt.Errorf("python replay on %s: %q: %w", root, out, err)
-	}
-	return time.Duration(s * float64(time.Second)), nil
+	return ds[0][len(ds[0])/2], nil
 }

@@ -226,6 +226,19 @@ func sameTree(t *testing.T, want, got string) {
 	if err != nil || n == 0 {
 		t.Fatalf("compare %s with %s: %d files, %v", want, got, n, err)
 	}
+	err = filepath.Walk(got, func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(got, p)
+		if _, err := os.Lstat(filepath.Join(want, rel)); err != nil {
+			t.Errorf("%s: not in %s", rel, want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walk %s: %v", got, err)
+	}
 }
 
 // replayHit replays the framework's HIT of every key of root, comparing

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,14 +92,4 @@ func rangeLen(h string) int64 {
 		return 0
 	}
 	return last - first + 1
-}
-
-// String describes the cap, for logs.
-func (l *link) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.rate <= 0 {
-		return "no cap"
-	}
-	return fmt.Sprintf("%.0f Mbit/s", float64(l.rate)*8/1e6)
 }

@@ -214,13 +214,10 @@ func (p *pyos) writeFile(path string, data []byte) error {
 	return p.write(path, data, false)
 }
 
-// writeText is open(path, "w").write(data): TextIOWrapper asks for the
-// position once more than a binary file does. Python's json.dump writes in
-// pieces, which its buffer joins; the replay writes once.
-func (p *pyos) writeText(path string, data []byte) error {
-	return p.write(path, data, true)
-}
-
+// write is open(path, "wb").write(data), or open(path, "w").write(data)
+// when text: TextIOWrapper asks for the position once more than a binary
+// file does. Python's json.dump writes in pieces, which its buffer joins;
+// the replay writes once.
 func (p *pyos) write(path string, data []byte, text bool) (err error) {
 	var fd int
 	err = retry(func() (e error) {
