@@ -61,7 +61,7 @@ type status struct {
 	LastWriteError    string `json:"last_write_error,omitempty"`
 }
 
-// statusWriter writes status.json every second. Lock order: statusWriter.mu
+// statusWriter writes status.json when something changed, at its pace. Lock order: statusWriter.mu
 // before logSink.mu (write logs while holding mu).
 type statusWriter struct {
 	path string
