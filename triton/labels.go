@@ -114,7 +114,7 @@ func ParseLabels(labels map[string]string) (Summary, error) {
 			return s, fmt.Errorf("triton: label %s: %w", LabelMetadata, err)
 		}
 		for _, k := range ks {
-			t, err := labelTargetOf(k.Backend, k.Arch, k.WarpSize)
+			t, err := LabelTarget(k.Backend, k.Arch, k.WarpSize)
 			if err != nil {
 				return s, fmt.Errorf("triton: label %s: kernel %s: %w", LabelMetadata, k.Hash, err)
 			}
@@ -130,7 +130,7 @@ func ParseLabels(labels map[string]string) (Summary, error) {
 		}
 		s.Targets = nil
 		for _, lt := range ls.Targets {
-			t, err := labelTargetOf(lt.Backend, lt.Arch, lt.WarpSize)
+			t, err := LabelTarget(lt.Backend, lt.Arch, lt.WarpSize)
 			if err != nil {
 				return s, fmt.Errorf("triton: label %s: %w", LabelSummary, err)
 			}
@@ -160,10 +160,6 @@ func ParseLabels(labels map[string]string) (Summary, error) {
 // original tool writes it, also "sm_75" as MCV writes vLLM summaries);
 // backend "rocm" (MCV's vLLM summaries) is "hip".
 func LabelTarget(backend string, arch any, warp int) (gpu.Target, error) {
-	return labelTargetOf(backend, arch, warp)
-}
-
-func labelTargetOf(backend string, arch any, warp int) (gpu.Target, error) {
 	var a string
 	switch v := arch.(type) {
 	case string:
