@@ -50,11 +50,9 @@ import (
 // are known once it has been built (Built).
 type Packed struct {
 	Image   v1.Image
-	Kind    kind.Kind
 	Tree    *kind.Tree     // the units, sorted by path, whatever the layer's order
 	Entries []triton.Entry // the Triton units (Tree.Entries)
-	Skipped []triton.Skipped
-	Targets []gpu.Target // what the summary label names
+	Targets []gpu.Target   // what the summary label names
 	Labels  map[string]string
 	// Unknown are the KEYs of the access order (Options.Order) that the
 	// dir does not hold (ignored).
@@ -153,7 +151,7 @@ func PrepareKind(ctx context.Context, dir string, o Options) (*Packed, error) {
 		return nil, fmt.Errorf("image: pack %s: %w", dir, err)
 	}
 	inLayer, unknown := ordered(tree.Units, o.Order)
-	p := &Packed{Kind: k, Tree: tree, Entries: tree.Entries(), Skipped: tree.Skipped, Targets: targets, Labels: labels,
+	p := &Packed{Tree: tree, Entries: tree.Entries(), Targets: targets, Labels: labels,
 		Unknown: unknown,
 		layer:   &lazyLayer{ctx: ctx, src: layer.Source{Kind: k, Dir: dir, Units: inLayer, Manifest: manifest}}}
 	// Fixed times and platform: part of what makes the digest reproducible.
