@@ -50,8 +50,8 @@ func TestPackUnpackKinds(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Close()
-			if p.Kind != c.k || !slices.Equal(p.Targets, gpus) {
-				t.Fatalf("packed kind %s targets %v, want %s %v", p.Kind, p.Targets, c.k, gpus)
+			if p.Tree.Kind != c.k || !slices.Equal(p.Targets, gpus) {
+				t.Fatalf("packed kind %s targets %v, want %s %v", p.Tree.Kind, p.Targets, c.k, gpus)
 			}
 			im := save(t, p.Image)
 			out := filepath.Join(t.TempDir(), "root")
@@ -232,8 +232,8 @@ func TestHexLauncherDirs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	if len(p.Skipped) != 0 || len(p.Tree.Units) != 2 {
-		t.Fatalf("packed %d units, skipped %v", len(p.Tree.Units), p.Skipped)
+	if len(p.Tree.Skipped) != 0 || len(p.Tree.Units) != 2 {
+		t.Fatalf("packed %d units, skipped %v", len(p.Tree.Units), p.Tree.Skipped)
 	}
 	out := t.TempDir()
 	res, err := Unpack(context.Background(), testResolver, save(t, p.Image), out, targets(t, "cuda:75:32"), nil)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"cargohold/kind"
 	"cargohold/layer"
 	"cargohold/triton"
 	"cargohold/triton/gen"
@@ -46,7 +47,7 @@ func layerOrder(t *testing.T, p *Packed) []string {
 	return keys
 }
 
-// TestPackOrdered: an access order puts its KEY dirs first in the layer,
+// TestPackOrdered: an access order (Options.Order) puts its KEY dirs first in the layer,
 // in that order, the rest sorted; unknown KEYs are ignored and reported;
 // the digest is reproducible with and without an order, and without one it
 // is Pack's.
@@ -68,7 +69,7 @@ func TestPackOrdered(t *testing.T) {
 	}
 	pack := func(order []string) *Packed {
 		t.Helper()
-		p, err := PackOrdered(ctx, dir, "t", t.TempDir(), order)
+		p, err := PackKind(ctx, dir, Options{Kind: kind.Triton, Title: "t", Order: order}, t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +92,7 @@ func TestPackOrdered(t *testing.T) {
 		t.Fatalf("Pack: layer order %v, want sorted", got)
 	}
 	if digest(pack(nil)) != digest(plain) {
-		t.Fatal("PackOrdered without an order differs from Pack")
+		t.Fatal("PackKind without an order differs from Pack")
 	}
 
 	order := []string{keys[7], unknown, keys[2], keys[7], keys[11]}

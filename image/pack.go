@@ -50,14 +50,12 @@ import (
 // are known once it has been built (Built).
 type Packed struct {
 	Image   v1.Image
-	Kind    kind.Kind
 	Tree    *kind.Tree     // the units, sorted by path, whatever the layer's order
 	Entries []triton.Entry // the Triton units (Tree.Entries)
-	Skipped []triton.Skipped
-	Targets []gpu.Target // what the summary label names
+	Targets []gpu.Target   // what the summary label names
 	Labels  map[string]string
-	// Unknown are the KEYs of the access order (PackOrdered,
-	// PrepareOrdered) that the dir does not hold (ignored).
+	// Unknown are the KEYs of the access order (Options.Order) that the
+	// dir does not hold (ignored).
 	Unknown []string
 
 	layer *lazyLayer
@@ -69,8 +67,11 @@ type Options struct {
 	Kind kind.Kind
 	// Title goes into org.opencontainers.image.title.
 	Title string
-	// Order, for a Triton cache, lists KEYs to put first in the layer
-	// (ReadOrder); nil: sorted.
+	// Order, for a Triton cache, lists KEYs (ReadOrder) whose dirs come
+	// first in the layer, in that order, so that a workload's hot set is
+	// one contiguous range for lazy readers (what eStargz's prioritized
+	// files do for containers); the other units follow sorted. The same
+	// dir and order give the same digest; nil: sorted, as Pack writes.
 	Order []string
 	// Targets, when set, gives the GPU targets of units no kernel JSON
 	// describes (kind.Labels); it is called only when such units are
@@ -92,18 +93,7 @@ func (p *Packed) Close() error { return p.layer.close() }
 // dir) so that every digest is known before the image is written. title
 // goes into org.opencontainers.image.title.
 func Pack(ctx context.Context, dir, title, tmp string) (*Packed, error) {
-	return PackOrdered(ctx, dir, title, tmp, nil)
-}
-
-// PackOrdered is Pack with an access order (ReadOrder): the KEY dirs order
-// names come first in the layer, in that order, so that a workload's hot
-// set is one contiguous range for lazy readers (what eStargz's prioritized
-// files do for containers); the other KEY dirs follow sorted, as Pack
-// writes them. KEYs of order the dir does not hold are ignored and listed
-// in Packed.Unknown. The same dir and order give the same digest; a nil
-// order gives Pack's.
-func PackOrdered(ctx context.Context, dir, title, tmp string, order []string) (*Packed, error) {
-	return PackKind(ctx, dir, Options{Kind: kind.Triton, Title: title, Order: order}, tmp)
+	return PackKind(ctx, dir, Options{Kind: kind.Triton, Title: title}, tmp)
 }
 
 // PackKind is PrepareKind with the layer staged under tmp, as Pack does.
@@ -124,12 +114,7 @@ func PackKind(ctx context.Context, dir string, o Options, tmp string) (*Packed, 
 // digest is unknown (stream.ErrNotComputed); each read of the layer builds
 // it again, with the same bytes.
 func Prepare(ctx context.Context, dir, title string) (*Packed, error) {
-	return PrepareOrdered(ctx, dir, title, nil)
-}
-
-// PrepareOrdered is Prepare with an access order, as PackOrdered.
-func PrepareOrdered(ctx context.Context, dir, title string, order []string) (*Packed, error) {
-	return PrepareKind(ctx, dir, Options{Kind: kind.Triton, Title: title, Order: order})
+	return PrepareKind(ctx, dir, Options{Kind: kind.Triton, Title: title})
 }
 
 // PrepareKind scans the cache root dir of kind o.Kind (detected when "")
@@ -166,7 +151,7 @@ func PrepareKind(ctx context.Context, dir string, o Options) (*Packed, error) {
 		return nil, fmt.Errorf("image: pack %s: %w", dir, err)
 	}
 	inLayer, unknown := ordered(tree.Units, o.Order)
-	p := &Packed{Kind: k, Tree: tree, Entries: tree.Entries(), Skipped: tree.Skipped, Targets: targets, Labels: labels,
+	p := &Packed{Tree: tree, Entries: tree.Entries(), Targets: targets, Labels: labels,
 		Unknown: unknown,
 		layer:   &lazyLayer{ctx: ctx, src: layer.Source{Kind: k, Dir: dir, Units: inLayer, Manifest: manifest}}}
 	// Fixed times and platform: part of what makes the digest reproducible.

@@ -410,3 +410,32 @@ func TestHoldsDirs(t *testing.T) {
 		}
 	}
 }
+
+// TestVLLMBinaries: what Manifest writes of a binary-format vLLM cache,
+// VLLMBinaries reads back: each entry's place and the env factors of its
+// hash, as cache_key_factors.json holds them (inspect compares those with
+// the host).
+func TestVLLMBinaries(t *testing.T) {
+	tree, err := Scan(cachetest.VLLMTestdata(t, "llama-binary-cache"), VLLM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Manifest(tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs := VLLMBinaries(m)
+	found := false
+	for _, b := range bs {
+		if b.Hash == "edf531ca35" && b.Rank == "rank_0_0" && b.Prefix == "backbone" &&
+			b.Env["VLLM_CONFIG_ROOT"] == "/home/ec2-user/.config/vllm" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("VLLMBinaries = %+v, want edf531ca35 rank_0_0/backbone with VLLM_CONFIG_ROOT=/home/ec2-user/.config/vllm; manifest:\n%s", bs, m)
+	}
+	if bs := VLLMBinaries([]byte("not json")); bs != nil {
+		t.Errorf("VLLMBinaries(bad) = %v, want nil", bs)
+	}
+}

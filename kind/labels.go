@@ -1,7 +1,6 @@
 package kind
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -57,7 +56,7 @@ func Labels(t *Tree, gpus []gpu.Target, title string) (map[string]string, []gpu.
 		targets := kts
 		if len(kts) == 0 && len(gpus) > 0 {
 			targets = gpu.Dedup(gpus)
-			labels[triton.LabelSummary] = summaryJSON(targets, false)
+			labels[triton.LabelSummary] = triton.SummaryLabel(targets, false)
 		}
 		return labels, targets, nil
 	}
@@ -82,7 +81,7 @@ func Labels(t *Tree, gpus []gpu.Target, title string) (map[string]string, []gpu.
 	k := t.Kind
 	labels := map[string]string{
 		k.Label(labelCacheSize): strconv.FormatInt(t.Size(), 10),
-		k.Label(labelSummary):   summaryJSON(targets, k == VLLM),
+		k.Label(labelSummary):   triton.SummaryLabel(targets, k == VLLM),
 		triton.LabelTitle:       title,
 	}
 	if k == VLLM {
@@ -103,29 +102,6 @@ func Labels(t *Tree, gpus []gpu.Target, title string) (map[string]string, []gpu.
 		labels[k.Label(labelEntryCount)] = strconv.Itoa(len(t.Units))
 	}
 	return labels, targets, nil
-}
-
-// summaryJSON is the summary label: {"targets":[{backend, arch, warp_size}]},
-// CUDA arch as "sm_75" in vLLM images (MCV's form; its preflight strips the
-// "sm_"), as "75" elsewhere.
-func summaryJSON(ts []gpu.Target, sm bool) string {
-	type target struct {
-		Backend  string `json:"backend"`
-		Arch     string `json:"arch"`
-		WarpSize int    `json:"warp_size"`
-	}
-	out := struct {
-		Targets []target `json:"targets"`
-	}{Targets: []target{}}
-	for _, t := range gpu.Dedup(ts) {
-		a := t.Arch
-		if sm && t.Backend == "cuda" {
-			a = "sm_" + a
-		}
-		out.Targets = append(out.Targets, target{t.Backend, a, t.WarpSize})
-	}
-	b, _ := json.Marshal(out) // plain structs
-	return string(b)
 }
 
 // Summary is what an image's labels say about its cache.
@@ -176,24 +152,11 @@ func ParseLabels(labels map[string]string) (Summary, error) {
 		s.Targets, s.Kernels, s.EntryCount, s.CacheSize = ts.Targets, ts.Kernels, ts.EntryCount, ts.CacheSize
 		return s, err
 	}
-	var raw struct {
-		Targets []struct {
-			Backend  string `json:"backend"`
-			Arch     any    `json:"arch"`
-			WarpSize int    `json:"warp_size"`
-		} `json:"targets"`
-	}
-	if err := json.Unmarshal([]byte(labels[k.Label(labelSummary)]), &raw); err != nil {
+	ts, err := triton.SummaryTargets(labels[k.Label(labelSummary)])
+	if err != nil {
 		return s, fmt.Errorf("kind: label %s: %w", k.Label(labelSummary), err)
 	}
-	for _, rt := range raw.Targets {
-		t, err := triton.LabelTarget(rt.Backend, rt.Arch, rt.WarpSize)
-		if err != nil {
-			return s, fmt.Errorf("kind: label %s: %w", k.Label(labelSummary), err)
-		}
-		s.Targets = append(s.Targets, t)
-	}
-	s.Targets = gpu.Dedup(s.Targets)
+	s.Targets = gpu.Dedup(ts)
 	if v, ok := labels[k.Label(labelEntryCount)]; ok {
 		n, err := strconv.Atoi(v)
 		if err != nil {

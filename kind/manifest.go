@@ -263,6 +263,31 @@ func Manifest(t *Tree) ([]byte, error) {
 	return json.MarshalIndent(m, "", "  ")
 }
 
+// VLLMBinary is one binary-format entry of a vLLM image's manifest: where
+// it is (hash dir, rank, prefix) and the env factors of its hash.
+type VLLMBinary struct {
+	Hash, Rank, Prefix string
+	Env                map[string]any
+}
+
+// VLLMBinaries reads the binary-format entries of a vLLM manifest
+// (Manifest's format); nil when it holds none or does not parse.
+func VLLMBinaries(data []byte) []VLLMBinary {
+	var m struct {
+		VLLM []vllmEntry `json:"vllm"`
+	}
+	if json.Unmarshal(data, &m) != nil {
+		return nil
+	}
+	var out []VLLMBinary
+	for _, e := range m.VLLM {
+		for _, b := range e.Binary {
+			out = append(out, VLLMBinary{Hash: e.Hash, Rank: b.Rank, Prefix: b.Prefix, Env: b.Env})
+		}
+	}
+	return out
+}
+
 // ParentDirs lists the ancestors of a unit path, outermost first:
 // "a/b/c" gives "a", "a/b".
 func ParentDirs(unit string) []string {

@@ -76,14 +76,7 @@ func (t *Tree) Entries() []triton.Entry {
 		if !u.Triton {
 			continue
 		}
-		e := triton.Entry{Key: u.Path, Files: u.Files, Kernels: u.Kernels, Kind: triton.KindOther}
-		switch {
-		case len(u.Kernels) > 0:
-			e.Kind = triton.KindKernel
-		case slices.ContainsFunc(u.Files, func(f triton.File) bool { return strings.HasSuffix(f.Name, ".so") }):
-			e.Kind = triton.KindLauncher
-		}
-		es = append(es, e)
+		es = append(es, triton.Entry{Key: u.Path, Files: u.Files, Kernels: u.Kernels, Kind: triton.KindOf(u.Files, u.Kernels)})
 	}
 	return es
 }

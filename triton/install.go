@@ -12,10 +12,7 @@ import (
 // RenameNoReplace renames the dir src to dst unless dst exists (an error
 // wrapping fs.ErrExist, also for an empty dir a concurrent Triton has just
 // made).
-func RenameNoReplace(src, dst string) error { return renameNoReplace(src, dst) }
-
-// renameNoReplace renames the dir src to dst unless dst exists.
-func renameNoReplace(src, dst string) error {
+func RenameNoReplace(src, dst string) error {
 	err := unix.Renameat2(unix.AT_FDCWD, src, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
 		// No RENAME_NOREPLACE here: claim dst with mkdir (which fails on an

@@ -71,15 +71,7 @@ func Labels(entries []Entry, title string) (map[string]string, error) {
 		}
 	}
 	sort.Slice(kernels, func(i, j int) bool { return kernels[i].Hash < kernels[j].Hash })
-	sum := labelSummary{Targets: []labelTarget{}}
-	for _, t := range gpu.Dedup(targets) {
-		sum.Targets = append(sum.Targets, labelTarget{t.Backend, t.Arch, t.WarpSize})
-	}
 	meta, err := json.Marshal(kernels)
-	if err != nil {
-		return nil, fmt.Errorf("triton: labels: %w", err)
-	}
-	sj, err := json.Marshal(sum)
 	if err != nil {
 		return nil, fmt.Errorf("triton: labels: %w", err)
 	}
@@ -87,7 +79,7 @@ func Labels(entries []Entry, title string) (map[string]string, error) {
 		LabelMetadata:   string(meta),
 		LabelEntryCount: strconv.Itoa(len(kernels)),
 		LabelVariant:    "multi",
-		LabelSummary:    string(sj),
+		LabelSummary:    SummaryLabel(targets, false),
 		LabelCacheSize:  strconv.FormatInt(size, 10),
 		LabelTitle:      title,
 	}, nil
@@ -114,7 +106,7 @@ func ParseLabels(labels map[string]string) (Summary, error) {
 			return s, fmt.Errorf("triton: label %s: %w", LabelMetadata, err)
 		}
 		for _, k := range ks {
-			t, err := labelTargetOf(k.Backend, k.Arch, k.WarpSize)
+			t, err := LabelTarget(k.Backend, k.Arch, k.WarpSize)
 			if err != nil {
 				return s, fmt.Errorf("triton: label %s: kernel %s: %w", LabelMetadata, k.Hash, err)
 			}
@@ -124,18 +116,11 @@ func ParseLabels(labels map[string]string) (Summary, error) {
 		}
 	}
 	if hasSum {
-		var ls labelSummary
-		if err := json.Unmarshal([]byte(sj), &ls); err != nil {
+		ts, err := SummaryTargets(sj)
+		if err != nil {
 			return s, fmt.Errorf("triton: label %s: %w", LabelSummary, err)
 		}
-		s.Targets = nil
-		for _, lt := range ls.Targets {
-			t, err := labelTargetOf(lt.Backend, lt.Arch, lt.WarpSize)
-			if err != nil {
-				return s, fmt.Errorf("triton: label %s: %w", LabelSummary, err)
-			}
-			s.Targets = append(s.Targets, t)
-		}
+		s.Targets = ts
 	}
 	s.Targets = gpu.Dedup(s.Targets)
 	if v, ok := labels[LabelEntryCount]; ok {
@@ -155,15 +140,46 @@ func ParseLabels(labels map[string]string) (Summary, error) {
 	return s, nil
 }
 
+// SummaryLabel is a summary label's value, {"targets":[{backend, arch,
+// warp_size}]} (the form every kind's summary label takes), CUDA arch as
+// "sm_75" when sm is set (MCV's vLLM images; its preflight strips the
+// "sm_"), as "75" otherwise.
+func SummaryLabel(ts []gpu.Target, sm bool) string {
+	sum := labelSummary{Targets: []labelTarget{}}
+	for _, t := range gpu.Dedup(ts) {
+		a := t.Arch
+		if sm && t.Backend == "cuda" {
+			a = "sm_" + a
+		}
+		sum.Targets = append(sum.Targets, labelTarget{t.Backend, a, t.WarpSize})
+	}
+	b, _ := json.Marshal(sum) // strings and ints
+	return string(b)
+}
+
+// SummaryTargets reads the targets of a summary label's value, in any of
+// the forms LabelTarget takes.
+func SummaryTargets(label string) ([]gpu.Target, error) {
+	var ls labelSummary
+	if err := json.Unmarshal([]byte(label), &ls); err != nil {
+		return nil, err
+	}
+	var ts []gpu.Target
+	for _, lt := range ls.Targets {
+		t, err := LabelTarget(lt.Backend, lt.Arch, lt.WarpSize)
+		if err != nil {
+			return nil, err
+		}
+		ts = append(ts, t)
+	}
+	return ts, nil
+}
+
 // LabelTarget reads a target of a summary or metadata label: arch a JSON
 // number (CUDA, as Triton writes it) or a string (HIP, and CUDA as the
 // original tool writes it, also "sm_75" as MCV writes vLLM summaries);
 // backend "rocm" (MCV's vLLM summaries) is "hip".
 func LabelTarget(backend string, arch any, warp int) (gpu.Target, error) {
-	return labelTargetOf(backend, arch, warp)
-}
-
-func labelTargetOf(backend string, arch any, warp int) (gpu.Target, error) {
 	var a string
 	switch v := arch.(type) {
 	case string:

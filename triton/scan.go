@@ -120,11 +120,7 @@ func ScanEntry(dir string) (Entry, []Skipped, error) {
 // in hand.
 func NewEntry(dir string, files []File, read func(name string) ([]byte, error)) (Entry, error) {
 	e := Entry{Key: filepath.Base(dir), Files: slices.Clone(files)}
-	hasSO := false
 	for _, f := range files {
-		if strings.HasSuffix(f.Name, ".so") {
-			hasSO = true
-		}
 		if !strings.HasSuffix(f.Name, ".json") || IsGroupFile(f.Name) {
 			continue
 		}
@@ -147,13 +143,19 @@ func NewEntry(dir string, files []File, read func(name string) ([]byte, error)) 
 	}
 	sort.Slice(e.Files, func(i, j int) bool { return e.Files[i].Name < e.Files[j].Name })
 	sort.Slice(e.Kernels, func(i, j int) bool { return e.Kernels[i].Hash < e.Kernels[j].Hash })
-	switch {
-	case len(e.Kernels) > 0:
-		e.Kind = KindKernel
-	case hasSO:
-		e.Kind = KindLauncher
-	default:
-		e.Kind = KindOther
-	}
+	e.Kind = KindOf(files, e.Kernels)
 	return e, nil
+}
+
+// KindOf is the Kind of an entry holding files whose parsed kernel JSONs
+// are kernels.
+func KindOf(files []File, kernels []Kernel) Kind {
+	switch {
+	case len(kernels) > 0:
+		return KindKernel
+	case slices.ContainsFunc(files, func(f File) bool { return strings.HasSuffix(f.Name, ".so") }):
+		return KindLauncher
+	default:
+		return KindOther
+	}
 }

@@ -46,9 +46,11 @@ func fetchKeys(ctx context.Context, o options, ropts resolver.Options, log *slog
 	e := fetch.NewEngine(res, st, state)
 	defer e.Close()
 
+	// The kind from the labels, else from the first layer holding a
+	// cache, as the catalog and extract take it.
 	k := kind.KindOfLabels(im.Labels)
-	if k == "" && len(im.Layers) > 0 {
-		u, err := e.Units(ctx, im.LayerRef(len(im.Layers)-1))
+	for i := 0; k == "" && i < len(im.Layers); i++ {
+		u, err := e.Units(ctx, im.LayerRef(i))
 		if err != nil {
 			return fmt.Errorf("fetch: %w", err)
 		}

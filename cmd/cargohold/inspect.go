@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -170,38 +169,24 @@ func indexLayer(ctx context.Context, r *resolver.Resolver, l resolver.LayerRef) 
 func inspectVLLM(sum kind.Summary, manifests [][]byte, unindexed bool) {
 	fmt.Printf("vLLM hash dirs: %s\n", strings.Join(sum.Hashes, ", "))
 	fmt.Println("  vLLM uses a hash dir only where it computes the same hash: the same model, vLLM config and install, torch and env factors.")
-	var binaries []struct {
-		Hash   string `json:"vllmHash"`
-		Binary []struct {
-			Rank   string         `json:"rank"`
-			Prefix string         `json:"prefix"`
-			Env    map[string]any `json:"env"`
-		} `json:"binary"`
-	}
+	var binaries []kind.VLLMBinary
 	for _, m := range manifests {
-		var doc struct {
-			VLLM json.RawMessage `json:"vllm"`
-		}
-		if json.Unmarshal(m, &doc) == nil {
-			json.Unmarshal(doc.VLLM, &binaries)
-		}
+		binaries = append(binaries, kind.VLLMBinaries(m)...)
 	}
 	here := hostVLLMFactors()
 	shown := false
-	for _, h := range binaries {
-		for _, b := range h.Binary {
-			for _, name := range slices.Sorted(maps.Keys(here)) {
-				v, ok := b.Env[name].(string)
-				if !ok {
-					continue
-				}
-				verdict := "same here"
-				if v != here[name] {
-					verdict = fmt.Sprintf("here %s: differs, so vLLM here computes another hash and compiles unless %s=%s is set", here[name], name, v)
-				}
-				fmt.Printf("  %s %s/%s: %s=%s (%s)\n", h.Hash, b.Rank, b.Prefix, name, v, verdict)
-				shown = true
+	for _, b := range binaries {
+		for _, name := range slices.Sorted(maps.Keys(here)) {
+			v, ok := b.Env[name].(string)
+			if !ok {
+				continue
 			}
+			verdict := "same here"
+			if v != here[name] {
+				verdict = fmt.Sprintf("here %s: differs, so vLLM here computes another hash and compiles unless %s=%s is set", here[name], name, v)
+			}
+			fmt.Printf("  %s %s/%s: %s=%s (%s)\n", b.Hash, b.Rank, b.Prefix, name, v, verdict)
+			shown = true
 		}
 	}
 	if !shown {

@@ -74,7 +74,7 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 		return fmt.Errorf("create: %w", err)
 	}
 	defer p.Close()
-	for _, s := range p.Skipped {
+	for _, s := range p.Tree.Skipped {
 		log.Warn("not packed", "path", s.Path, "why", s.Reason)
 	}
 	if n := len(p.Unknown); n > 0 {
@@ -101,7 +101,7 @@ func create(ctx context.Context, o options, ropts resolver.Options, log *slog.Lo
 		d = h
 	}
 	if built, err := p.Built(); err == nil {
-		log.Info("packed", "kind", p.Kind, "units", len(p.Tree.Units), "kernels", len(p.Tree.Kernels()), "bytes", cli.Bytes(p.Tree.Size()),
+		log.Info("packed", "kind", p.Tree.Kind, "units", len(p.Tree.Units), "kernels", len(p.Tree.Kernels()), "bytes", cli.Bytes(p.Tree.Size()),
 			"targets", gpu.FormatList(p.Targets), "layer", cli.Bytes(built.Size), "uncompressed", cli.Bytes(built.UncompressedSize))
 	}
 	where := "registry"

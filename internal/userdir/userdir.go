@@ -100,24 +100,12 @@ func Ensure(dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := walk(abs, true); err != nil {
-		return err
-	}
-	return nil
-}
-
-// Check is Ensure without making anything: dir must exist.
-func Check(dir string) error {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return err
-	}
-	return walk(abs, false)
+	return walk(abs)
 }
 
 // walk resolves abs component by component from /, checking each one, and
-// makes missing components when create is set.
-func walk(abs string, create bool) error {
+// makes missing components.
+func walk(abs string) error {
 	uid := uint32(os.Geteuid())
 	todo := strings.Split(strings.TrimPrefix(filepath.Clean(abs), "/"), "/")
 	cur := "/"
@@ -135,7 +123,7 @@ func walk(abs string, create bool) error {
 		next := filepath.Join(cur, el)
 		var st syscall.Stat_t
 		err := syscall.Lstat(next, &st)
-		if errors.Is(err, syscall.ENOENT) && create {
+		if errors.Is(err, syscall.ENOENT) {
 			if err := syscall.Mkdir(next, 0o700); err != nil && !errors.Is(err, syscall.EEXIST) {
 				return &os.PathError{Op: "mkdir", Path: next, Err: err}
 			}
