@@ -8,7 +8,7 @@
 // a vLLM or Inductor root). Images of another kind are listed, not indexed
 // (ImageInfo.Why). Units other than Triton's fit by their image's targets;
 // Triton units, nested ones included, by their kernel JSON, and only their
-// group files are marked for the rewrite (KeyFile.Group).
+// group files are marked for the rewrite (KeyFile.Rewrite).
 //
 // Sources, highest priority first:
 //

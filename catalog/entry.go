@@ -100,13 +100,12 @@ func (cat *Catalog) Entry(ctx context.Context, key string) ([]fetch.KeyFile, err
 }
 
 // marked returns files with Rewrite set to what the catalog's kind changes
-// in them where they are served (kind.RewriteOf), and Group only for a
+// in them where they are served (kind.RewriteOf): RewriteGroup only for a
 // group file of a Triton unit, not a file of that name elsewhere.
 func (cat *Catalog) marked(unit string, files []fetch.KeyFile) []fetch.KeyFile {
 	out := slices.Clone(files)
 	for i := range out {
 		out[i].Rewrite = kind.RewriteOf(cat.cfg.Kind, unit, out[i].Name)
-		out[i].Group = out[i].Rewrite == kind.RewriteGroup
 	}
 	return out
 }
@@ -159,7 +158,7 @@ func (cat *Catalog) fits(loc Location, key string, files []fetch.KeyFile) (bool,
 // find it there.
 func (cat *Catalog) kernelOf(key string, files []fetch.KeyFile) (triton.Kernel, bool, error) {
 	for _, f := range files {
-		if f.Group || !strings.HasSuffix(f.Name, ".json") || f.Size > maxKernelJSON {
+		if triton.IsGroupFile(f.Name) || !strings.HasSuffix(f.Name, ".json") || f.Size > maxKernelJSON {
 			continue
 		}
 		sf, err := cat.eng.Open(f)

@@ -13,7 +13,6 @@ import (
 
 	"cargohold/layer"
 	"cargohold/resolver"
-	"cargohold/triton"
 )
 
 // spanPiece is the most bytes of a KEY dir's span held in memory at once: a
@@ -93,7 +92,7 @@ func keyFiles(d *layer.Dir) []KeyFile {
 	files := make([]KeyFile, len(d.Files))
 	for i, f := range d.Files {
 		files[i] = KeyFile{Name: f.Name, Size: f.Size, Mode: os.FileMode(f.Mode & 0o777),
-			Digest: fileDigest(f), Group: triton.IsGroupFile(f.Name)}
+			Digest: fileDigest(f)}
 	}
 	return files
 }

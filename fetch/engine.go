@@ -28,7 +28,6 @@ type KeyFile struct {
 	Size   int64
 	Mode   os.FileMode // permission bits only
 	Digest digest.Digest
-	Group  bool // triton.IsGroupFile(Name); whether it is rewritten depends on the unit (kind.RewriteOf)
 	// Rewrite is what whoever serves the file changes in it (set by the
 	// catalog, which knows the kind: kind.RewriteOf); RewriteNone from
 	// the engine itself.

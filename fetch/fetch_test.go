@@ -142,7 +142,7 @@ func TestLazyFetchImageKey(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if f.Group {
+		if triton.IsGroupFile(f.Name) {
 			if want, err = triton.RewriteGroup(want, dir); err != nil {
 				t.Fatal(err)
 			}

@@ -292,9 +292,6 @@ func lzCheckFiles(t *testing.T, st *store.Store, src, key string, files []fetch.
 		if err != nil {
 			t.Fatal(err)
 		}
-		if f.Group != triton.IsGroupFile(f.Name) {
-			t.Errorf("%s/%s: Group = %v", key, f.Name, f.Group)
-		}
 		got := lzReadStored(t, st, f)
 		if !bytes.Equal(got, want) {
 			t.Errorf("%s/%s: stored content (%d bytes) differs from the source (%d bytes)", key, f.Name, len(got), len(want))
