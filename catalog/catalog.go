@@ -359,13 +359,21 @@ type DirInfo struct {
 }
 
 // Dir says what the indexed units show at rel ("" for the root), without
-// I/O: for a mount of a nested kind, which dirs a lookup or listing finds
-// before anything is fetched. The units below rel are one range of the
-// sorted units: a binary search, then that range.
+// I/O: which dirs a mount's lookup or listing finds before anything is
+// fetched. Triton's units are KEYs at the root: one map lookup, and the
+// KEYs for the root's listing. For a nested kind the units below rel are
+// one range of the sorted units: a binary search, then that range.
 func (cat *Catalog) Dir(rel string) DirInfo {
 	s := cat.cur.Load()
 	if s == nil {
 		return DirInfo{}
+	}
+	if cat.cfg.Kind == kind.Triton {
+		if rel == "" {
+			return DirInfo{Exists: len(s.keys) > 0, Children: cat.Keys()}
+		}
+		_, ok := s.keys[rel]
+		return DirInfo{Exists: ok, Unit: ok}
 	}
 	var d DirInfo
 	if rel == "" {

@@ -3,6 +3,8 @@ package catalog
 import (
 	"slices"
 	"testing"
+
+	"cargohold/kind"
 )
 
 // TestDirRange: Dir finds a dir's units as one range of the sorted units,
@@ -24,5 +26,27 @@ func TestDirRange(t *testing.T) {
 		if got := cat.Dir(rel); got.Exists != want.Exists || got.Unit != want.Unit || !slices.Equal(got.Children, want.Children) {
 			t.Errorf("Dir(%q) = %+v, want %+v", rel, got, want)
 		}
+	}
+}
+
+// TestDirTriton: a Triton catalog's units are KEYs at the root, answered by
+// the map alone: no sorted copy of the units is built (its memory would
+// grow with every KEY of every image).
+func TestDirTriton(t *testing.T) {
+	cat := &Catalog{cfg: Config{Kind: kind.Triton}}
+	s := &snapshot{keys: map[string][]loc{"KB": nil, "KA": nil}}
+	cat.cur.Store(s)
+	for rel, want := range map[string]DirInfo{
+		"":     {Exists: true, Children: []string{"KA", "KB"}},
+		"KA":   {Exists: true, Unit: true},
+		"KC":   {},
+		"KA/x": {},
+	} {
+		if got := cat.Dir(rel); got.Exists != want.Exists || got.Unit != want.Unit || !slices.Equal(got.Children, want.Children) {
+			t.Errorf("Dir(%q) = %+v, want %+v", rel, got, want)
+		}
+	}
+	if s.sorted != nil {
+		t.Errorf("a Triton catalog built the sorted units (%d)", len(s.sorted))
 	}
 }

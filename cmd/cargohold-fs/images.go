@@ -3,19 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"cargohold/catalog"
 	"cargohold/fs"
-	"cargohold/kind"
 )
 
 // images adapts the catalog to the filesystem's view of image content
 // (fs.Lower); the work is the catalog's.
 type images struct {
 	cat     *catalog.Catalog
-	kind    kind.Kind     // the catalog's
 	timeout time.Duration // bounds a refetch on open where the FUSE request has no deadline
 	act     *activity     // told of every call: the status writer wakes up for it
 }
@@ -26,26 +23,16 @@ var _ fs.Lower = (*images)(nil)
 // root, its KEYs.
 func (l *images) Dirs(rel string) []string {
 	l.act.poke()
-	if rel == "" && l.kind == kind.Triton {
-		return l.cat.Keys()
-	}
 	return l.cat.Dir(rel).Children
 }
 
-// Dir answers from the catalog's snapshot; before the first one is loaded
-// it waits for it (within ctx). A Triton KEY is one map lookup; other
-// paths walk the units (catalog.Dir).
+// Dir answers from the catalog's snapshot (catalog.Dir); before the first
+// one is loaded it waits for it (within ctx).
 func (l *images) Dir(ctx context.Context, rel string) (fs.LowerDir, error) {
 	select {
 	case <-l.cat.Ready():
 	case <-ctx.Done():
 		return fs.LowerDir{}, fmt.Errorf("catalog not ready: %w", ctx.Err())
-	}
-	if l.cat.Has(rel) {
-		return fs.LowerDir{Exists: true, Unit: true}, nil
-	}
-	if l.kind == kind.Triton && !strings.Contains(rel, "/") {
-		return fs.LowerDir{}, nil // KEYs are units at depth 1: nothing above them
 	}
 	d := l.cat.Dir(rel)
 	return fs.LowerDir{Exists: d.Exists, Unit: d.Unit}, nil

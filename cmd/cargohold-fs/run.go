@@ -207,7 +207,7 @@ func mount(ctx context.Context, o options, log *slog.Logger, sink *logSink) (*mo
 			Upper:         upperPath(dir),
 			PathPrefix:    o.pathPrefix,
 			Kind:          o.cache,
-			Lower:         &images{cat: cat, kind: o.cache, timeout: o.fetchTimeout, act: act},
+			Lower:         &images{cat: cat, timeout: o.fetchTimeout, act: act},
 			LookupTimeout: o.fetchTimeout,
 			Logger:        log,
 			Stats:         stats,
